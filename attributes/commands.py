@@ -1,0 +1,5 @@
+"""Subcommands contributed by ``attributes``."""
+
+
+def register(commands) -> None:
+    """None yet."""

@@ -1,0 +1,1 @@
+"""The guided Faster R-CNN garment detector."""

@@ -1,0 +1,5 @@
+"""Subcommands contributed by ``detector``."""
+
+
+def register(commands) -> None:
+    """None yet."""

@@ -1,0 +1,1 @@
+"""Product dumps, appearance codes, colour histograms, describe() and the bulk indexer."""

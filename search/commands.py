@@ -1,0 +1,5 @@
+"""Subcommands contributed by ``search``."""
+
+
+def register(commands) -> None:
+    """None yet."""

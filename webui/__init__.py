@@ -1,0 +1,1 @@
+"""The Flask application: REST API and the search page."""

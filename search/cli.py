@@ -21,6 +21,7 @@ class Commands:
     top: argparse._SubParsersAction
     train: argparse._SubParsersAction
     evaluate: argparse._SubParsersAction
+    convert: argparse._SubParsersAction
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = top.add_parser("evaluate", help="measure a model or the whole search").add_subparsers(
         dest="target", metavar="TARGET", required=True
     )
-    commands = Commands(top, train, evaluate)
+    convert = top.add_parser("convert", help="turn a real dataset's layout into product dumps").add_subparsers(
+        dest="dataset", metavar="DATASET", required=True
+    )
+    commands = Commands(top, train, evaluate, convert)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(commands)
     return parser

@@ -1,0 +1,323 @@
+"""The in-RAM attribute-keyed inverted index, searched by popcount Hamming distance.
+
+Layout. Products are sharded by fashion category, the mandatory key of every query: each shard
+holds its products' packed appearance codes in one faiss ``IndexBinaryFlat`` (contiguous, so a
+category's postings are scanned in one sequential popcount pass), their colour histograms beside
+them, and one small column per attribute group holding the value index of each product (255:
+unknown). The postings of any other key ``group=value`` inside a shard are that column compared
+with the value: 1 byte per product and group instead of an id list per key.
+
+Ranking. Among the products of the query's category (narrowed by any hard ``filters`` keys),
+the ``shortlist`` nearest by Hamming distance are re-ranked by
+
+    score = w_appearance * hamming / bits
+          + w_colour     * colour_distance
+          - w_shared     * shared_attributes / query_attributes
+
+where ``colour_distance`` is half the L1 distance between the L1-normalised colour histograms
+(0 = identical, 1 = disjoint) and ``shared_attributes`` counts the query's attributes other than
+its category that the product has too. Lower is better. Ties are broken by product id, so
+results are deterministic; the Hamming shortlist keeps every product tied at its boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import faiss
+import numpy as np
+
+from attributes.schema import Schema, default_schema
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN = 255
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    w_appearance: float = 1.0
+    w_colour: float = 0.5
+    w_shared: float = 0.25
+    shortlist: int = 200  # nearest by Hamming distance kept for re-ranking
+    min_category_products: int = 10  # fewer than this in the query's category: say so
+
+    def __post_init__(self):
+        for name in ("w_appearance", "w_colour", "w_shared"):
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"ranking weight {name} must be a non-negative number, got {getattr(self, name)!r}")
+        if self.shortlist < 1:
+            raise ValueError(f"shortlist must be at least 1, got {self.shortlist}")
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    hamming: int
+    colour_distance: float
+    shared_attributes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    candidates: int  # products in the category after filters
+    scanned_bytes: int
+    note: str | None = None
+
+
+@dataclass
+class _Shard:
+    index: faiss.IndexBinaryFlat
+    ids: list[str] = field(default_factory=list)
+    colours: np.ndarray | None = None  # (n, bins)
+    values: np.ndarray | None = None  # (n, groups) uint8 value indices
+
+
+def hamming_topk(index: faiss.IndexBinaryFlat, ids: Sequence[str], query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and distances of the ``k`` nearest codes, ordered by (distance, id), ties at the boundary kept.
+
+    faiss returns the k nearest in an order of its own among equal distances; this asks for one
+    more, and when the boundary is tied collects every tied code with a range search, so the
+    result is exact and deterministic.
+    """
+    n = index.ntotal
+    if n == 0 or k <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.int32)
+    q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.uint8)
+    if k >= n:
+        dist, rows = index.search(q, n)
+    else:
+        dist, rows = index.search(q, k + 1)
+        if dist[0, k] == dist[0, k - 1]:
+            lims, rdist, rrows = index.range_search(q, int(dist[0, k - 1]) + 1)
+            dist, rows = rdist[None, :], rrows[None, :]
+    dist, rows = dist[0].astype(np.int32), rows[0].astype(np.int64)
+    order = sorted(range(len(rows)), key=lambda i: (dist[i], ids[rows[i]]))[:k]
+    return rows[order], dist[order]
+
+
+class InvertedIndex:
+    """Products sharded by fashion category; codes in faiss binary indexes; colours beside them."""
+
+    def __init__(self, *, code_bytes: int, colour_bins: int, schema: Schema | None = None,
+                 ranking: RankingConfig | None = None):
+        if code_bytes < 1 or colour_bins < 1:
+            raise ValueError(f"code_bytes and colour_bins must be positive, got {code_bytes}, {colour_bins}")
+        self.schema = schema or default_schema()
+        self.code_bytes = code_bytes
+        self.colour_bins = colour_bins
+        self.ranking = ranking or RankingConfig()
+        self._groups = [g for g in self.schema.groups if g.name not in (Schema.GREAT, Schema.CATEGORY)]
+        self._value_index = [{v: i for i, v in enumerate(g.values)} for g in self._groups]
+        self._shards: dict[str, _Shard] = {}
+        self._where: dict[str, str] = {}  # product id -> category
+
+    # -- contents -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, product_id: str) -> bool:
+        return product_id in self._where
+
+    def category_sizes(self) -> dict[str, int]:
+        return {c: s.index.ntotal for c, s in sorted(self._shards.items())}
+
+    def _encode_values(self, attributes: Mapping[str, str]) -> np.ndarray:
+        row = np.full(len(self._groups), UNKNOWN, np.uint8)
+        for j, g in enumerate(self._groups):
+            v = attributes.get(g.name)
+            if v is not None:
+                try:
+                    row[j] = self._value_index[j][v]
+                except KeyError:
+                    raise ValueError(f"unknown value {v!r} for attribute {g.name!r}") from None
+        return row
+
+    def _shard(self, category: str) -> _Shard:
+        shard = self._shards.get(category)
+        if shard is None:
+            shard = _Shard(
+                faiss.IndexBinaryFlat(self.code_bytes * 8),
+                [],
+                np.empty((0, self.colour_bins), np.float16),
+                np.empty((0, len(self._groups)), np.uint8),
+            )
+            self._shards[category] = shard
+        return shard
+
+    def add(self, ids: Sequence[str], categories: Sequence[str], attributes: Sequence[Mapping[str, str]],
+            codes: np.ndarray, colours: np.ndarray) -> None:
+        """Add (or replace) products. ``codes``: (n, code_bytes) uint8; ``colours``: (n, bins)."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        colours = np.asarray(colours)
+        n = len(ids)
+        if not (len(categories) == len(attributes) == n == codes.shape[0] == colours.shape[0]):
+            raise ValueError("ids, categories, attributes, codes and colours must have the same length")
+        if codes.shape[1] != self.code_bytes or colours.shape[1] != self.colour_bins:
+            raise ValueError(
+                f"codes must be {self.code_bytes} bytes and colours {self.colour_bins} bins, "
+                f"got {codes.shape[1]} and {colours.shape[1]}"
+            )
+        if len(set(ids)) != n:
+            raise ValueError("ids to add must be unique")
+        for c in set(categories):
+            self.schema.check_category(c)
+        self.delete([i for i in ids if i in self._where])
+        categories = np.asarray(categories)
+        for category in np.unique(categories):
+            sel = np.nonzero(categories == category)[0]
+            shard = self._shard(str(category))
+            shard.index.add(codes[sel])
+            shard.ids.extend(ids[i] for i in sel)
+            shard.colours = np.concatenate([shard.colours, colours[sel].astype(np.float16)])
+            shard.values = np.concatenate([shard.values, np.stack([self._encode_values(attributes[i]) for i in sel])])
+            for i in sel:
+                self._where[ids[i]] = str(category)
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove products; returns how many were there."""
+        by_shard: dict[str, list[str]] = {}
+        for pid in ids:
+            category = self._where.pop(pid, None)
+            if category is not None:
+                by_shard.setdefault(category, []).append(pid)
+        for category, gone in by_shard.items():
+            shard = self._shards[category]
+            gone_set = set(gone)
+            rows = np.array([r for r, pid in enumerate(shard.ids) if pid in gone_set], np.int64)
+            shard.index.remove_ids(rows)  # IndexBinaryFlat compacts, keeping order
+            keep = np.ones(len(shard.ids), bool)
+            keep[rows] = False
+            shard.ids = [pid for pid, k in zip(shard.ids, keep) if k]
+            shard.colours = shard.colours[keep]
+            shard.values = shard.values[keep]
+        return sum(len(v) for v in by_shard.values())
+
+    def postings(self, key: str, category: str | None = None) -> list[str]:
+        """Product ids holding attribute ``group=value`` (within one category when given)."""
+        group, _, value = key.partition("=")
+        shards = [category] if category else list(self._shards)
+        if group == Schema.CATEGORY:
+            return list(self._shards[value].ids) if value in self._shards and value in shards else []
+        if group == Schema.GREAT:
+            return [pid for c in shards if c in self._shards and self.schema.great_category(c) == value
+                    for pid in self._shards[c].ids]
+        j = next((j for j, g in enumerate(self._groups) if g.name == group), None)
+        if j is None or value not in self._value_index[j]:
+            raise ValueError(f"unknown attribute key {key!r}")
+        v = self._value_index[j][value]
+        out = []
+        for c in shards:
+            shard = self._shards.get(c)
+            if shard is not None:
+                out.extend(shard.ids[r] for r in np.nonzero(shard.values[:, j] == v)[0])
+        return out
+
+    # -- search ---------------------------------------------------------------------------
+    def search(self, code: np.ndarray, colour: np.ndarray, category: str, attributes: Mapping[str, str],
+               *, k: int = 20, filters: Mapping[str, str] | None = None) -> SearchResult:
+        """The ``k`` best products of ``category`` for a query description (module docstring)."""
+        self.schema.check_category(category)
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        code = np.asarray(code, np.uint8).reshape(-1)
+        if code.size != self.code_bytes:
+            raise ValueError(f"the query code has {code.size} bytes, the index {self.code_bytes}")
+        shard = self._shards.get(category)
+        n = shard.index.ntotal if shard else 0
+        r = self.ranking
+        note = None
+        if n < r.min_category_products:
+            note = f"only {n} product{'s' if n != 1 else ''} in category {category!r}"
+        if n == 0:
+            return SearchResult([], 0, 0, note)
+        index, ids = shard.index, shard.ids
+        rows_map = None
+        if filters:
+            mask = np.ones(n, bool)
+            for group, value in filters.items():
+                j = next((j for j, g in enumerate(self._groups) if g.name == group), None)
+                if j is None or value not in self._value_index[j]:
+                    raise ValueError(f"unknown filter {group}={value}")
+                mask &= shard.values[:, j] == self._value_index[j][value]
+            rows_map = np.nonzero(mask)[0]
+            # A temporary index over the postings' codes: one gather, then the same popcount scan.
+            index = faiss.IndexBinaryFlat(self.code_bytes * 8)
+            if rows_map.size:
+                index.add(faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes)
+                          .reshape(n, self.code_bytes)[rows_map])
+            ids = [shard.ids[i] for i in rows_map]
+            if rows_map.size < r.min_category_products:
+                note = f"only {rows_map.size} products in category {category!r} with {dict(filters)}"
+        candidates = index.ntotal
+        rows, ham = hamming_topk(index, ids, code, max(r.shortlist, k))
+        if rows_map is not None:
+            rows = rows_map[rows]
+        q_colour = np.asarray(colour, np.float32).reshape(-1)
+        q_colour = q_colour / max(float(q_colour.sum()), 1e-12)
+        cand_colour = shard.colours[rows].astype(np.float32)
+        cand_colour /= np.maximum(cand_colour.sum(1, keepdims=True), 1e-12)
+        colour_dist = 0.5 * np.abs(cand_colour - q_colour).sum(1)
+        q_values = self._encode_values(attributes)
+        known = q_values != UNKNOWN
+        shared = (shard.values[rows] == q_values) & known
+        n_query = max(int(known.sum()), 1)
+        score = (r.w_appearance * ham / (self.code_bytes * 8) + r.w_colour * colour_dist
+                 - r.w_shared * shared.sum(1) / n_query)
+        order = sorted(range(len(rows)), key=lambda i: (round(float(score[i]), 9), shard.ids[rows[i]]))[:k]
+        names = [g.name for g in self._groups]
+        hits = [
+            Hit(
+                id=shard.ids[rows[i]],
+                score=round(float(score[i]), 6),
+                hamming=int(ham[i]),
+                colour_distance=round(float(colour_dist[i]), 6),
+                shared_attributes=tuple(f"{names[j]}={self._groups[j].values[q_values[j]]}" for j in np.nonzero(shared[i])[0]),
+            )
+            for i in order
+        ]
+        return SearchResult(hits, candidates, candidates * self.code_bytes, note)
+
+    # -- snapshot -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write a snapshot (one .npz) atomically, so the daemon can start without re-reading the store."""
+        path = Path(path)
+        arrays = {}
+        meta = {"code_bytes": self.code_bytes, "colour_bins": self.colour_bins,
+                "schema": self.schema.fingerprint, "categories": sorted(self._shards)}
+        for c, shard in self._shards.items():
+            n = shard.index.ntotal
+            arrays[f"{c}/codes"] = faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes).copy() if n else np.empty((0, self.code_bytes), np.uint8)
+            arrays[f"{c}/colours"] = shard.colours
+            arrays[f"{c}/values"] = shard.values
+            arrays[f"{c}/ids"] = np.array(shard.ids, dtype=np.str_) if shard.ids else np.empty(0, "U1")
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, schema: Schema | None = None, ranking: RankingConfig | None = None) -> "InvertedIndex":
+        schema = schema or default_schema()
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes())
+            if meta["schema"] != schema.fingerprint:
+                raise ValueError(f"the index snapshot {path} was built with schema {meta['schema']}, this one is {schema.fingerprint}")
+            idx = cls(code_bytes=meta["code_bytes"], colour_bins=meta["colour_bins"], schema=schema, ranking=ranking)
+            for c in meta["categories"]:
+                shard = idx._shard(c)
+                shard.index.add(np.ascontiguousarray(z[f"{c}/codes"]))
+                shard.ids = z[f"{c}/ids"].tolist()
+                shard.colours = z[f"{c}/colours"]
+                shard.values = z[f"{c}/values"]
+                for pid in shard.ids:
+                    idx._where[pid] = c
+        return idx

@@ -1,0 +1,152 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from search.index import InvertedIndex, RankingConfig, hamming_topk
+
+CODE_BYTES, BINS = 8, 6  # small codes make distance ties common, which is what the tie tests need
+
+
+def _brute(codes, ids, q, k):
+    d = np.unpackbits(codes ^ q, axis=1).sum(1)
+    order = sorted(range(len(ids)), key=lambda i: (d[i], ids[i]))[:k]
+    return [ids[i] for i in order], [int(d[i]) for i in order]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 40), st.integers(0, 2**31))
+def test_hamming_topk_equals_numpy_brute_force(n, k, seed):
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    # Few distinct codes: many exact ties, including at the k-th place.
+    pool = rng.integers(0, 256, (max(2, n // 10), CODE_BYTES), dtype=np.uint8)
+    codes = pool[rng.integers(0, len(pool), n)]
+    ids = [f"id{rng.integers(0, 10**6):06d}-{i}" for i in range(n)]
+    index = faiss.IndexBinaryFlat(CODE_BYTES * 8)
+    index.add(codes)
+    q = rng.integers(0, 256, CODE_BYTES, dtype=np.uint8)
+    rows, dist = hamming_topk(index, ids, q, k)
+    want_ids, want_d = _brute(codes, ids, q, k)
+    assert [ids[r] for r in rows] == want_ids
+    assert dist.tolist() == want_d
+
+
+def _index(n=200, seed=0, **ranking):
+    rng = np.random.default_rng(seed)
+    idx = InvertedIndex(code_bytes=CODE_BYTES, colour_bins=BINS, ranking=RankingConfig(**ranking))
+    cats = rng.choice(["t-shirt", "pants", "dress"], n).tolist()
+    ids = [f"p{i:04d}" for i in range(n)]
+    attrs = [{"colour": str(rng.choice(["red", "blue", "black"])), "fit": str(rng.choice(["slim", "loose"]))} for _ in range(n)]
+    codes = rng.integers(0, 256, (n, CODE_BYTES), dtype=np.uint8)
+    colours = rng.random((n, BINS))
+    idx.add(ids, cats, attrs, codes, colours)
+    return idx, ids, cats, attrs, codes, colours
+
+
+def test_postings_restrict_candidates():
+    idx, ids, cats, attrs, codes, colours = _index()
+    res = idx.search(codes[0], colours[0], "pants", {}, k=500)
+    assert {h.id for h in res.hits} == {i for i, c in zip(ids, cats) if c == "pants"}
+    assert res.candidates == cats.count("pants")
+    red_pants = set(idx.postings("colour=red", "pants"))
+    assert red_pants == {i for i, c, a in zip(ids, cats, attrs) if c == "pants" and a["colour"] == "red"}
+    res = idx.search(codes[0], colours[0], "pants", {}, k=500, filters={"colour": "red"})
+    assert {h.id for h in res.hits} == red_pants
+
+
+def test_exact_product_ranks_first_and_results_are_deterministic():
+    idx, ids, cats, attrs, codes, colours = _index()
+    for i in range(0, 200, 17):
+        res = idx.search(codes[i], colours[i], cats[i], attrs[i], k=5)
+        assert res.hits[0].id == ids[i] and res.hits[0].hamming == 0
+        again = idx.search(codes[i], colours[i], cats[i], attrs[i], k=5)
+        assert again.hits == res.hits
+
+
+def _two_product_index(**ranking):
+    idx = InvertedIndex(code_bytes=CODE_BYTES, colour_bins=BINS, ranking=RankingConfig(**ranking))
+    base = np.zeros(CODE_BYTES, np.uint8)
+    return idx, base
+
+
+def test_each_ranking_term_moves_results_the_right_way():
+    col = np.array([1, 0, 0, 0, 0, 0], float)
+    other = np.array([0, 0, 0, 0, 0, 1], float)
+    # Appearance: nearer code ranks first, all else equal.
+    idx, base = _two_product_index()
+    near, far = base.copy(), base.copy()
+    near[0], far[:3] = 0b1, 0xFF
+    idx.add(["a", "b"], ["pants", "pants"], [{}, {}], np.stack([far, near]), np.stack([col, col]))
+    assert [h.id for h in idx.search(base, col, "pants", {}).hits] == ["b", "a"]
+    # Colour: same code, nearer colour first.
+    idx, base = _two_product_index()
+    idx.add(["a", "b"], ["pants", "pants"], [{}, {}], np.stack([base, base]), np.stack([other, col]))
+    assert [h.id for h in idx.search(base, col, "pants", {}).hits] == ["b", "a"]
+    # Shared attributes: same code and colour, more shared attributes first.
+    idx, base = _two_product_index()
+    idx.add(["a", "b"], ["pants", "pants"], [{"colour": "blue"}, {"colour": "red", "fit": "slim"}],
+            np.stack([base, base]), np.stack([col, col]))
+    hits = idx.search(base, col, "pants", {"colour": "red", "fit": "slim"}).hits
+    assert [h.id for h in hits] == ["b", "a"]
+    assert hits[0].shared_attributes == ("colour=red", "fit=slim") and hits[1].shared_attributes == ()
+    # Ties are broken by id.
+    idx, base = _two_product_index()
+    idx.add(["z", "m"], ["pants", "pants"], [{}, {}], np.stack([base, base]), np.stack([col, col]))
+    assert [h.id for h in idx.search(base, col, "pants", {}).hits] == ["m", "z"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0, 5), st.floats(0, 5), st.floats(0, 5), st.integers(0, 2**31))
+def test_score_is_the_documented_sum(wa, wc, ws, seed):
+    idx, ids, cats, attrs, codes, colours = _index(n=60, seed=seed % 1000, w_appearance=wa, w_colour=wc, w_shared=ws)
+    q = {"colour": "red", "fit": "slim"}
+    res = idx.search(codes[0], colours[0], cats[0], q, k=60)
+    scores = [h.score for h in res.hits]
+    assert scores == sorted(scores)
+    for h in res.hits:
+        expect = wa * h.hamming / (CODE_BYTES * 8) + wc * h.colour_distance - ws * len(h.shared_attributes) / 2
+        assert h.score == pytest.approx(expect, abs=1e-5)
+
+
+def test_add_and_delete_visible_to_next_search():
+    idx, ids, cats, attrs, codes, colours = _index()
+    i = 3
+    assert idx.search(codes[i], colours[i], cats[i], {}, k=1).hits[0].id == ids[i]
+    assert idx.delete([ids[i], "never-there"]) == 1
+    assert ids[i] not in {h.id for h in idx.search(codes[i], colours[i], cats[i], {}, k=500).hits}
+    idx.add(["new"], ["dress"], [{"colour": "red"}], codes[i:i + 1], colours[i:i + 1])
+    assert idx.search(codes[i], colours[i], "dress", {}, k=1).hits[0].id == "new"
+    # Re-adding an id replaces it, even across categories.
+    idx.add(["new"], ["pants"], [{}], codes[i:i + 1], colours[i:i + 1])
+    assert "new" not in {h.id for h in idx.search(codes[i], colours[i], "dress", {}, k=500).hits}
+    assert len(idx) == 200
+
+
+def test_too_few_products_is_said_not_widened():
+    idx, ids, cats, attrs, codes, colours = _index(n=30)
+    res = idx.search(codes[0], colours[0], "skirt", {})
+    assert res.hits == [] and "only 0 products in category 'skirt'" in res.note
+
+
+def test_bad_queries_are_clear_errors():
+    idx, ids, cats, attrs, codes, colours = _index(n=10)
+    with pytest.raises(ValueError, match="unknown category 'sari'"):
+        idx.search(codes[0], colours[0], "sari", {})
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        idx.search(codes[0], colours[0], "pants", {}, k=0)
+    with pytest.raises(ValueError, match="unknown value 'teal'"):
+        idx.search(codes[0], colours[0], "pants", {"colour": "teal"})
+    with pytest.raises(ValueError, match="code has 3 bytes"):
+        idx.search(codes[0][:3], colours[0], "pants", {})
+
+
+def test_snapshot_round_trip(tmp_path):
+    idx, ids, cats, attrs, codes, colours = _index()
+    idx.delete(ids[:5])
+    idx.save(tmp_path / "ram.npz")
+    back = InvertedIndex.load(tmp_path / "ram.npz")
+    assert len(back) == len(idx) and back.category_sizes() == idx.category_sizes()
+    for i in range(5, 200, 23):
+        assert back.search(codes[i], colours[i], cats[i], attrs[i]).hits == idx.search(codes[i], colours[i], cats[i], attrs[i]).hits

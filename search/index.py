@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -75,9 +75,17 @@ class SearchResult:
 @dataclass
 class _Shard:
     index: faiss.IndexBinaryFlat
-    ids: list[str] = field(default_factory=list)
-    colours: np.ndarray | None = None  # (n, bins)
-    values: np.ndarray | None = None  # (n, groups) uint8 value indices
+    ids: np.ndarray  # (n,) UTF-8 bytes: a few bytes each instead of a Python str and a dict entry
+    colours: np.ndarray | None  # (n, bins)
+    values: np.ndarray  # (n, groups) uint8 value indices
+
+
+def _decode_ids(ids: np.ndarray) -> list[str]:
+    return [i.decode("utf-8") for i in ids]
+
+
+def _encode_ids(ids: Sequence[str]) -> np.ndarray:
+    return np.array([i.encode("utf-8") for i in ids], dtype=np.bytes_) if len(ids) else np.empty(0, "S1")
 
 
 def hamming_topk(index: faiss.IndexBinaryFlat, ids: Sequence[str], query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +107,7 @@ def hamming_topk(index: faiss.IndexBinaryFlat, ids: Sequence[str], query: np.nda
             lims, rdist, rrows = index.range_search(q, int(dist[0, k - 1]) + 1)
             dist, rows = rdist[None, :], rrows[None, :]
     dist, rows = dist[0].astype(np.int32), rows[0].astype(np.int64)
-    order = sorted(range(len(rows)), key=lambda i: (dist[i], ids[rows[i]]))[:k]
+    order = np.lexsort((np.asarray(ids)[rows], dist))[:k]
     return rows[order], dist[order]
 
 
@@ -117,14 +125,14 @@ class InvertedIndex:
         self._groups = [g for g in self.schema.groups if g.name not in (Schema.GREAT, Schema.CATEGORY)]
         self._value_index = [{v: i for i, v in enumerate(g.values)} for g in self._groups]
         self._shards: dict[str, _Shard] = {}
-        self._where: dict[str, str] = {}  # product id -> category
 
     # -- contents -------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._where)
+        return sum(s.index.ntotal for s in self._shards.values())
 
     def __contains__(self, product_id: str) -> bool:
-        return product_id in self._where
+        key = product_id.encode("utf-8")
+        return any(bool((s.ids == key).any()) for s in self._shards.values())
 
     def category_sizes(self) -> dict[str, int]:
         return {c: s.index.ntotal for c, s in sorted(self._shards.items())}
@@ -145,8 +153,8 @@ class InvertedIndex:
         if shard is None:
             shard = _Shard(
                 faiss.IndexBinaryFlat(self.code_bytes * 8),
-                [],
-                np.empty((0, self.colour_bins), np.float16),
+                _encode_ids([]),
+                None,
                 np.empty((0, len(self._groups)), np.uint8),
             )
             self._shards[category] = shard
@@ -169,46 +177,43 @@ class InvertedIndex:
             raise ValueError("ids to add must be unique")
         for c in set(categories):
             self.schema.check_category(c)
-        self.delete([i for i in ids if i in self._where])
+        self.delete(ids)
         categories = np.asarray(categories)
         for category in np.unique(categories):
             sel = np.nonzero(categories == category)[0]
             shard = self._shard(str(category))
             shard.index.add(codes[sel])
-            shard.ids.extend(ids[i] for i in sel)
-            shard.colours = np.concatenate([shard.colours, colours[sel].astype(np.float16)])
+            shard.ids = np.concatenate([shard.ids, _encode_ids([ids[i] for i in sel])])
+            # uint8 histograms stay uint8; anything else is kept as float16.
+            part = colours[sel] if colours.dtype == np.uint8 else colours[sel].astype(np.float16)
+            shard.colours = part if shard.colours is None else np.concatenate([shard.colours, part.astype(shard.colours.dtype)])
             shard.values = np.concatenate([shard.values, np.stack([self._encode_values(attributes[i]) for i in sel])])
-            for i in sel:
-                self._where[ids[i]] = str(category)
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove products; returns how many were there."""
-        by_shard: dict[str, list[str]] = {}
-        for pid in ids:
-            category = self._where.pop(pid, None)
-            if category is not None:
-                by_shard.setdefault(category, []).append(pid)
-        for category, gone in by_shard.items():
-            shard = self._shards[category]
-            gone_set = set(gone)
-            rows = np.array([r for r, pid in enumerate(shard.ids) if pid in gone_set], np.int64)
-            shard.index.remove_ids(rows)  # IndexBinaryFlat compacts, keeping order
-            keep = np.ones(len(shard.ids), bool)
-            keep[rows] = False
-            shard.ids = [pid for pid, k in zip(shard.ids, keep) if k]
-            shard.colours = shard.colours[keep]
-            shard.values = shard.values[keep]
-        return sum(len(v) for v in by_shard.values())
+        gone = _encode_ids(list(ids))
+        removed = 0
+        if gone.size == 0:
+            return 0
+        for shard in self._shards.values():
+            hit = np.isin(shard.ids, gone)
+            if not hit.any():
+                continue
+            shard.index.remove_ids(np.nonzero(hit)[0].astype(np.int64))  # compacts, keeping order
+            keep = ~hit
+            shard.ids, shard.colours, shard.values = shard.ids[keep], shard.colours[keep], shard.values[keep]
+            removed += int(hit.sum())
+        return removed
 
     def postings(self, key: str, category: str | None = None) -> list[str]:
         """Product ids holding attribute ``group=value`` (within one category when given)."""
         group, _, value = key.partition("=")
         shards = [category] if category else list(self._shards)
         if group == Schema.CATEGORY:
-            return list(self._shards[value].ids) if value in self._shards and value in shards else []
+            return _decode_ids(self._shards[value].ids) if value in self._shards and value in shards else []
         if group == Schema.GREAT:
             return [pid for c in shards if c in self._shards and self.schema.great_category(c) == value
-                    for pid in self._shards[c].ids]
+                    for pid in _decode_ids(self._shards[c].ids)]
         j = next((j for j, g in enumerate(self._groups) if g.name == group), None)
         if j is None or value not in self._value_index[j]:
             raise ValueError(f"unknown attribute key {key!r}")
@@ -217,7 +222,7 @@ class InvertedIndex:
         for c in shards:
             shard = self._shards.get(c)
             if shard is not None:
-                out.extend(shard.ids[r] for r in np.nonzero(shard.values[:, j] == v)[0])
+                out.extend(_decode_ids(shard.ids[shard.values[:, j] == v]))
         return out
 
     # -- search ---------------------------------------------------------------------------
@@ -253,7 +258,7 @@ class InvertedIndex:
             if rows_map.size:
                 index.add(faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes)
                           .reshape(n, self.code_bytes)[rows_map])
-            ids = [shard.ids[i] for i in rows_map]
+            ids = shard.ids[rows_map]
             if rows_map.size < r.min_category_products:
                 note = f"only {rows_map.size} products in category {category!r} with {dict(filters)}"
         candidates = index.ntotal
@@ -271,11 +276,12 @@ class InvertedIndex:
         n_query = max(int(known.sum()), 1)
         score = (r.w_appearance * ham / (self.code_bytes * 8) + r.w_colour * colour_dist
                  - r.w_shared * shared.sum(1) / n_query)
-        order = sorted(range(len(rows)), key=lambda i: (round(float(score[i]), 9), shard.ids[rows[i]]))[:k]
+        # Rounding keeps float noise from breaking ties that should go to the id.
+        order = np.lexsort((shard.ids[rows], np.round(score, 9)))[:k]
         names = [g.name for g in self._groups]
         hits = [
             Hit(
-                id=shard.ids[rows[i]],
+                id=shard.ids[rows[i]].decode("utf-8"),
                 score=round(float(score[i]), 6),
                 hamming=int(ham[i]),
                 colour_distance=round(float(colour_dist[i]), 6),
@@ -297,7 +303,7 @@ class InvertedIndex:
             arrays[f"{c}/codes"] = faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes).copy() if n else np.empty((0, self.code_bytes), np.uint8)
             arrays[f"{c}/colours"] = shard.colours
             arrays[f"{c}/values"] = shard.values
-            arrays[f"{c}/ids"] = np.array(shard.ids, dtype=np.str_) if shard.ids else np.empty(0, "U1")
+            arrays[f"{c}/ids"] = shard.ids
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
@@ -315,9 +321,7 @@ class InvertedIndex:
             for c in meta["categories"]:
                 shard = idx._shard(c)
                 shard.index.add(np.ascontiguousarray(z[f"{c}/codes"]))
-                shard.ids = z[f"{c}/ids"].tolist()
+                shard.ids = z[f"{c}/ids"]
                 shard.colours = z[f"{c}/colours"]
                 shard.values = z[f"{c}/values"]
-                for pid in shard.ids:
-                    idx._where[pid] = c
         return idx

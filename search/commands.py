@@ -1,5 +1,50 @@
-"""Subcommands contributed by ``search``."""
+"""Subcommands contributed by ``search``: ``query``."""
+
+from __future__ import annotations
+
+import json
+
+
+def _table(response: dict) -> str:
+    q = response["query"]
+    lines = [
+        f"option {q['option']}: category {q['category']}"
+        + (" (no garment found: whole image)" if q["fallback"] else "")
+        + f", roi {q['roi']}, {q['timings_ms']['total']:.0f} ms",
+        "attributes: " + ", ".join(f"{a['group']}={a['value']} ({a['p']:.2f})" for a in q["attributes"]),
+    ]
+    if q.get("note"):
+        lines.append(f"note: {q['note']}")
+    lines.append(f"{'#':>3}  {'id':<20} {'score':>7} {'hamming':>7} {'colour':>6}  title / shared attributes")
+    for i, r in enumerate(response["results"], 1):
+        shared = ", ".join(a.split("=", 1)[1] for a in r["shared_attributes"])
+        lines.append(f"{i:>3}  {r['id']:<20} {r['score']:>7.3f} {r['hamming']:>7d} {r['colour_distance']:>6.3f}  {r['title']}"
+                     + (f"  [{shared}]" if shared else ""))
+    if not response["results"]:
+        lines.append("  (no results)")
+    return "\n".join(lines)
+
+
+def _query(args) -> int:
+    from indexer.images import load_image
+    from search.engine import SearchEngine
+
+    image = load_image(args.image)
+    option = "rectangle" if args.box else "guided" if args.category else "auto"
+    engine = SearchEngine.open(args.index, device=args.device)
+    response = engine.search(image, option, category=args.category, box=args.box, k=args.k)
+    print(json.dumps(response, indent=1) if args.json else _table(response))
+    return 0
 
 
 def register(commands) -> None:
-    """None yet."""
+    p = commands.top.add_parser("query", help="search an index with a photo")
+    p.add_argument("index", help="index directory written by `fashion-search index`")
+    p.add_argument("image", help="the query photo")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--category", help="guided: the fashion category meant (e.g. pants)")
+    which.add_argument("--box", help="rectangle: x0,y0,x1,y1 in the photo's pixels")
+    p.add_argument("--k", type=int, default=10, help="results to return (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=_query)

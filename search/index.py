@@ -125,6 +125,7 @@ class InvertedIndex:
         self._groups = [g for g in self.schema.groups if g.name not in (Schema.GREAT, Schema.CATEGORY)]
         self._value_index = [{v: i for i, v in enumerate(g.values)} for g in self._groups]
         self._shards: dict[str, _Shard] = {}
+        self.version: str | None = None  # the store version a snapshot was taken from
 
     # -- contents -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -297,7 +298,7 @@ class InvertedIndex:
         path = Path(path)
         arrays = {}
         meta = {"code_bytes": self.code_bytes, "colour_bins": self.colour_bins,
-                "schema": self.schema.fingerprint, "categories": sorted(self._shards)}
+                "schema": self.schema.fingerprint, "categories": sorted(self._shards), "version": self.version}
         for c, shard in self._shards.items():
             n = shard.index.ntotal
             arrays[f"{c}/codes"] = faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes).copy() if n else np.empty((0, self.code_bytes), np.uint8)
@@ -318,6 +319,7 @@ class InvertedIndex:
             if meta["schema"] != schema.fingerprint:
                 raise ValueError(f"the index snapshot {path} was built with schema {meta['schema']}, this one is {schema.fingerprint}")
             idx = cls(code_bytes=meta["code_bytes"], colour_bins=meta["colour_bins"], schema=schema, ranking=ranking)
+            idx.version = meta.get("version")
             for c in meta["categories"]:
                 shard = idx._shard(c)
                 shard.index.add(np.ascontiguousarray(z[f"{c}/codes"]))

@@ -1,0 +1,242 @@
+"""The query engine: a photo and one of three options in, similar products out.
+
+Options:
+    auto       the attribute model decides which garment is meant (its most likely category);
+    guided     the shopper picks the fashion category;
+    rectangle  the shopper draws a box around the garment.
+
+Every option goes through the indexer's ``describe()``, the same code path that indexed the
+catalogue, then through the in-RAM inverted index (``search.index``). The engine opens an index
+directory written by ``fashion-search index`` and needs nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from attributes.schema import Schema, default_schema
+from search.index import InvertedIndex, RankingConfig
+
+logger = logging.getLogger(__name__)
+
+OPTIONS = ("auto", "guided", "rectangle")
+MAX_K = 200
+SNAPSHOT = "ram.npz"
+
+
+def check_option(option: str) -> str:
+    if option not in OPTIONS:
+        raise ValueError(f"unknown option {option!r}; use one of {', '.join(OPTIONS)}")
+    return option
+
+
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+    return int(k)
+
+
+def parse_box(box, size: tuple[int, int], *, min_side: float = 4) -> tuple[float, float, float, float]:
+    """A rectangle ``x0,y0,x1,y1`` (string or sequence) checked against an image of ``size``."""
+    if isinstance(box, str):
+        parts = box.replace(" ", "").split(",")
+    elif isinstance(box, Sequence):
+        parts = list(box)
+    else:
+        raise ValueError(f"box must be x0,y0,x1,y1, got {box!r}")
+    if len(parts) != 4:
+        raise ValueError(f"box must have 4 numbers x0,y0,x1,y1, got {box!r}")
+    try:
+        x0, y0, x1, y1 = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"box must hold numbers, got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ValueError(f"box must hold finite numbers, got {box!r}")
+    w, h = size
+    if x1 - x0 < min_side or y1 - y0 < min_side:
+        raise ValueError(f"box {box!r} is degenerate: it needs x1 > x0 and y1 > y0, at least {min_side:g} pixels each way")
+    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise ValueError(f"box {box!r} lies outside the {w}x{h} image")
+    return x0, y0, x1, y1
+
+
+def _attributes_of(desc) -> dict[str, str]:
+    return {g: v for g, (v, _p) in desc.attributes.items()}
+
+
+def load_ram_index(index_dir: str | Path, *, use_snapshot: bool = True, schema: Schema | None = None,
+                   ranking: RankingConfig | None = None) -> InvertedIndex:
+    """The RAM index of an index directory: from its snapshot when current, else from the store."""
+    from indexer.store import Store
+
+    index_dir = Path(index_dir)
+    schema = schema or default_schema()
+    store = Store(index_dir, readonly=True)
+    try:
+        snap = index_dir / SNAPSHOT
+        version = store.version()
+        if use_snapshot and snap.is_file():
+            try:
+                ram = InvertedIndex.load(snap, schema=schema, ranking=ranking)
+                if ram.version == version:
+                    return ram
+                logger.info("the RAM snapshot is older than the store: rebuilding it")
+            except (OSError, ValueError, KeyError) as exc:
+                logger.warning("ignoring unreadable RAM snapshot %s: %s", snap, exc)
+        info = store.info()
+        ram = InvertedIndex(code_bytes=info["code_bytes"], colour_bins=info["colour_bins"], schema=schema, ranking=ranking)
+        batch: list = []
+
+        def flush():
+            ram.add(
+                [r.id for r in batch],
+                [r.description.category for r in batch],
+                [_attributes_of(r.description) for r in batch],
+                np.stack([r.description.code for r in batch]),
+                np.stack([r.description.colour for r in batch]),
+            )
+            batch.clear()
+
+        for record in store.iter_records():
+            batch.append(record)
+            if len(batch) >= 10_000:
+                flush()
+        if batch:
+            flush()
+        ram.version = version
+    finally:
+        store.close()
+    if use_snapshot:
+        try:
+            ram.save(index_dir / SNAPSHOT)
+        except OSError as exc:  # a read-only index directory still serves
+            logger.warning("cannot write the RAM snapshot: %s", exc)
+    return ram
+
+
+class SearchEngine:
+    """Describer + store + RAM index, loaded once; ``search`` is safe to call from many threads."""
+
+    def __init__(self, *, describer, store, index: InvertedIndex, schema: Schema | None = None):
+        self.describer = describer
+        self.store = store
+        self.index = index
+        self.schema = schema or default_schema()
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()  # guards the RAM index while it is being changed
+
+    @classmethod
+    def open(cls, index_dir: str | Path, *, device: str = "cpu", ranking: RankingConfig | None = None) -> "SearchEngine":
+        from indexer.describe import Describer
+        from indexer.store import Store
+
+        index_dir = Path(index_dir)
+        if not index_dir.is_dir():
+            raise FileNotFoundError(f"no index at {index_dir}: build one with `fashion-search index`")
+        t0 = time.perf_counter()
+        index = load_ram_index(index_dir, ranking=ranking)
+        store = Store(index_dir, readonly=False)
+        describer = Describer.load(store.models_dir(), device=device)
+        logger.info("opened %s: %d products in %.1fs", index_dir, len(index), time.perf_counter() - t0)
+        return cls(describer=describer, store=store, index=index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def categories(self) -> list[str]:
+        return list(self.schema.category_names)
+
+    # -- search ---------------------------------------------------------------------------
+    def search(self, image: Image.Image, option: str, *, category: str | None = None,
+               box=None, k: int = 20) -> dict:
+        check_option(option)
+        k = check_k(k)
+        guide, roi_box = None, None
+        if option == "guided":
+            if not category:
+                raise ValueError("the guided option needs a category")
+            guide = self.schema.check_category(category)
+        elif option == "rectangle":
+            if box is None:
+                raise ValueError("the rectangle option needs a box x0,y0,x1,y1")
+            roi_box = parse_box(box, image.size)
+            if category:
+                guide = self.schema.check_category(category)
+        t0 = time.perf_counter()
+        (desc,) = self.describer.describe([image], guides=[guide], boxes=[roi_box])
+        t1 = time.perf_counter()
+        with self._read_lock:
+            result = self.index.search(desc.code, desc.colour, desc.category, _attributes_of(desc), k=k)
+        t2 = time.perf_counter()
+        hits = []
+        for h in result.hits:
+            meta = self.store.metadata(h.id) or {}
+            hits.append({
+                "id": h.id,
+                "title": meta.get("title", ""),
+                "category": meta.get("category", desc.category),
+                "score": h.score,
+                "hamming": h.hamming,
+                "colour_distance": h.colour_distance,
+                "shared_attributes": list(h.shared_attributes),
+                "price": meta.get("price"),
+                "url": meta.get("url"),
+            })
+        timings = dict(desc.timings_ms)
+        timings["describe"] = round((t1 - t0) * 1e3, 2)
+        timings["search"] = round((t2 - t1) * 1e3, 2)
+        timings["total"] = round((time.perf_counter() - t0) * 1e3, 2)
+        return {
+            "query": {
+                "option": option,
+                "category": desc.category,
+                "categories": [{"category": c, "p": round(float(p), 4)} for c, p in desc.categories],
+                "attributes": [{"group": g, "value": v, "p": round(float(p), 4)} for g, (v, p) in desc.attributes.items()],
+                "roi": [int(round(v)) for v in desc.roi],
+                "fallback": bool(desc.fallback),
+                "candidates": result.candidates,
+                "note": result.note,
+                "timings_ms": timings,
+            },
+            "results": hits,
+        }
+
+    # -- products -------------------------------------------------------------------------
+    def product(self, product_id: str) -> dict | None:
+        return self.store.metadata(product_id)
+
+    def thumbnail(self, product_id: str) -> bytes | None:
+        return self.store.thumbnail(product_id)
+
+    def add(self, product: dict, image: Image.Image) -> dict:
+        """Describe, store and index one product; replaces a product with the same id."""
+        with self._write_lock:
+            record = self.store.add_product(product, image, self.describer)
+            d = record.description
+            with self._read_lock:
+                self.index.add([record.id], [d.category], [_attributes_of(d)], d.code[None], d.colour[None])
+            return self.store.metadata(record.id)
+
+    def delete(self, product_id: str) -> bool:
+        with self._write_lock:
+            found = self.store.delete([product_id]) > 0
+            with self._read_lock:
+                self.index.delete([product_id])
+            return found
+
+    def stats(self) -> dict:
+        return {
+            "products": len(self.index),
+            "categories": self.index.category_sizes(),
+            "code_bits": self.index.code_bytes * 8,
+            "colour_bins": self.index.colour_bins,
+            "ranking": self.index.ranking.__dict__,
+        }

@@ -27,6 +27,7 @@ from attributes.schema import Schema, default_schema
 logger = logging.getLogger(__name__)
 
 SIZE = 256
+_RAMP = (np.arange(SIZE, dtype=np.float32) / SIZE).reshape(SIZE, 1, 1)
 
 COLOURS = {
     "black": (25, 25, 28),
@@ -154,10 +155,9 @@ def _draw_mask(category: str, w: int, h: int, a: dict) -> np.ndarray:
 def _texture(h: int, w: int, colour: np.ndarray, second: np.ndarray, pattern: str, rng: np.random.Generator) -> np.ndarray:
     tex = np.broadcast_to(colour, (h, w, 3)).copy()
     period = int(rng.integers(8, 16))
-    yy, xx = np.mgrid[0:h, 0:w]
+    yy, xx = np.ogrid[0:h, 0:w]
     if pattern == "striped":
-        axis = yy if rng.random() < 0.7 else xx
-        sel = (axis % period) < period // 2.5
+        sel = np.broadcast_to((yy % period) < period // 2.5 if rng.random() < 0.7 else (xx % period) < period // 2.5, (h, w))
     elif pattern == "dotted":
         r = period / 4.5
         sel = ((yy % period - period / 2) ** 2 + (xx % period - period / 2) ** 2) < r * r
@@ -175,16 +175,15 @@ def _background(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray
         if all(np.abs(base - a).sum() > 150 for a in avoid):
             break
     style = rng.integers(0, 3)
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
     if style == 0:
-        img = np.broadcast_to(base, (SIZE, SIZE, 3)).copy()
+        img = np.broadcast_to(base, (SIZE, SIZE, 3))
     elif style == 1:
         other = rng.integers(0, 256, 3).astype(np.float32)
-        t = (yy if rng.random() < 0.5 else xx)[..., None]
+        t = _RAMP if rng.random() < 0.5 else _RAMP.transpose(1, 0, 2)
         img = base * (1 - 0.35 * t) + other * 0.35 * t
     else:
-        img = base + rng.normal(0, 12, (SIZE, SIZE, 1)).astype(np.float32)
-    return img
+        img = base + 12 * rng.standard_normal((SIZE, SIZE, 1), dtype=np.float32)
+    return np.clip(np.broadcast_to(img, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
 
 
 def _random_attributes(category: str, schema: Schema, rng: np.random.Generator) -> dict:
@@ -228,11 +227,11 @@ def draw_scene(categories: list[str], schema: Schema, rng: np.random.Generator) 
         tex = _texture(h, w, colour, second, a["pattern"], rng)
         shade = (1.0 - 0.12 * np.linspace(0, 1, h, dtype=np.float32))[:, None, None]
         region = canvas[oy : oy + h, ox : ox + w]
-        region[mask] = (tex * shade)[mask]
+        region[mask] = np.clip(tex * shade, 0, 255).astype(np.uint8)[mask]
         ys, xs = np.nonzero(mask)
         box = (ox + int(xs.min()), oy + int(ys.min()), ox + int(xs.max()) + 1, oy + int(ys.max()) + 1)
         garments.append(Garment(category, a, box))
-    img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    img = Image.fromarray(canvas)
     return img, garments
 
 

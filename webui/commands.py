@@ -1,8 +1,11 @@
-"""Subcommands contributed by ``webui``: ``demo`` (and, as it lands, ``serve``)."""
+"""Subcommands contributed by ``webui``: ``demo`` and ``serve``."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+TOKEN_ENV = "FASHION_SEARCH_TOKEN"
 
 
 def _demo(args) -> int:
@@ -11,9 +14,32 @@ def _demo(args) -> int:
     return run_demo(Path(args.home), args.n, args.seed)
 
 
+def _serve(args) -> int:
+    from webui.app import serve
+
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    serve(Path(args.index), host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
+          threads=args.threads, max_upload_bytes=int(args.max_upload_mb * 2**20), device=args.device)
+    return 0
+
+
 def register(commands) -> None:
     p = commands.top.add_parser("demo", help="build, train, index and serve the synthetic demo catalogue")
     p.add_argument("--home", default=".fashion-search/demo", help="cache folder (default .fashion-search/demo)")
     p.add_argument("--n", type=int, default=2000, help="synthetic products (default 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+
+    p = commands.top.add_parser("serve", help="serve an index: the search page and the REST API",
+                                description="Load INDEX once and answer the search page and the REST API "
+                                            "(described at /api/openapi.json) under waitress.")
+    p.add_argument("index", help="index directory written by `fashion-search index`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--token", help=f"token that POST/DELETE /api/products require (or ${TOKEN_ENV}); "
+                                   "without one, product updates are disabled")
+    p.add_argument("--threads", type=int, default=4, help="request threads (default 4)")
+    p.add_argument("--max-upload-mb", type=float, default=16, help="largest upload accepted, in MiB (default 16)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=_serve)

@@ -1,0 +1,176 @@
+"""A small engine with ``SearchEngine``'s interface, for testing the web layer without models.
+
+It reads a synthetic dump (``indexer.synth``) and ranks the products of a category by the
+distance between tiny colour thumbnails of their garment boxes: enough for results that depend
+on the option, the category and the box, so the page can be tested end to end. It never stands
+in for the real engine in a figure.
+
+Run as a server for the browser test and the load test:
+    python -m tests.webui_fake DUMP [--port 8000] [--token T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from attributes.schema import Schema, default_schema
+from attributes.text import category_from_text
+from search.engine import check_k, check_option, parse_box
+
+FEATURE = 6  # side of the colour thumbnail compared
+
+
+def _feature(image: Image.Image, box=None) -> np.ndarray:
+    crop = image.crop(tuple(int(round(v)) for v in box)) if box is not None else image
+    return np.asarray(crop.resize((FEATURE, FEATURE), Image.BILINEAR), np.float32).reshape(-1) / 255.0
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    im = image.copy()
+    im.thumbnail((256, 256))
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+class FakeEngine:
+    def __init__(self, dump: str | Path, *, schema: Schema | None = None):
+        self.schema = schema or default_schema()
+        self._lock = threading.Lock()
+        self._products: dict[str, dict] = {}
+        dump = Path(dump)
+        for line in dump.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            image = Image.open(dump.parent / row["image"]).convert("RGB")
+            attributes = dict(row["attributes"])
+            box = next(b[:4] for b in row["boxes"] if b[4] == attributes["category"])
+            self._put(row, attributes, image, box)
+
+    def copy(self) -> "FakeEngine":
+        twin = object.__new__(FakeEngine)
+        twin.schema, twin._lock, twin._products = self.schema, threading.Lock(), dict(self._products)
+        return twin
+
+    def _put(self, row: dict, attributes: dict, image: Image.Image, box) -> dict:
+        meta = {"id": row["id"], "title": row.get("title", ""), "category": attributes["category"],
+                "category_path": row.get("category_path", ""), "price": row.get("price"), "url": row.get("url")}
+        entry = {"meta": meta, "attributes": attributes, "box": list(box), "size": image.size,
+                 "whole": _feature(image), "crop": _feature(image, box), "thumbnail": _thumbnail(image)}
+        with self._lock:
+            self._products[row["id"]] = entry
+        return meta
+
+    def _entries(self) -> list[dict]:
+        with self._lock:
+            return list(self._products.values())
+
+    # -- SearchEngine's interface --------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._products)
+
+    def categories(self) -> list[str]:
+        return list(self.schema.category_names)
+
+    def search(self, image, option, *, category=None, box=None, k=20) -> dict:
+        check_option(option)
+        k = check_k(k)
+        if category is not None:
+            self.schema.check_category(category)
+        entries = self._entries()
+        if option == "guided" and category is None:
+            raise ValueError("the guided option needs a category")
+        if option == "rectangle":
+            if box is None:
+                raise ValueError("the rectangle option needs a box x0,y0,x1,y1")
+            roi = parse_box(box, image.size)
+            query = _feature(image, roi)
+            pool = [e for e in entries if category is None or e["meta"]["category"] == category] or entries
+            seen = min(pool, key=lambda e: float(np.abs(e["crop"] - query).sum()))
+        else:
+            # The "recognised" garment: the catalogue photo nearest to the query, its box rescaled.
+            whole = _feature(image)
+            pool = [e for e in entries if category is None or e["meta"]["category"] == category] or entries
+            seen = min(pool, key=lambda e: float(np.abs(e["whole"] - whole).sum()))
+            sx, sy = image.size[0] / seen["size"][0], image.size[1] / seen["size"][1]
+            b = seen["box"]
+            roi = (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)
+            query = _feature(image, roi)
+        cat = category or seen["meta"]["category"]
+        attributes = {**seen["attributes"], "category": cat, "great_category": self.schema.great_category(cat)}
+        hits = []
+        for e in entries:
+            if e["meta"]["category"] != cat:
+                continue
+            distance = float(np.abs(e["crop"] - query).mean())
+            shared = [f"{g}={v}" for g, v in attributes.items()
+                      if g not in ("category", "great_category") and e["attributes"].get(g) == v]
+            hits.append({**{f: e["meta"][f] for f in ("id", "title", "category", "price", "url")},
+                         "score": round(distance - 0.05 * len(shared), 6), "hamming": int(distance * 512),
+                         "colour_distance": round(distance, 6), "shared_attributes": shared})
+        hits.sort(key=lambda h: (h["score"], h["id"]))
+        groups = [g.name for g in self.schema.groups]
+        return {
+            "query": {
+                "option": option, "category": cat,
+                "categories": [{"category": cat, "p": 1.0 if category else 0.8}],
+                "attributes": [{"group": g, "value": attributes[g], "p": 0.9} for g in groups if g in attributes],
+                "roi": [int(round(v)) for v in roi], "fallback": False, "note": None,
+                "timings_ms": {"total": 1.0},
+            },
+            "results": hits[:k],
+        }
+
+    def product(self, product_id: str) -> dict | None:
+        with self._lock:
+            entry = self._products.get(product_id)
+        return dict(entry["meta"]) if entry else None
+
+    def thumbnail(self, product_id: str) -> bytes | None:
+        with self._lock:
+            entry = self._products.get(product_id)
+        return entry["thumbnail"] if entry else None
+
+    def add(self, product: dict, image: Image.Image) -> dict:
+        category = category_from_text(product.get("title", ""), product.get("category_path", ""))
+        if category is None:
+            raise ValueError(f"product {product['id']!r}: no fashion category in its title or category_path")
+        w, h = image.size
+        return self._put(product, {"category": category}, image, (0, 0, w, h))
+
+    def delete(self, product_id: str) -> bool:
+        with self._lock:
+            return self._products.pop(product_id, None) is not None
+
+    def stats(self) -> dict:
+        counts: dict[str, int] = {}
+        for e in self._entries():
+            counts[e["meta"]["category"]] = counts.get(e["meta"]["category"], 0) + 1
+        return {"products": len(self), "categories": dict(sorted(counts.items()))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from webui.app import ServeConfig, create_app, serve_app
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dump")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token")
+    p.add_argument("--threads", type=int, default=4)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app({"ENGINE": FakeEngine(args.dump), "TOKEN": args.token})
+    serve_app(app, ServeConfig(host=args.host, port=args.port, threads=args.threads, token=args.token))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The REST API (JSON) under ``/api``; described in ``webui/openapi.json``."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from webui.forms import RequestError, parse_product, parse_search, read_image
+
+logger = logging.getLogger(__name__)
+
+OPENAPI = Path(__file__).with_name("openapi.json")
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+def _state():
+    return current_app.extensions["fashion_search"]
+
+
+def _image_url(product_id: str) -> str:
+    return url_for("api.product_image", product_id=product_id)
+
+
+def _with_image_url(product: dict) -> dict:
+    return {**product, "image_url": _image_url(product["id"])}
+
+
+def _require_token() -> None:
+    token = _state().token
+    if not token:
+        raise RequestError("product updates are disabled: start the server with --token", 403)
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise RequestError("product updates need the header 'Authorization: Bearer <token>' with the "
+                           "token the server was started with", 401)
+
+
+@bp.errorhandler(RequestError)
+def _request_error(exc: RequestError):
+    _state().stats.error(exc.status)
+    response = jsonify(error=str(exc))
+    response.status_code = exc.status
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="fashion-search"'
+    return response
+
+
+@bp.errorhandler(ValueError)
+def _engine_refused(exc: ValueError):
+    # The engine checks its inputs too; what it refuses is the client's to fix.
+    _state().stats.error(400)
+    return jsonify(error=str(exc)), 400
+
+
+@bp.get("/health")
+def health():
+    return jsonify(status="ok", products=len(_state().engine))
+
+
+@bp.get("/stats")
+def stats():
+    state = _state()
+    return jsonify({**state.engine.stats(), "server": state.stats.summary()})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return Response(OPENAPI.read_bytes(), mimetype="application/json")
+
+
+@bp.get("/categories")
+def categories():
+    return jsonify(categories=list(_state().categories))
+
+
+@bp.post("/search")
+def search():
+    state = _state()
+    q = parse_search(request.form, request.files, state.categories)
+    t0 = time.perf_counter()
+    response = state.engine.search(q.image, q.option, category=q.category, box=q.box, k=q.k)
+    state.stats.search(q.option, (time.perf_counter() - t0) * 1e3)
+    response["results"] = [_with_image_url(r) for r in response["results"]]
+    return jsonify(response)
+
+
+@bp.get("/products/<path:product_id>/image")
+def product_image(product_id: str):
+    data = _state().engine.thumbnail(product_id)
+    if data is None:
+        raise RequestError(f"no image for product {product_id!r}", 404)
+    response = Response(data, mimetype="image/jpeg")
+    # A product can be replaced under the same id: revalidate, but let the browser keep the bytes.
+    response.add_etag()
+    response.headers["Cache-Control"] = "no-cache"
+    return response.make_conditional(request)
+
+
+@bp.get("/products/<path:product_id>")
+def product(product_id: str):
+    found = _state().engine.product(product_id)
+    if found is None:
+        raise RequestError(f"no product {product_id!r}", 404)
+    return jsonify(_with_image_url(found))
+
+
+@bp.post("/products")
+def add_product():
+    _require_token()
+    product = parse_product(request.form)
+    image = read_image(request.files)
+    state = _state()
+    added = state.engine.add(product, image)
+    logger.info("added product %r", product["id"])
+    return jsonify(_with_image_url(added)), 201
+
+
+@bp.delete("/products/<path:product_id>")
+def delete_product(product_id: str):
+    _require_token()
+    if not _state().engine.delete(product_id):
+        raise RequestError(f"no product {product_id!r}", 404)
+    logger.info("deleted product %r", product_id)
+    return jsonify(deleted=product_id)
+
+
+def load_openapi() -> dict:
+    return json.loads(OPENAPI.read_text(encoding="utf-8"))

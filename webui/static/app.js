@@ -1,0 +1,385 @@
+// The search page. Talks to the JSON API only; every text from the server is set with
+// textContent, never as HTML, so a product titled "<script>" shows as text.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const K = 24;
+  const MIN_BOX = 4; // pixels of the photo, as the server asks
+
+  const els = {
+    drop: $("drop"), file: $("file"), stage: $("stage"), photo: $("photo"), overlay: $("overlay"),
+    actions: $("photo-actions"), photoSize: $("photo-size"), options: $("options"),
+    guided: $("guided"), category: $("category"), rectHint: $("rect-hint"),
+    recognised: $("recognised"), seen: $("seen"), attributes: $("attributes"), fallback: $("fallback"),
+    note: $("note"), error: $("error"), errorText: $("error-text"), errorClose: $("error-close"),
+    status: $("status"), welcome: $("welcome"), grid: $("grid"), card: $("card-template"),
+    catalogue: $("catalogue-size"),
+  };
+
+  const state = {
+    file: null,        // the query photo (File or Blob)
+    url: null,         // its object URL
+    size: null,        // [width, height] of the photo in pixels
+    box: null,         // the rectangle drawn, in photo pixels
+    draft: null,       // the rectangle being drawn
+    roi: null,         // the region the server searched, in photo pixels
+    roiLabel: "",
+    controller: null,  // aborts a search that a newer one replaces
+  };
+
+  // -- small helpers ----------------------------------------------------------------------
+  const option = () => els.options.querySelector("input[name=option]:checked").value;
+  const setOption = (value) => {
+    els.options.querySelector(`input[value="${value}"]`).checked = true;
+    syncControls();
+  };
+  const pct = (p) => `${Math.round(p * 100)}%`;
+  const niceName = (s) => s.replace(/_/g, " ");
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined) node.textContent = text;
+    if (className) node.className = className;
+    return node;
+  }
+
+  function showError(message) {
+    els.errorText.textContent = message;
+    els.error.hidden = false;
+  }
+  function clearError() { els.error.hidden = true; }
+  els.errorClose.addEventListener("click", clearError);
+
+  function setStatus(text, busy = false) {
+    els.status.replaceChildren();
+    if (busy) els.status.append(el("span", "", "spinner"));
+    if (text) els.status.append(el("span", text));
+    els.grid.setAttribute("aria-busy", busy ? "true" : "false");
+  }
+
+  // -- start-up: categories and catalogue size ----------------------------------------------
+  async function loadCategories() {
+    try {
+      const res = await fetch("api/categories");
+      const body = await res.json();
+      if (!res.ok) throw new Error(body.error || res.statusText);
+      els.category.replaceChildren(
+        ...body.categories.map((c) => { const o = el("option", niceName(c)); o.value = c; return o; }));
+      els.category.disabled = false;
+    } catch (err) {
+      els.category.replaceChildren(el("option", "Categories unavailable"));
+      showError(`Could not load the categories (${err.message}).`);
+    }
+    try {
+      const res = await fetch("api/health");
+      const body = await res.json();
+      if (res.ok) els.catalogue.textContent = `${body.products.toLocaleString("en")} products`;
+    } catch (_) { /* the count is decoration */ }
+  }
+
+  // -- the photo ------------------------------------------------------------------------------
+  async function setPhoto(file, { search = true } = {}) {
+    clearError();
+    if (file.type && !file.type.startsWith("image/")) {
+      showError(`"${file.name}" is not a photo (${file.type}). Choose a JPEG, PNG or WebP image.`);
+      return;
+    }
+    if (state.url) URL.revokeObjectURL(state.url);
+    state.file = file;
+    state.url = URL.createObjectURL(file);
+    state.box = state.draft = state.roi = null;
+    state.size = null;
+    els.photo.src = state.url;
+    els.stage.hidden = false;
+    els.actions.hidden = false;
+    els.drop.dataset.state = "photo";
+    els.recognised.hidden = true;
+    try {
+      await els.photo.decode();
+      state.size = [els.photo.naturalWidth, els.photo.naturalHeight];
+      els.photoSize.textContent = `${state.size[0]} × ${state.size[1]} px`;
+    } catch (_) {
+      // The server says precisely what is wrong with the file; ask it.
+      els.photoSize.textContent = "";
+    }
+    resizeOverlay();
+    if (option() === "rectangle") setOption("auto");
+    if (search) runSearch();
+  }
+
+  els.file.addEventListener("change", () => {
+    if (els.file.files.length) setPhoto(els.file.files[0]);
+    els.file.value = ""; // choosing the same file again still searches
+  });
+
+  // Drag and drop onto the drop zone; a file dropped elsewhere must not make the browser leave.
+  ["dragenter", "dragover"].forEach((type) => document.addEventListener(type, (e) => {
+    if (!e.dataTransfer || !Array.from(e.dataTransfer.types).includes("Files")) return;
+    e.preventDefault();
+    els.drop.classList.add("dragging");
+  }));
+  document.addEventListener("dragleave", (e) => {
+    if (e.target === document.documentElement || !e.relatedTarget) els.drop.classList.remove("dragging");
+  });
+  document.addEventListener("drop", (e) => {
+    if (!e.dataTransfer || !e.dataTransfer.files.length) return;
+    e.preventDefault();
+    els.drop.classList.remove("dragging");
+    setPhoto(e.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (e) => {
+    const item = Array.from(e.clipboardData ? e.clipboardData.items : []).find((i) => i.type.startsWith("image/"));
+    if (item) setPhoto(item.getAsFile());
+  });
+
+  // -- the overlay: the searched region and the rectangle being drawn ------------------------
+  function scale() {
+    const w = els.photo.clientWidth, h = els.photo.clientHeight;
+    if (!state.size || !w || !h) return null;
+    return { sx: w / state.size[0], sy: h / state.size[1], w, h };
+  }
+
+  function resizeOverlay() {
+    const s = scale();
+    if (!s) return;
+    const dpr = window.devicePixelRatio || 1;
+    els.overlay.width = Math.round(s.w * dpr);
+    els.overlay.height = Math.round(s.h * dpr);
+    els.overlay.style.width = `${s.w}px`;
+    els.overlay.style.height = `${s.h}px`;
+    draw();
+  }
+  new ResizeObserver(resizeOverlay).observe(els.photo);
+
+  function draw() {
+    const ctx = els.overlay.getContext("2d");
+    const s = scale();
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, els.overlay.width, els.overlay.height);
+    if (!s) return;
+    const dpr = window.devicePixelRatio || 1;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const rect = (b) => [b[0] * s.sx, b[1] * s.sy, (b[2] - b[0]) * s.sx, (b[3] - b[1]) * s.sy];
+    const shown = state.draft || state.roi;
+    if (shown) {
+      const [x, y, w, h] = rect(shown);
+      ctx.fillStyle = "rgba(20, 18, 30, 0.45)";  // dim what lies outside the region
+      ctx.beginPath();
+      ctx.rect(0, 0, s.w, s.h);
+      ctx.rect(x, y, w, h);
+      ctx.fill("evenodd");
+      ctx.lineWidth = 2.5;
+      ctx.strokeStyle = state.draft ? "#ffffff" : "#ff5a36";
+      ctx.setLineDash(state.draft ? [6, 4] : []);
+      ctx.strokeRect(x, y, w, h);
+      if (!state.draft && state.roiLabel) {
+        ctx.font = "600 13px system-ui, sans-serif";
+        const tw = ctx.measureText(state.roiLabel).width + 12;
+        const ly = y >= 22 ? y - 22 : y;
+        ctx.fillStyle = "#ff5a36";
+        ctx.fillRect(x - 1.25, ly, tw, 22);
+        ctx.fillStyle = "#fff";
+        ctx.fillText(state.roiLabel, x + 5, ly + 15);
+      }
+    }
+  }
+
+  function photoPoint(e) {
+    const s = scale();
+    const r = els.overlay.getBoundingClientRect();
+    const x = Math.min(Math.max(e.clientX - r.left, 0), s.w) / s.sx;
+    const y = Math.min(Math.max(e.clientY - r.top, 0), s.h) / s.sy;
+    return [x, y];
+  }
+
+  let start = null;
+  els.overlay.addEventListener("pointerdown", (e) => {
+    if (!scale() || e.button !== 0) return;
+    // Touch drags scroll the page unless the box option is chosen; a mouse drag always draws.
+    if (e.pointerType !== "mouse" && option() !== "rectangle") return;
+    e.preventDefault();
+    els.overlay.setPointerCapture(e.pointerId);
+    start = photoPoint(e);
+    state.draft = [...start, ...start];
+  });
+  els.overlay.addEventListener("pointermove", (e) => {
+    if (!start) return;
+    const p = photoPoint(e);
+    state.draft = [Math.min(start[0], p[0]), Math.min(start[1], p[1]), Math.max(start[0], p[0]), Math.max(start[1], p[1])];
+    draw();
+  });
+  const finish = (e) => {
+    if (!start) return;
+    start = null;
+    const b = state.draft;
+    state.draft = null;
+    if (!b || b[2] - b[0] < MIN_BOX || b[3] - b[1] < MIN_BOX) {
+      draw();
+      if (b && (b[2] - b[0] > 0 || b[3] - b[1] > 0)) showError("That box is too small: drag a larger one around the garment.");
+      return;
+    }
+    state.box = [Math.floor(b[0]), Math.floor(b[1]), Math.ceil(b[2]), Math.ceil(b[3])].map(
+      (v, i) => Math.min(v, state.size[i % 2]));
+    state.roi = state.box;
+    state.roiLabel = "";
+    draw();
+    setOption("rectangle");
+    runSearch();
+  };
+  els.overlay.addEventListener("pointerup", finish);
+  els.overlay.addEventListener("pointercancel", () => { start = null; state.draft = null; draw(); });
+
+  // -- the options --------------------------------------------------------------------------
+  function syncControls() {
+    const o = option();
+    els.guided.hidden = o !== "guided";
+    els.rectHint.hidden = o !== "rectangle";
+    els.stage.classList.toggle("drawing", o === "rectangle");
+  }
+  els.options.addEventListener("change", () => {
+    syncControls();
+    if (option() === "rectangle" && !state.box) {
+      clearError();
+      setStatus(state.file ? "Now drag on the photo to draw a box around the garment." : "");
+      return;
+    }
+    runSearch();
+  });
+  els.category.addEventListener("change", () => { if (option() === "guided") runSearch(); });
+
+  // -- searching ----------------------------------------------------------------------------
+  async function runSearch() {
+    if (!state.file) return;
+    const o = option();
+    const form = new FormData();
+    form.append("image", state.file, state.file.name || "photo.jpg");
+    form.append("option", o);
+    form.append("k", String(K));
+    if (o === "guided") {
+      if (!els.category.value) { showError("Pick a category first."); return; }
+      form.append("category", els.category.value);
+    }
+    if (o === "rectangle") {
+      if (!state.box) return;
+      form.append("box", state.box.join(","));
+    }
+    if (state.controller) state.controller.abort();
+    const controller = new AbortController();
+    state.controller = controller;
+    clearError();
+    setStatus("Searching…", true);
+    els.grid.classList.add("stale");
+    let res, body = null;
+    try {
+      res = await fetch("api/search", { method: "POST", body: form, signal: controller.signal });
+      try { body = await res.json(); } catch (_) { body = null; }
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      setStatus("");
+      showError("The server cannot be reached. Check your connection and try again.");
+      return;
+    }
+    if (controller !== state.controller) return; // a newer search is on its way
+    state.controller = null;
+    if (!res.ok) {
+      setStatus("");
+      const why = body && body.error ? body.error : `the server answered ${res.status} ${res.statusText}`;
+      showError(res.status === 413 ? `The photo is too large: ${why}.` : `${why.charAt(0).toUpperCase()}${why.slice(1)}.`);
+      return;
+    }
+    render(body);
+  }
+
+  // -- rendering ------------------------------------------------------------------------------
+  function renderQuery(q) {
+    els.recognised.hidden = false;
+    const how = { auto: "found by the model", guided: "the category you picked", rectangle: "in the box you drew" }[q.option] || "";
+    const best = (q.categories || []).find((c) => c.category === q.category);
+    els.seen.replaceChildren(
+      el("span", "Looking for "), el("strong", niceName(q.category || "anything")),
+      el("span", best && q.option === "auto" ? ` (${pct(best.p)} sure)` : how ? ` — ${how}` : ""));
+    els.seen.dataset.option = q.option;
+    els.seen.dataset.category = q.category || "";
+    els.attributes.replaceChildren(...(q.attributes || [])
+      .filter((a) => a.group !== "great_category" && a.group !== "category")
+      .map((a) => {
+        const li = el("li", "", "chip");
+        li.append(el("span", `${niceName(a.group)} `, "chip-group"), el("span", niceName(a.value)));
+        if (typeof a.p === "number") li.append(el("span", ` ${pct(a.p)}`, "chip-p"));
+        li.title = `${niceName(a.group)}: ${a.value} (probability ${a.p})`;
+        return li;
+      }));
+    els.fallback.hidden = !q.fallback;
+    els.note.hidden = !q.note;
+    els.note.textContent = q.note || "";
+    state.roi = q.roi && q.roi.length === 4 ? q.roi : null;
+    state.roiLabel = q.category ? niceName(q.category) : "";
+    draw();
+    if (q.option !== "rectangle" && q.category && Array.from(els.category.options).some((o) => o.value === q.category)) {
+      els.category.value = q.category; // "Pick a category" starts from what the model saw
+    }
+  }
+
+  function renderCard(r, i) {
+    const card = els.card.content.firstElementChild.cloneNode(true);
+    card.dataset.id = r.id;
+    card.dataset.category = r.category || "";
+    const img = card.querySelector("img");
+    img.src = r.image_url;
+    img.alt = r.title || r.id;
+    img.addEventListener("error", () => card.querySelector(".thumb").classList.add("missing"), { once: true });
+    card.querySelector(".title").textContent = r.title || r.id;
+    card.querySelector(".title").title = r.title || r.id;
+    card.querySelector(".category").textContent = niceName(r.category || "");
+    if (typeof r.price === "number") {
+      card.querySelector(".price").textContent = r.price.toLocaleString("en", { style: "currency", currency: "USD" });
+    }
+    const score = card.querySelector(".score");
+    score.textContent = `#${i + 1} · score ${Number(r.score).toFixed(3)}`;
+    score.title = `Lower is closer. Appearance distance ${r.hamming} bits, colour distance ${Number(r.colour_distance).toFixed(3)}.`;
+    card.querySelector(".shared").replaceChildren(...(r.shared_attributes || []).map((token) => {
+      const [group, value] = token.split("=", 2);
+      const li = el("li", `✓ ${niceName(value || group)}`, "chip shared-chip");
+      li.title = `Same ${niceName(group)} as your photo`;
+      return li;
+    }));
+    card.querySelector(".more").addEventListener("click", () => moreLikeThis(r));
+    return card;
+  }
+
+  function render(body) {
+    const q = body.query, results = body.results;
+    renderQuery(q);
+    els.grid.classList.remove("stale");
+    els.grid.replaceChildren(...results.map(renderCard));
+    const ms = q.timings_ms && typeof q.timings_ms.total === "number" ? ` in ${Math.round(q.timings_ms.total)} ms` : "";
+    const what = niceName(q.category || "product");
+    setStatus(results.length
+      ? `${results.length} similar ${what} product${results.length === 1 ? "" : "s"}${ms}`
+      : `No ${what} products found${ms}. Try another option or photo.`);
+  }
+
+  async function moreLikeThis(r) {
+    clearError();
+    try {
+      const res = await fetch(r.image_url);
+      if (!res.ok) throw new Error(`${res.status} ${res.statusText}`);
+      const blob = await res.blob();
+      const file = new File([blob], `${r.id}.jpg`, { type: blob.type || "image/jpeg" });
+      if (r.category && Array.from(els.category.options).some((o) => o.value === r.category)) {
+        els.category.value = r.category;
+        setOption("guided");
+      } else {
+        setOption("auto");
+      }
+      window.scrollTo({ top: 0, behavior: "smooth" });
+      await setPhoto(file);
+    } catch (err) {
+      showError(`Could not load that product's photo (${err.message}).`);
+    }
+  }
+
+  syncControls();
+  loadCategories();
+})();

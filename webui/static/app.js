@@ -14,7 +14,7 @@
     recognised: $("recognised"), seen: $("seen"), attributes: $("attributes"), fallback: $("fallback"),
     note: $("note"), error: $("error"), errorText: $("error-text"), errorClose: $("error-close"),
     status: $("status"), welcome: $("welcome"), grid: $("grid"), card: $("card-template"),
-    catalogue: $("catalogue-size"),
+    catalogue: $("catalogue-size"), unreadable: $("unreadable"),
   };
 
   const state = {
@@ -95,13 +95,17 @@
     els.actions.hidden = false;
     els.drop.dataset.state = "photo";
     els.recognised.hidden = true;
+    els.grid.replaceChildren();
     try {
       await els.photo.decode();
       state.size = [els.photo.naturalWidth, els.photo.naturalHeight];
       els.photoSize.textContent = `${state.size[0]} × ${state.size[1]} px`;
+      els.unreadable.hidden = true;
     } catch (_) {
       // The server says precisely what is wrong with the file; ask it.
       els.photoSize.textContent = "";
+      els.stage.hidden = true;
+      els.unreadable.hidden = false;
     }
     resizeOverlay();
     if (option() === "rectangle") setOption("auto");
@@ -140,7 +144,17 @@
     return { sx: w / state.size[0], sy: h / state.size[1], w, h };
   }
 
+  // The photo fills the panel's width (small photos are enlarged), within a height that
+  // leaves the options in view; the overlay matches it pixel for pixel.
   function resizeOverlay() {
+    if (state.size) {
+      const cs = getComputedStyle(els.drop);
+      const room = els.drop.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+      const maxH = window.innerHeight * (window.innerWidth <= 820 ? 0.5 : 0.6);
+      const fit = Math.min(room / state.size[0], maxH / state.size[1]);
+      els.photo.style.width = `${Math.floor(state.size[0] * fit)}px`;
+      els.photo.style.height = `${Math.floor(state.size[1] * fit)}px`;
+    }
     const s = scale();
     if (!s) return;
     const dpr = window.devicePixelRatio || 1;
@@ -150,7 +164,7 @@
     els.overlay.style.height = `${s.h}px`;
     draw();
   }
-  new ResizeObserver(resizeOverlay).observe(els.photo);
+  new ResizeObserver(resizeOverlay).observe(els.drop);
 
   function draw() {
     const ctx = els.overlay.getContext("2d");
@@ -353,11 +367,11 @@
     renderQuery(q);
     els.grid.classList.remove("stale");
     els.grid.replaceChildren(...results.map(renderCard));
-    const ms = q.timings_ms && typeof q.timings_ms.total === "number" ? ` in ${Math.round(q.timings_ms.total)} ms` : "";
-    const what = niceName(q.category || "product");
+    const ms = q.timings_ms && typeof q.timings_ms.total === "number" ? ` · ${Math.round(q.timings_ms.total)} ms` : "";
+    const what = niceName(q.category || "any category");
     setStatus(results.length
-      ? `${results.length} similar ${what} product${results.length === 1 ? "" : "s"}${ms}`
-      : `No ${what} products found${ms}. Try another option or photo.`);
+      ? `${results.length} similar product${results.length === 1 ? "" : "s"} in ${what}${ms}`
+      : `No products found in ${what}${ms}. Try another option or another photo.`);
   }
 
   async function moreLikeThis(r) {

@@ -1,0 +1,277 @@
+"""The search page in a real browser: Debian's Chromium driven by Playwright against a served index.
+
+The server is a real waitress process on a free port, waited on through /api/health. Its engine
+is the fake of ``tests/webui_fake.py`` (SearchEngine's interface over the synthetic catalogue), so
+this tests the page and the API, not the models. Screenshots of every state go to
+``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "browser-test-token"
+SERVER_START_S = 60
+
+
+def _install_chromium() -> str | None:
+    """Install Debian's Chromium when it is missing; the reason it cannot be had, or None."""
+    if CHROMIUM.exists():
+        return None
+    if shutil.which("apt-get") is None:
+        return "no /usr/bin/chromium and no apt-get to install it"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    install = [*sudo, "apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:  # stale package lists: refresh once and retry
+        subprocess.run([*sudo, "apt-get", "update"], env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0 or not CHROMIUM.exists():
+        return f"`apt-get install chromium` failed: {(r.stderr or r.stdout).strip()[-300:]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    why = _install_chromium()
+    if why:
+        pytest.skip(why)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pw = sync_api.sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    except Exception as exc:
+        pw.stop()
+        pytest.skip(f"Chromium does not start under Playwright: {exc}")
+    yield b
+    b.close()
+    pw.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> dict:
+    """Poll /api/health until it answers; fail early when the server process dies."""
+    import time
+
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "api/health", timeout=2) as r:
+                return json.load(r)
+        except (urllib.error.URLError, ConnectionError):
+            try:
+                proc.wait(timeout=0.1)  # the pause between polls, and a check that it still runs
+            except subprocess.TimeoutExpired:
+                continue
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+    raise RuntimeError(f"the server did not answer /api/health within {SERVER_START_S}s:\n{log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(synth_dump, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.webui_fake", str(synth_dump), "--port", str(port),
+                                 "--token", TOKEN], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        health = _wait_healthy(proc, url, log)
+        assert health == {"status": "ok", "products": 120}
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def rows(synth_dump) -> list[dict]:
+    return [json.loads(line) for line in synth_dump.read_text().splitlines()]
+
+
+@pytest.fixture
+def page(browser, server):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    context.set_default_timeout(10_000)
+    p = context.new_page()
+    problems: list[str] = []
+    p.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    # Failed API calls log a resource error by design; anything else (script errors, CSP violations) is a bug.
+    p.on("console", lambda m: problems.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None)
+    p.goto(server)
+    p.wait_for_function("document.getElementById('category').options.length > 1")
+    yield p
+    context.close()
+    assert not problems, problems
+
+
+def _is_search(response) -> bool:
+    return response.url.endswith("/api/search") and response.request.method == "POST"
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _drag_box(page, box) -> None:
+    """Drag a rectangle over the photo, ``box`` in the photo's pixels."""
+    bb = page.locator("#overlay").bounding_box()
+    nw, nh = page.evaluate("[document.getElementById('photo').naturalWidth, document.getElementById('photo').naturalHeight]")
+    sx, sy = bb["width"] / nw, bb["height"] / nh
+    x0, y0, x1, y1 = box
+    page.mouse.move(bb["x"] + x0 * sx + 1, bb["y"] + y0 * sy + 1)
+    page.mouse.down()
+    page.mouse.move(bb["x"] + (x0 + x1) / 2 * sx, bb["y"] + (y0 + y1) / 2 * sy, steps=3)
+    page.mouse.move(bb["x"] + x1 * sx - 1, bb["y"] + y1 * sy - 1, steps=3)
+    page.mouse.up()
+
+
+def _cards(page, expected: list[dict]) -> list[str]:
+    from playwright.sync_api import expect
+
+    expect(page.locator(".card")).to_have_count(len(expected))
+    ids = page.locator(".card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+    assert ids == [r["id"] for r in expected]
+    assert page.locator(".card .title").all_text_contents() == [r["title"] for r in expected]
+    return ids
+
+
+def test_three_options(page, rows, synth_dump):
+    from playwright.sync_api import expect
+
+    row = next(r for r in rows if len(r["boxes"]) >= 2)
+    photo = synth_dump.parent / row["image"]
+
+    # 1. upload: auto results appear, with the recognised garment drawn on the photo
+    with page.expect_response(_is_search) as info:
+        page.set_input_files("#file", str(photo))
+    auto = info.value.json()  # the query echoes what the page sent: option, category, box
+    assert auto["query"]["option"] == "auto"
+    _cards(page, auto["results"])
+    expect(page.locator("#seen")).to_have_attribute("data-option", "auto")
+    expect(page.locator("#seen")).to_contain_text(auto["query"]["category"].replace("_", " "))
+    assert page.locator("#attributes .chip").count() == len(auto["query"]["attributes"]) - 2  # all but the categories
+    assert page.locator(".card").first.locator(".shared-chip").count() == len(auto["results"][0]["shared_attributes"])
+    _shot(page, "1-auto")
+
+    # 2. pick a category: the results change to it
+    with page.expect_response(_is_search) as info:
+        page.check("input[name=option][value=guided]")
+    # the list starts at what the model saw
+    assert info.value.json()["query"]["category"] == auto["query"]["category"]
+    chosen = "pants" if auto["query"]["category"] != "pants" else "shoes"
+    with page.expect_response(_is_search) as info:
+        page.select_option("#category", chosen)
+    guided = info.value.json()
+    assert guided["query"]["option"] == "guided" and guided["query"]["category"] == chosen
+    _cards(page, guided["results"])
+    assert set(page.locator(".card").evaluate_all("cs => cs.map(c => c.dataset.category)")) == {chosen}
+    expect(page.locator("#seen")).to_have_attribute("data-category", chosen)
+    _shot(page, "2-guided")
+
+    # 3. draw a rectangle around each garment in turn: the results follow the box
+    answers = []
+    for i, (*box, category) in enumerate(row["boxes"][:2]):
+        with page.expect_response(_is_search) as info:
+            _drag_box(page, box)
+        rect = info.value.json()
+        assert rect["query"]["option"] == "rectangle"
+        assert all(abs(a - b) <= 2 for a, b in zip(rect["query"]["roi"], box)), (rect["query"]["roi"], box)
+        answers.append(_cards(page, rect["results"]))
+        assert page.locator("input[name=option][value=rectangle]").is_checked()
+        if category == row["attributes"]["category"]:
+            assert answers[-1][0] == row["id"]  # the box around the product itself finds it first
+        _shot(page, f"3-rectangle-{i + 1}")
+    assert answers[0] != answers[1]
+
+    # "more like this" searches with that product's photo, guided by its category
+    first = rect["results"][0]
+    with page.expect_response(_is_search) as info:
+        page.locator(".card .more").first.click()
+    more = info.value.json()
+    assert more["query"]["option"] == "guided" and more["query"]["category"] == first["category"]
+    _cards(page, more["results"])
+    expect(page.locator("#photo-size")).to_have_text("256 × 256 px")
+    _shot(page, "4-more-like-this")
+
+
+def test_errors_are_shown_clearly(page, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("this is a shopping list, not a photo\n" * 10)
+    with page.expect_response(_is_search) as info:
+        page.set_input_files("#file", str(fake))
+    assert info.value.status == 400
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error-text")).to_contain_text("not an image")
+    assert page.locator(".card").count() == 0
+    _shot(page, "5-error")
+
+
+def test_phone_width(page, rows, synth_dump):
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    with page.expect_response(_is_search) as info:
+        page.set_input_files("#file", str(synth_dump.parent / rows[3]["image"]))
+    expect(page.locator(".card")).to_have_count(len(info.value.json()["results"]))
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    card = page.locator(".card").first.bounding_box()
+    assert card["width"] >= 140  # two readable columns, not a squeezed grid
+    _shot(page, "6-phone")
+
+
+def test_titles_are_shown_as_text(page, server, tmp_path):
+    from playwright.sync_api import expect
+    from PIL import Image
+
+    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script> Red pants'
+    photo = tmp_path / "red.png"
+    Image.new("RGB", (120, 200), (200, 30, 35)).save(photo)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = page.request.post(server + "api/products", headers=auth, multipart={
+        "id": "hostile-1", "title": hostile,
+        "image": {"name": "red.png", "mimeType": "image/png", "buffer": photo.read_bytes()}})
+    assert r.status == 201, r.text()
+    try:
+        page.check("input[name=option][value=guided]")  # no photo yet: nothing is sent
+        page.select_option("#category", "pants")
+        with page.expect_response(_is_search) as info:
+            page.set_input_files("#file", str(photo))
+        assert info.value.json()["query"]["category"] == "pants"
+        assert hostile in [h["title"] for h in info.value.json()["results"]]
+        expect(page.locator(".card[data-id='hostile-1'] .title")).to_have_text(hostile)
+        assert page.evaluate("window.pwned") is None
+        assert page.locator("#grid script, #grid img[src='x']").count() == 0
+        _shot(page, "7-escaped-title")
+    finally:
+        page.request.delete(server + "api/products/hostile-1", headers=auth)

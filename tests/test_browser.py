@@ -275,3 +275,20 @@ def test_titles_are_shown_as_text(page, server, tmp_path):
         _shot(page, "7-escaped-title")
     finally:
         page.request.delete(server + "api/products/hostile-1", headers=auth)
+
+
+def test_served_upload_over_the_limit_is_a_json_413(server):
+    """Through waitress, not the test client: the body is read by the server before Flask refuses it."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(server)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    body = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.jpg\"\r\n\r\n" + bytes(17 * 2**20) + b"\r\n--b--\r\n"
+    conn.request("POST", "/api/search", body=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    r = conn.getresponse()
+    assert r.status == 413
+    assert "16 MiB limit" in json.loads(r.read())["error"]
+    conn.close()
+    with urllib.request.urlopen(server + "api/health", timeout=5) as h:
+        assert json.load(h)["status"] == "ok"

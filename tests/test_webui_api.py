@@ -352,3 +352,9 @@ def test_serve_command_refuses_a_missing_index(tmp_path, capsys):
 
     assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert "no index at" in capsys.readouterr().err
+
+
+def test_product_category_field_is_checked_and_used(client, engine):
+    assert_error(add(client, png_bytes(), id="n2", title="Lovely thing", category="spacesuit"), 400, "'spacesuit'")
+    r = add(client, png_bytes(), id="n2", title="Lovely thing", category="skirt")
+    assert r.status_code == 201 and r.json["category"] == "skirt"

@@ -139,7 +139,7 @@ class FakeEngine:
         return entry["thumbnail"] if entry else None
 
     def add(self, product: dict, image: Image.Image) -> dict:
-        category = category_from_text(product.get("title", ""), product.get("category_path", ""))
+        category = product.get("category") or category_from_text(product.get("title", ""), product.get("category_path", ""))
         if category is None:
             raise ValueError(f"product {product['id']!r}: no fashion category in its title or category_path")
         w, h = image.size

@@ -114,9 +114,9 @@ def product(product_id: str):
 @bp.post("/products")
 def add_product():
     _require_token()
-    product = parse_product(request.form)
-    image = read_image(request.files)
     state = _state()
+    product = parse_product(request.form, state.categories)
+    image = read_image(request.files)
     added = state.engine.add(product, image)
     logger.info("added product %r", product["id"])
     return jsonify(_with_image_url(added)), 201

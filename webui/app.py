@@ -199,7 +199,8 @@ def serve_app(app: Flask, config: ServeConfig = ServeConfig()) -> None:
     if not _is_loopback(config.host):
         logger.warning("listening on %s: the server is reachable from other machines", config.host)
     server = create_server(app, host=config.host, port=config.port, threads=config.threads,
-                           max_request_body_size=config.max_upload_bytes + 64 * 1024, ident="fashion-search")
+                           # Flask answers uploads over the limit with a JSON 413; waitress only stops the absurd.
+                           max_request_body_size=4 * config.max_upload_bytes, ident="fashion-search")
     host, port = server.effective_host, server.effective_port
     shown = f"[{host}]" if ":" in str(host) else host
     products = len(app.extensions["fashion_search"].engine)

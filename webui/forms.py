@@ -118,8 +118,9 @@ def _text(form: Mapping, name: str, *, limit: int = MAX_TEXT) -> str | None:
     return value
 
 
-def parse_product(form: Mapping) -> dict:
-    """A product row (as in a dump) from fields ``id``, ``title``, ``category_path``, ``price``, ``url``."""
+def parse_product(form: Mapping, categories: Sequence[str]) -> dict:
+    """A product row (as in a dump) from fields ``id``, ``title``, ``category_path``, ``price``, ``url``
+    and, to override what the text says, ``category``."""
     pid = _text(form, "id", limit=MAX_ID)
     if pid is None:
         raise RequestError("a product needs an id")
@@ -128,6 +129,9 @@ def parse_product(form: Mapping) -> dict:
         value = _text(form, name)
         if value is not None:
             product[name] = value
+    category = parse_category(form.get("category"), categories)
+    if category is not None:
+        product["category"] = category
     if "title" not in product and "category_path" not in product:
         raise RequestError(f"product {pid!r} needs a title or a category_path to tell its category")
     price = _text(form, "price", limit=32)

@@ -1,0 +1,117 @@
+"""The API over the real SearchEngine: LMDB store, RAM index and describe(), on a 12-product index.
+
+The attribute model and the detector are the indexer tests' stand-ins and the appearance code
+is a 256-bit average hash (a GoogLeNet forward pass per product costs seconds on this shared
+CPU), so this checks the contract between the web layer and the engine (shapes, types, updates
+reaching the index), not search quality.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from webui.app import create_app
+
+N_PRODUCTS = 12
+TOKEN = "engine-token"
+
+
+class HashCoder:
+    """Stands in for the appearance coder: bits of a 16x16 grey thumbnail above its mean."""
+
+    code_bytes = 32
+
+    def encode(self, images, *, batch_size: int = 64) -> np.ndarray:
+        grey = [np.asarray(im.convert("L").resize((16, 16), Image.BILINEAR), np.float32) for im in images]
+        return np.stack([np.packbits((g > g.mean()).reshape(-1)) for g in grey])
+
+
+@pytest.fixture(scope="module")
+def engine(synth_dump, tmp_path_factory):
+    describe = pytest.importorskip("indexer.describe", reason="the indexer's describe() is not there yet")
+    store_mod = pytest.importorskip("indexer.store", reason="the indexer's store is not there yet")
+    fakes = pytest.importorskip("tests.indexer_fakes", reason="the indexer's model stand-ins are not there yet")
+    from search.engine import SearchEngine, load_ram_index
+
+    describer = describe.Describer(predictor=fakes.FakePredictor(), detector=fakes.FakeDetector(), coder=HashCoder())
+    out = tmp_path_factory.mktemp("index")
+    store = store_mod.Store(out, readonly=False)
+    for line in synth_dump.read_text().splitlines()[:N_PRODUCTS]:
+        row = json.loads(line)
+        store.add_product(row, Image.open(synth_dump.parent / row["image"]).convert("RGB"), describer)
+    store.write_info({"code_bytes": int(describer.code_bytes), "colour_bins": int(describer.colour.bins)})
+    store.close()
+    index = load_ram_index(out)
+    store = store_mod.Store(out, readonly=False)
+    engine = SearchEngine(describer=describer, store=store, index=index)
+    yield engine
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    return create_app({"ENGINE": engine, "TOKEN": TOKEN, "TESTING": True}).test_client()
+
+
+@pytest.fixture(scope="module")
+def photo(synth_dump) -> bytes:
+    row = json.loads(synth_dump.read_text().splitlines()[0])
+    return (synth_dump.parent / row["image"]).read_bytes()
+
+
+def search(client, image: bytes, **fields):
+    return client.post("/api/search", data={"image": (io.BytesIO(image), "q.jpg"), **fields},
+                       content_type="multipart/form-data")
+
+
+def test_the_three_options_answer_as_documented(client, photo):
+    doc = client.get("/api/openapi.json").json["components"]["schemas"]["SearchResponse"]
+    hit_fields = set(doc["properties"]["results"]["items"]["required"])
+    query_fields = set(doc["properties"]["query"]["required"])
+    for fields in ({"option": "auto"}, {"option": "guided", "category": "shoes"},
+                   {"option": "rectangle", "box": "20,30,200,220"}):
+        r = search(client, photo, **fields)
+        assert r.status_code == 200, r.data
+        q = r.json["query"]
+        assert query_fields <= set(q) and q["option"] == fields["option"]
+        assert r.json["results"], fields
+        for hit in r.json["results"]:
+            assert hit_fields <= set(hit)
+            assert isinstance(hit["hamming"], int) and isinstance(hit["score"], float)
+            assert client.get(hit["image_url"]).mimetype == "image/jpeg"
+            assert client.get(f"/api/products/{hit['id']}").json["category"] == hit["category"] == q["category"]
+        if fields["option"] == "guided":
+            assert q["category"] == "shoes"
+        if fields["option"] == "rectangle":
+            assert q["roi"] == [20, 30, 200, 220]
+
+
+def test_bad_requests_leave_the_index_as_it_was(client, photo):
+    before = search(client, photo, option="guided", category="shoes").json["results"]
+    for fields in ({"option": "guided", "category": "spacesuit"}, {"option": "rectangle", "box": "0,0,999,999"},
+                   {"option": "auto", "k": "0"}):
+        assert search(client, photo, **fields).status_code == 400
+    assert search(client, b"GIF89a", option="auto").status_code == 400
+    assert client.get("/api/health").json == {"status": "ok", "products": N_PRODUCTS}
+    assert search(client, photo, option="guided", category="shoes").json["results"] == before
+
+
+def test_added_product_is_found_then_deleted(client, photo):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 160), (35, 70, 190)).save(buf, "PNG")
+    r = client.post("/api/products", headers=auth, content_type="multipart/form-data",
+                    data={"id": "added-1", "title": "Blue trousers", "image": (io.BytesIO(buf.getvalue()), "p.png")})
+    assert r.status_code == 201, r.data
+    assert r.json["category"] == "pants"
+    assert client.get("/api/health").json["products"] == N_PRODUCTS + 1
+    ids = [h["id"] for h in search(client, buf.getvalue(), option="guided", category="pants", k=50).json["results"]]
+    assert "added-1" in ids
+    assert client.delete("/api/products/added-1", headers=auth).status_code == 200
+    ids = [h["id"] for h in search(client, buf.getvalue(), option="guided", category="pants", k=50).json["results"]]
+    assert "added-1" not in ids and client.get("/api/health").json["products"] == N_PRODUCTS

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -120,7 +119,7 @@ def rows(synth_dump) -> list[dict]:
 def page(browser, server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
-    context.set_default_timeout(10_000)
+    context.set_default_timeout(30_000)  # generous: the CPU is shared while tests run
     p = context.new_page()
     problems: list[str] = []
     p.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))

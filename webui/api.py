@@ -86,7 +86,10 @@ def search():
     q = parse_search(request.form, request.files, state.categories)
     t0 = time.perf_counter()
     response = state.engine.search(q.image, q.option, category=q.category, box=q.box, k=q.k)
-    state.stats.search(q.option, (time.perf_counter() - t0) * 1e3)
+    ms = (time.perf_counter() - t0) * 1e3
+    state.stats.search(q.option, ms)
+    logger.debug("search %s %s: %d results in %.0f ms", q.option, response["query"].get("category"),
+                 len(response["results"]), ms)
     response["results"] = [_with_image_url(r) for r in response["results"]]
     return jsonify(response)
 

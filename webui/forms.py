@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 from PIL import Image
 
 from indexer.images import ImageError, load_image
-from search.engine import MAX_K, OPTIONS, check_k, check_option, parse_box
+from search.engine import MAX_K, check_k, check_option, parse_box
 
 DEFAULT_K = 20
 MAX_ID = 200  # characters in a product id
@@ -145,5 +145,5 @@ def parse_product(form: Mapping, categories: Sequence[str]) -> dict:
     return product
 
 
-__all__ = ["OPTIONS", "RequestError", "SearchRequest", "parse_search", "parse_product", "read_image",
+__all__ = ["RequestError", "SearchRequest", "parse_search", "parse_product", "read_image",
            "parse_option", "parse_k", "parse_category"]

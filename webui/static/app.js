@@ -178,7 +178,7 @@
     const shown = state.draft || state.roi;
     if (shown) {
       const [x, y, w, h] = rect(shown);
-      ctx.fillStyle = "rgba(20, 18, 30, 0.45)";  // dim what lies outside the region
+      ctx.fillStyle = "rgba(20, 18, 30, 0.35)";  // dim what lies outside the region
       ctx.beginPath();
       ctx.rect(0, 0, s.w, s.h);
       ctx.rect(x, y, w, h);

@@ -172,6 +172,20 @@ def test_openapi_describes_every_api_route(client, app):
             served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
 
+    def refs(node):
+        if isinstance(node, dict):
+            yield from ([node["$ref"]] if "$ref" in node else [])
+            for v in node.values():
+                yield from refs(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from refs(v)
+
+    for ref in refs(doc):
+        target = doc
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]  # a dangling reference fails here
+
 
 # -- bad requests: every class is a 4xx JSON error naming the problem ---------------------------
 

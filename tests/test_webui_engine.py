@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -21,36 +20,16 @@ N_PRODUCTS = 12
 TOKEN = "engine-token"
 
 
-class HashCoder:
-    """Stands in for the appearance coder: bits of a 16x16 grey thumbnail above its mean."""
-
-    code_bytes = 32
-
-    def encode(self, images, *, batch_size: int = 64) -> np.ndarray:
-        grey = [np.asarray(im.convert("L").resize((16, 16), Image.BILINEAR), np.float32) for im in images]
-        return np.stack([np.packbits((g > g.mean()).reshape(-1)) for g in grey])
-
-
 @pytest.fixture(scope="module")
 def engine(synth_dump, tmp_path_factory):
-    describe = pytest.importorskip("indexer.describe", reason="the indexer's describe() is not there yet")
-    store_mod = pytest.importorskip("indexer.store", reason="the indexer's store is not there yet")
-    fakes = pytest.importorskip("tests.indexer_fakes", reason="the indexer's model stand-ins are not there yet")
-    from search.engine import SearchEngine, load_ram_index
+    pytest.importorskip("indexer.describe", reason="the indexer's describe() is not there yet")
+    pytest.importorskip("indexer.store", reason="the indexer's store is not there yet")
+    pytest.importorskip("tests.indexer_fakes", reason="the indexer's model stand-ins are not there yet")
+    from tests.webui_fake import standin_engine
 
-    describer = describe.Describer(predictor=fakes.FakePredictor(), detector=fakes.FakeDetector(), coder=HashCoder())
-    out = tmp_path_factory.mktemp("index")
-    store = store_mod.Store(out, readonly=False)
-    for line in synth_dump.read_text().splitlines()[:N_PRODUCTS]:
-        row = json.loads(line)
-        store.add_product(row, Image.open(synth_dump.parent / row["image"]).convert("RGB"), describer)
-    store.write_info({"code_bytes": int(describer.code_bytes), "colour_bins": int(describer.colour.bins)})
-    store.close()
-    index = load_ram_index(out)
-    store = store_mod.Store(out, readonly=False)
-    engine = SearchEngine(describer=describer, store=store, index=index)
+    engine = standin_engine(synth_dump, tmp_path_factory.mktemp("index"), n=N_PRODUCTS)
     yield engine
-    store.close()
+    engine.store.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,12 @@ distance between tiny colour thumbnails of their garment boxes: enough for resul
 on the option, the category and the box, so the page can be tested end to end. It never stands
 in for the real engine in a figure.
 
+``standin_engine`` builds the real ``SearchEngine`` (LMDB store, RAM index, describe()) over a
+small index instead, with the indexer tests' stand-ins for the attribute model and the detector
+and an average hash for the appearance code: the real serving path without trained models.
+
 Run as a server for the browser test and the load test:
-    python -m tests.webui_fake DUMP [--port 8000] [--token T]
+    python -m tests.webui_fake DUMP [--port 8000] [--token T] [--standin INDEX_DIR [--n N]]
 """
 
 from __future__ import annotations
@@ -156,6 +160,37 @@ class FakeEngine:
         return {"products": len(self), "categories": dict(sorted(counts.items()))}
 
 
+class HashCoder:
+    """Stands in for the appearance coder: bits of a 16x16 grey thumbnail above its mean."""
+
+    code_bytes = 32
+
+    def encode(self, images, *, batch_size: int = 64) -> np.ndarray:
+        grey = [np.asarray(im.convert("L").resize((16, 16), Image.BILINEAR), np.float32) for im in images]
+        return np.stack([np.packbits((g > g.mean()).reshape(-1)) for g in grey])
+
+
+def standin_engine(dump: str | Path, out: str | Path, *, n: int | None = None):
+    """The real SearchEngine over the first ``n`` products of ``dump``, indexed into ``out`` with stand-ins."""
+    from indexer.describe import Describer
+    from indexer.store import Store
+    from search.engine import SearchEngine, load_ram_index
+    from tests.indexer_fakes import FakeDetector, FakePredictor
+
+    dump, out = Path(dump), Path(out)
+    describer = Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=HashCoder())
+    store = Store(out, readonly=False)
+    try:
+        for line in dump.read_text(encoding="utf-8").splitlines()[:n]:
+            row = json.loads(line)
+            store.add_product(row, Image.open(dump.parent / row["image"]).convert("RGB"), describer)
+        store.write_info({"code_bytes": describer.code_bytes, "colour_bins": int(describer.colour.bins)})
+    finally:
+        store.close()
+    index = load_ram_index(out)
+    return SearchEngine(describer=describer, store=Store(out, readonly=False), index=index)
+
+
 def main(argv: list[str] | None = None) -> int:
     from webui.app import ServeConfig, create_app, serve_app
 
@@ -165,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token")
     p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--standin", type=Path, help="serve the real engine with model stand-ins, indexed into this folder")
+    p.add_argument("--n", type=int, help="with --standin: index the first N products only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app({"ENGINE": FakeEngine(args.dump), "TOKEN": args.token})
+    engine = standin_engine(args.dump, args.standin, n=args.n) if args.standin else FakeEngine(args.dump)
+    app = create_app({"ENGINE": engine, "TOKEN": args.token})
     serve_app(app, ServeConfig(host=args.host, port=args.port, threads=args.threads, token=args.token))
     return 0
 

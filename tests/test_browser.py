@@ -101,6 +101,7 @@ def server(synth_dump, tmp_path_factory):
     try:
         health = _wait_healthy(proc, url, log)
         assert health == {"status": "ok", "products": 120}
+        assert f"serving 120 products at {url}" in log.read_text()  # the address a user is told
         yield url
     finally:
         proc.terminate()

@@ -355,6 +355,9 @@ def test_page_script_never_writes_html():
 # -- start-up -----------------------------------------------------------------------------------
 
 def test_create_app_needs_an_engine_or_an_index(tmp_path):
+    import webui
+
+    assert webui.create_app is create_app
     with pytest.raises(ValueError, match="ENGINE .* or INDEX"):
         create_app({})
     with pytest.raises(FileNotFoundError, match="no index at"):

@@ -1,7 +1,8 @@
-"""Subcommands of the indexer: ``synth`` (and, as they land, ``index``)."""
+"""Subcommands of the indexer: ``synth``, ``index`` and ``train appearance``."""
 
 from __future__ import annotations
 
+import json
 import time
 
 
@@ -15,9 +16,62 @@ def _synth(args) -> int:
     return 0
 
 
+def _index(args) -> int:
+    from indexer.bulk import build_index
+
+    summary = build_index(args.dump, args.models, args.out, workers=args.workers, batch_size=args.batch_size,
+                          device=args.device, delete_missing=args.delete_missing, progress=not args.quiet)
+    print(
+        f"indexed {summary['indexed']} products ({summary['added']} new, {summary['updated']} updated, "
+        f"{summary['unchanged']} unchanged, {summary['deleted']} deleted) in {summary['seconds']:.1f}s "
+        f"({summary['images_per_s']} images/s); skipped {summary['skipped']} images and {summary['bad_rows']} bad rows, "
+        f"{summary['duplicates']} duplicate images; the index holds {summary['products']} products "
+        f"({summary['store_bytes_per_product']} bytes each). Report: {args.out}/report.json"
+    )
+    return 0
+
+
+def _train_appearance(args) -> int:
+    from dataclasses import replace
+
+    from indexer.appearance import PRESETS, train_appearance
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown --preset {args.preset!r}; choose from {sorted(PRESETS)}")
+    cfg = PRESETS[args.preset]
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size),
+                                   ("max_products", args.max_products)) if v is not None}
+    cfg = replace(cfg, **overrides)
+    metrics = train_appearance(args.data, args.out, config=cfg, progress=not args.quiet)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "epochs"}, indent=1))
+    return 0
+
+
 def register(commands) -> None:
     p = commands.top.add_parser("synth", help="write a synthetic product catalogue (images + products.jsonl)")
     p.add_argument("out", help="output folder")
     p.add_argument("--n", type=int, default=1000, help="number of products (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_synth)
+
+    p = commands.top.add_parser(
+        "index", help="describe a product dump into an index directory (resumable, incremental)")
+    p.add_argument("dump", help="product dump (.jsonl or .csv)")
+    p.add_argument("--models", required=True, help="models directory (attributes.pt, detector.pt, appearance.pt)")
+    p.add_argument("--out", required=True, help="index directory (created, or updated in place)")
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2; 0: none)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model batch and per commit (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--delete-missing", action="store_true", help="remove indexed products that are not in the dump")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_index)
+
+    p = commands.train.add_parser("appearance", help="train the GoogLeNet appearance network on a dump's product regions")
+    p.add_argument("--data", required=True, help="training dump (.jsonl or .csv) with categories in text or attributes")
+    p.add_argument("--out", required=True, help="models directory (appearance.pt is written there)")
+    p.add_argument("--preset", default="default", help="demo or default (default: default)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--image-size", type=int, help="override the preset's input size in pixels")
+    p.add_argument("--max-products", type=int, help="train on at most this many regions")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_appearance)

@@ -1,0 +1,261 @@
+"""The index directory: an LMDB store of described products plus what the daemon needs to start.
+
+Layout::
+
+    INDEX/store.lmdb/   products (id -> record), thumbnails (id -> JPEG), meta (version)
+    INDEX/index.json    models manifest, code bytes, colour bins, dump, build settings
+    INDEX/models/       a copy of the model files, so ``serve`` and ``query`` need nothing else
+    INDEX/report.json   the last bulk run's skipped rows
+
+A record is serialised without pickle: a 4-byte length, UTF-8 JSON metadata, then the raw
+code bytes and the colour histogram bytes. Every write is one LMDB transaction, so a killed
+process leaves the store as it was after its last commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import lmdb
+import numpy as np
+from PIL import Image
+
+from indexer.describe import Description
+
+logger = logging.getLogger(__name__)
+
+STORE_DIR = "store.lmdb"
+INDEX_JSON = "index.json"
+MODELS_DIR = "models"
+REPORT_JSON = "report.json"
+FORMAT = 1
+MAP_SIZE = 1 << 40  # address space only: the file grows as data is written
+THUMB_SIZE = 256
+_DB_PRODUCTS, _DB_THUMBS, _DB_META = b"products", b"thumbnails", b"meta"
+
+
+@dataclass
+class ProductRecord:
+    id: str
+    title: str
+    category_path: str
+    price: float | None
+    url: str | None
+    image: str
+    description: Description  # timings_ms left empty
+    content_hash: str
+
+    def metadata(self) -> dict:
+        d = self.description
+        return {
+            "id": self.id, "title": self.title, "category_path": self.category_path, "price": self.price,
+            "url": self.url, "image": self.image, "category": d.category,
+            "attributes": {g: v for g, (v, _p) in d.attributes.items()},
+            "roi": list(d.roi), "fallback": d.fallback,
+        }
+
+    def to_bytes(self) -> bytes:
+        d = self.description
+        code = np.ascontiguousarray(d.code, np.uint8)
+        colour = np.ascontiguousarray(d.colour)
+        head = {
+            "id": self.id, "title": self.title, "category_path": self.category_path, "price": self.price,
+            "url": self.url, "image": self.image, "hash": self.content_hash,
+            "category": d.category, "attributes": [[g, v, round(p, 5)] for g, (v, p) in d.attributes.items()],
+            "categories": [[c, round(p, 5)] for c, p in d.categories], "roi": list(d.roi), "fallback": d.fallback,
+            "code": code.size, "colour": [colour.size, colour.dtype.str],
+        }
+        meta = json.dumps(head, separators=(",", ":")).encode()
+        return struct.pack("<I", len(meta)) + meta + code.tobytes() + colour.tobytes()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> "ProductRecord":
+        raw = bytes(raw)
+        (n,) = struct.unpack_from("<I", raw)
+        head = json.loads(raw[4:4 + n])
+        off = 4 + n
+        code = np.frombuffer(raw, np.uint8, head["code"], off)
+        off += head["code"]
+        count, dtype = head["colour"]
+        colour = np.frombuffer(raw, np.dtype(dtype), count, off)
+        desc = Description(
+            category=head["category"],
+            attributes={g: (v, p) for g, v, p in head["attributes"]},
+            categories=[(c, p) for c, p in head["categories"]],
+            roi=tuple(head["roi"]), fallback=head["fallback"], code=code, colour=colour,
+        )
+        return cls(head["id"], head["title"], head["category_path"], head["price"], head["url"], head["image"],
+                   desc, head["hash"])
+
+
+def make_thumbnail(image: Image.Image, size: int = THUMB_SIZE) -> bytes:
+    """A JPEG of the image, at most ``size`` pixels a side, for the web page."""
+    im = image.convert("RGB")
+    im.thumbnail((size, size), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Store:
+    """The LMDB store of an index directory.
+
+    Args:
+        path: the index directory (``store.lmdb`` inside it is the LMDB environment).
+        readonly: open for reading only; a missing index is then an error.
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = True):
+        self.path = Path(path)
+        self.readonly = readonly
+        lmdb_path = self.path / STORE_DIR
+        if readonly and not lmdb_path.is_dir():
+            raise FileNotFoundError(f"no index at {self.path}: build one with `fashion-search index`")
+        if not readonly:
+            lmdb_path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(lmdb_path), map_size=MAP_SIZE, max_dbs=4, readonly=readonly, subdir=True,
+                             readahead=False, max_readers=256)
+        self._products = self.env.open_db(_DB_PRODUCTS, create=not readonly)
+        self._thumbs = self.env.open_db(_DB_THUMBS, create=not readonly)
+        self._meta = self.env.open_db(_DB_META, create=not readonly)
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self._products)["entries"]
+
+    def __contains__(self, product_id: str) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(product_id.encode(), db=self._products) is not None
+
+    def get(self, product_id: str) -> ProductRecord | None:
+        with self.env.begin() as txn:
+            raw = txn.get(str(product_id).encode(), db=self._products)
+        return None if raw is None else ProductRecord.from_bytes(raw)
+
+    def metadata(self, product_id: str) -> dict | None:
+        record = self.get(product_id)
+        return None if record is None else record.metadata()
+
+    def thumbnail(self, product_id: str) -> bytes | None:
+        with self.env.begin() as txn:
+            return txn.get(str(product_id).encode(), db=self._thumbs)
+
+    def iter_records(self) -> Iterator[ProductRecord]:
+        """Every record, in id order, from one read snapshot."""
+        with self.env.begin(buffers=True) as txn:
+            for _key, raw in txn.cursor(db=self._products):
+                yield ProductRecord.from_bytes(raw)
+
+    def hashes(self) -> dict[str, str]:
+        """id -> content hash of every record (what an incremental run compares against)."""
+        out = {}
+        with self.env.begin(buffers=True) as txn:
+            for key, raw in txn.cursor(db=self._products):
+                raw = bytes(raw)
+                (n,) = struct.unpack_from("<I", raw)
+                out[bytes(key).decode()] = json.loads(raw[4:4 + n])["hash"]
+        return out
+
+    def version(self) -> int:
+        """A counter bumped by every write: a RAM snapshot of an older version is stale."""
+        with self.env.begin() as txn:
+            raw = txn.get(b"version", db=self._meta)
+        return int(raw) if raw else 0
+
+    def info(self) -> dict:
+        path = self.path / INDEX_JSON
+        info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        info["products"] = len(self)
+        info["version"] = self.version()
+        return info
+
+    def models_dir(self) -> Path:
+        return self.path / MODELS_DIR
+
+    def bytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in (self.path / STORE_DIR).iterdir())
+
+    # -- writing ----------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise PermissionError(f"the store {self.path} is open read-only")
+
+    def put(self, records: Iterable[ProductRecord], thumbnails: dict[str, bytes] | None = None) -> int:
+        """Add or replace records (and their thumbnails) in one transaction."""
+        self._check_writable()
+        thumbnails = thumbnails or {}
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for r in records:
+                key = r.id.encode()
+                txn.put(key, r.to_bytes(), db=self._products)
+                if r.id in thumbnails:
+                    txn.put(key, thumbnails[r.id], db=self._thumbs)
+                n += 1
+            self._bump(txn)
+        return n
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove products (and thumbnails) in one transaction; returns how many existed."""
+        self._check_writable()
+        n = 0
+        with self.env.begin(write=True) as txn:
+            for pid in ids:
+                key = str(pid).encode()
+                n += bool(txn.delete(key, db=self._products))
+                txn.delete(key, db=self._thumbs)
+            self._bump(txn)
+        return n
+
+    def _bump(self, txn) -> None:
+        raw = txn.get(b"version", db=self._meta)
+        txn.put(b"version", str((int(raw) if raw else 0) + 1).encode(), db=self._meta)
+
+    def write_info(self, info: dict) -> None:
+        self._check_writable()
+        _atomic_write_text(self.path / INDEX_JSON, json.dumps({"format": FORMAT, **info}, indent=1, sort_keys=True) + "\n")
+
+    def add_product(self, product: dict, image: Image.Image, describer) -> ProductRecord:
+        """Describe one product (a dict with ``id``, ``title``/``category_path``, ...) and store it."""
+        from attributes.text import category_from_text
+
+        pid = str(product.get("id") or "").strip()
+        if not pid:
+            raise ValueError("a product needs a non-empty id")
+        title = str(product.get("title") or "")
+        path = str(product.get("category_path") or "")
+        guide = product.get("category") or category_from_text(path, title, schema=describer.schema)
+        (desc,) = describer.describe([image], guides=[guide])
+        desc.timings_ms = {}
+        rgb = image.convert("RGB")
+        h = hashlib.sha256(rgb.tobytes())
+        h.update(json.dumps([title, path, product.get("price"), product.get("url")]).encode())
+        record = ProductRecord(pid, title, path, product.get("price"), product.get("url"), str(product.get("image") or ""),
+                               desc, h.hexdigest()[:32])
+        self.put([record], {pid: make_thumbnail(rgb)})
+        return record

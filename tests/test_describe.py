@@ -1,0 +1,86 @@
+"""describe(): category precedence, ROI sources, codes and colours, batching (fake models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from indexer.describe import Describer
+from tests.indexer_fakes import FakeDetector, FakePredictor, fake_models
+
+
+@pytest.fixture(scope="module")
+def describer(tmp_path_factory):
+    from indexer.appearance import AppearanceCoder
+
+    models = fake_models(tmp_path_factory.mktemp("models"))
+    return Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=AppearanceCoder.load(models))
+
+
+def _image(colour=(200, 30, 35), size=(160, 120)) -> Image.Image:
+    im = Image.new("RGB", size, (250, 250, 250))
+    ImageDraw.Draw(im).rectangle([40, 24, 120, 108], fill=colour)
+    return im
+
+
+def test_guided_uses_the_guide_and_the_guided_detector(describer):
+    (d,) = describer.describe([_image()], guides=["pants"])
+    assert d.category == "pants" and d.categories == [("pants", 1.0)]
+    assert describer.detector.calls[-1] == ["pants"]
+    assert d.roi == (40, 24, 120, 108) and not d.fallback  # the fake's central box
+    assert d.code.shape == (232,) and d.code.dtype == np.uint8
+    assert d.colour.shape == (describer.colour.bins,) and abs(float(d.colour.astype(np.float32).sum()) - 1) < 1e-2
+    assert set(d.timings_ms) == {"attributes", "detector", "appearance", "colour"}
+
+
+def test_auto_takes_the_models_category_and_guides_the_detector_with_it(describer):
+    (d,) = describer.describe([_image()])
+    assert d.category in FakePredictor.AUTO
+    assert describer.predictor.calls[-1] is None  # auto decoding
+    assert describer.detector.calls[-1] == [d.category]
+    assert d.categories[0][0] == d.category
+
+
+def test_box_overrides_the_detector_and_is_clamped(describer):
+    calls = len(describer.detector.calls)
+    (d,) = describer.describe([_image()], guides=["dress"], boxes=[(-5.2, 10.5, 80.4, 500)])
+    assert d.roi == (0, 10, 81, 120)
+    assert len(describer.detector.calls) == calls  # no detector call when every image has a box
+    with pytest.raises(ValueError, match="inverted"):
+        describer.describe([_image()], boxes=[(50, 50, 10, 60)])
+
+
+def test_no_detection_falls_back_to_the_whole_image(describer):
+    (d,) = describer.describe([_image(size=(90, 70))], guides=["hat"])
+    assert d.fallback and d.roi == (0, 0, 90, 70)
+
+
+def test_batched_equals_single_and_mixed_batches_keep_order(describer):
+    images = [_image(), _image((35, 70, 190)), _image((40, 150, 60), size=(100, 140))]
+    guides = ["t-shirt", None, "hat"]
+    boxes = [None, (10, 10, 90, 90), None]
+    batch = describer.describe(images, guides, boxes)
+    for im, g, b, d in zip(images, guides, boxes, batch):
+        (single,) = describer.describe([im], [g], [b])
+        assert single.category == d.category and single.roi == d.roi and single.fallback == d.fallback
+        np.testing.assert_array_equal(single.code, d.code)
+        np.testing.assert_array_equal(single.colour, d.colour)
+    assert not np.array_equal(batch[0].colour, batch[1].colour)
+
+
+def test_bad_guides_and_lengths_are_named(describer):
+    with pytest.raises(ValueError, match="jumpsuitx"):
+        describer.describe([_image()], guides=["jumpsuitx"])
+    with pytest.raises(ValueError, match="1 images but 2 guides"):
+        describer.describe([_image()], guides=[None, None])
+    assert describer.describe([]) == []
+
+
+def test_load_names_the_missing_model(tmp_path):
+    pytest.importorskip("attributes.predict")
+    pytest.importorskip("detector.predict")
+    from attributes.modeldir import ModelError
+
+    with pytest.raises(ModelError, match="train"):
+        Describer.load(tmp_path)

@@ -36,7 +36,7 @@ from indexer.images import ImageError, load_image
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("attributes", "detector", "appearance")
-BLANK_STD = 2.0  # grey-level standard deviation (0-255) below which an image is a blank placeholder
+BLANK_STD = 2.0  # per-channel standard deviation (0-255) below which an image is a blank placeholder
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def _decode(job: tuple[Product, str | None, str, int, int]) -> Decoded:
         return Decoded(product, chash, bhash, error=str(exc), decode_s=time.perf_counter() - t0)
     small = image.copy()
     small.thumbnail((64, 64))
-    if float(np.asarray(small.convert("L"), np.float32).std()) < BLANK_STD:
+    # per channel: a red garment on a teal ground can have one uniform grey level
+    if float(np.asarray(small, np.float32).reshape(-1, 3).std(0).max()) < BLANK_STD:
         return Decoded(product, chash, bhash, blank=True, decode_s=time.perf_counter() - t0)
     scale = 1.0
     if max(image.size) > max_side:
@@ -142,13 +143,24 @@ def _count_rows(dump: Path) -> int:
     return n - 1 if dump.suffix.lower() == ".csv" else n
 
 
+def _worker_init() -> None:
+    """Die with the parent: a SIGKILLed indexer must not leave decode workers behind (Linux)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _decoded_stream(jobs: Iterator, workers: int) -> Iterator[Decoded]:
     if workers == 0:
         yield from map(_decode, jobs)
         return
     # fork: the workers use only PIL and hashlib, never torch; spawn would re-run the caller's script
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=_worker_init) as pool:
         yield from pool.imap(_decode, jobs, chunksize=4)
 
 

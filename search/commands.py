@@ -48,3 +48,20 @@ def register(commands) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=_query)
+
+    def _retrieval(args) -> int:
+        from search.evaluate import retrieval_command
+
+        return retrieval_command(args)
+
+    p = commands.evaluate.add_parser(
+        "retrieval", help="measure the whole search on real photos, beside baselines; writes metrics.json and an HTML report")
+    p.add_argument("--clothing", required=True, help="a folder in the layout of the clothing dataset (images.csv, images/)")
+    p.add_argument("--ccp", required=True, help="a folder in the layout of the ccp dataset (annotations.jsonl, photos/)")
+    p.add_argument("--models", required=True, help="models directory (attributes.pt, detector.pt, appearance.pt)")
+    p.add_argument("--out", required=True, help="report folder: metrics.json, index.html and the catalogue index")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query scenes (default 0)")
+    p.add_argument("--split", default="val", choices=("train", "val"), help="split indexed and queried (default val)")
+    p.add_argument("--queries", type=int, default=300, help="composed shop scenes (default 300)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=_retrieval)

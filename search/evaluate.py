@@ -32,6 +32,7 @@ import logging
 import math
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Collection, Iterable, Mapping, Protocol, Sequence
@@ -405,6 +406,46 @@ def run_baselines(run: Run, images: QueryImages, described: Mapping[tuple[str, s
     return seconds
 
 
+# -- shop queries -------------------------------------------------------------------------------
+def shop_queries(products, category_of: Mapping[str, str], images: QueryImages, *, n: int, seed: int, compose=None,
+                 progress: bool = True) -> list[Query]:
+    """Composed-scene queries: ``n`` catalogue products (seeded draw), each transformed and pasted
+    with 1-2 garments of other categories onto a background by ``indexer.scenes``'s composer.
+
+    The query's target is the source product, its category the product's true one and its box
+    the box the composer reports for the pasted target.
+    """
+    from indexer.images import load_image
+
+    if compose is None:
+        compose = default_composer()
+    usable = [p for p in products if p.id in category_of]
+    if not usable:
+        raise ValueError("no catalogue product has a known category: no shop queries")
+    rng = np.random.default_rng([seed, 8])
+    chosen = rng.choice(len(usable), size=min(n, len(usable)), replace=False)
+    if n > len(usable):
+        logger.warning("--queries %d is more than the %d catalogue products: using each once", n, len(usable))
+    queries = []
+    for qi, i in enumerate(tqdm(sorted(chosen), desc="shop scenes", unit="scene", disable=not progress)):
+        target = usable[i]
+        others_pool = [j for j, p in enumerate(usable) if category_of[p.id] != category_of[target.id]]
+        k = int(rng.integers(1, 3))
+        others = [usable[j] for j in rng.choice(others_pool, size=min(k, len(others_pool)), replace=False)] if others_pool else []
+        scene, boxes = compose(load_image(target.image), [load_image(o.image) for o in others], rng)
+        key = f"shop:{qi:04d}"
+        images.add_image(key, scene)
+        category = category_of[target.id]
+        box = tuple(float(v) for v in boxes[0])
+        queries.append(Query(f"shop-{qi:04d}", SHOP, key, category, box, target.id, frozenset([category])))
+    return queries
+
+
+def default_composer():
+    """``indexer.scenes``'s composer as ``compose(target, others, rng) -> (scene, boxes)``."""
+    raise NotImplementedError("wired to indexer.scenes once it lands")
+
+
 # -- street queries -----------------------------------------------------------------------------
 def street_queries(ccp_dir: str | Path, split: str | None, catalogue_categories: Collection[str], images: QueryImages, *,
                    schema: Schema | None = None, min_side: int = 24, min_pixels: int = 1000) -> list[Query]:
@@ -572,3 +613,205 @@ def case_strips(run: Run, images: QueryImages, image_of: Mapping[str, Path], cat
                 strips.append(Strip(f"{q.id} ({head})", query_thumb, results))
             sections[f"{query_set}, {system}: {label} {len(strips)}"] = strips
     return sections
+
+
+# -- the whole evaluation -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetrievalEvalConfig:
+    split: str = "val"  # the clothing split indexed as the catalogue, and the ccp split queried
+    queries: int = 300  # shop queries (composed scenes)
+    seed: int = 0
+    k: int = 10  # the cut-off of the headline metrics
+    depth: int = 20  # results kept per query, for the curves
+    cases: int = 4  # worst and best queries shown per set
+    min_street_side: int = 24
+    min_street_pixels: int = 1000
+    batch: int = 16
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.queries < 1:
+            raise ValueError(f"--queries must be at least 1, got {self.queries}")
+        if not 1 <= self.k <= self.depth:
+            raise ValueError(f"k must be from 1 to depth ({self.depth}), got {self.k}")
+        if self.split not in ("train", "val"):
+            raise ValueError(f"--split must be train or val, got {self.split!r}")
+
+
+def _truth_categories(products, schema: Schema) -> dict[str, str]:
+    """Each catalogue product's true category, from the label the converter kept."""
+    out = {}
+    for p in products:
+        category = p.attributes.get(Schema.CATEGORY) if p.attributes else None
+        if not category and p.boxes:
+            category = p.boxes[0].category
+        if category:
+            out[p.id] = schema.check_category(category)
+    return out
+
+
+class CoderFeaturizer:
+    """The baselines' features from the indexer's own appearance coder and colour histogram.
+
+    ``floats`` are the coder's pooled GoogLeNet activations centred by its catalogue median:
+    exactly what the binary code thresholds at zero, before thresholding.
+    """
+
+    def __init__(self, coder, colour_config, *, batch: int = 16):
+        self.coder = coder
+        self.colour_config = colour_config
+        self.batch = batch
+
+    def floats(self, images: Sequence[Image.Image]) -> np.ndarray:
+        feats = self.coder.features(list(images), batch_size=self.batch)
+        return (feats - self.coder.median).astype(np.float32) if self.coder.median is not None else feats
+
+    def codes(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.coder.encode(list(images), batch_size=self.batch)
+
+    def colours(self, images: Sequence[Image.Image]) -> np.ndarray:
+        from indexer.colour import colour_histogram
+
+        return np.stack([colour_histogram(im, self.colour_config) for im in images]).astype(np.float32)
+
+
+def convert_catalogue(clothing: Path, out: Path, split: str, *, progress: bool = True) -> Path:
+    """The catalogue dump: the clothing photos of ``split``, titled from their labels (``indexer.convert``)."""
+    from indexer.convert import convert_clothing
+
+    dump, counts = convert_clothing(clothing, out, split=split, progress=progress)
+    logger.info("catalogue: %d products, %d photos left out (no usable label)", counts["products"], counts["left_out"])
+    if not counts["products"]:
+        raise ValueError(f"no products in the {split} split of {clothing}: nothing to index")
+    return dump
+
+
+def load_featurizer(describer, *, batch: int = 16) -> CoderFeaturizer:
+    """The baselines' features from a loaded ``indexer.describe.Describer``'s coder and colour settings."""
+    return CoderFeaturizer(describer.coder, describer.colour, batch=batch)
+
+
+def build_catalogue_index(dump: Path, models: Path, index_dir: Path, *, describer=None, device: str = "cpu",
+                          progress: bool = True) -> Path:
+    """Index the catalogue dump with the bulk indexer (which resumes an interrupted run)."""
+    from indexer.bulk import build_index
+
+    summary = build_index(dump, models, index_dir, describer=describer, device=device, progress=progress)
+    logger.info("catalogue index: %s", {k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+    return index_dir
+
+
+def open_engine(index_dir: Path, *, describer=None, device: str = "cpu"):
+    """The search engine over the catalogue index; ``describer``: a ready one instead of the index's models."""
+    from indexer.store import Store
+    from search.engine import SearchEngine, load_ram_index
+
+    if describer is None:
+        return SearchEngine.open(index_dir, device=device)
+    index = load_ram_index(index_dir)  # opens and closes the store itself: LMDB allows one open per process
+    return SearchEngine(describer=describer, store=Store(index_dir, readonly=True), index=index)
+
+
+def evaluate_retrieval(clothing: str | Path, ccp: str | Path, models: str | Path, out: str | Path, *,
+                       config: RetrievalEvalConfig | None = None, progress: bool = True, describer=None,
+                       compose=None) -> dict:
+    """The whole evaluation (module docstring); returns what ``metrics.json`` holds.
+
+    Args:
+        describer: a ready ``indexer.describe.Describer`` used instead of loading the models (tests).
+        compose: the scene composer (default: ``indexer.scenes``'s).
+    """
+    from indexer.dump import read_dump
+    from search.report import Report, write_report
+
+    cfg = config or RetrievalEvalConfig()
+    schema = default_schema()
+    clothing, ccp, models, out = Path(clothing), Path(ccp), Path(models), Path(out)
+    for what, path in (("clothing", clothing / "images.csv"), ("ccp", ccp / "annotations.jsonl")):
+        if not path.is_file():
+            raise FileNotFoundError(f"--{what} {path.parent} does not have the {what} layout: no {path.name}")
+    if not models.is_dir():
+        raise FileNotFoundError(f"no models directory at {models}")
+    out.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    t0 = time.perf_counter()
+    dump = convert_catalogue(clothing, out / "catalogue", cfg.split, progress=progress)
+    products = list(read_dump(dump, schema=schema, check_images=False))
+    category_of = _truth_categories(products, schema)
+    image_of = {p.id: p.image for p in products}
+    stages["catalogue dump"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    index_dir = build_catalogue_index(dump, models, out / "index", describer=describer, device=cfg.device, progress=progress)
+    stages["catalogue index"] = time.perf_counter() - t0
+
+    engine = open_engine(index_dir, describer=describer, device=cfg.device)
+    try:
+        t0 = time.perf_counter()
+        images = QueryImages()
+        shop = shop_queries(products, category_of, images, n=cfg.queries, seed=cfg.seed, compose=compose, progress=progress)
+        street = street_queries(ccp, cfg.split, set(category_of.values()), images, schema=schema,
+                                min_side=cfg.min_street_side, min_pixels=cfg.min_street_pixels)
+        run = Run(shop + street)
+        stages["query sets"] = time.perf_counter() - t0
+        logger.info("%d shop queries, %d street garments, %d street photos", len(shop),
+                    sum(q.set == STREET_GARMENT for q in street), sum(q.set == STREET_PHOTO for q in street))
+
+        t0 = time.perf_counter()
+        described = run_engine(engine, run, images, depth=cfg.depth, progress=progress)
+        stages["engine queries"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        featurizer = load_featurizer(engine.describer, batch=cfg.batch)
+        records = [(r.id, image_of[r.id], r.description.roi) for r in engine.store.iter_records() if r.id in image_of]
+        catalogue = catalogue_features(records, featurizer, progress=progress)
+        stages["catalogue baseline features"] = time.perf_counter() - t0
+        stages.update(run_baselines(run, images, described, catalogue, featurizer, engine.index, depth=cfg.depth, progress=progress))
+    finally:
+        engine.store.close()
+
+    metrics = summarise(run, category_of, k=cfg.k, depth=cfg.depth)
+    stages["total"] = time.perf_counter() - t_start
+    result = {
+        "config": asdict(cfg),
+        "inputs": {"clothing": str(clothing), "ccp": str(ccp), "models": str(models)},
+        "catalogue": {"products": len(products), "indexed": len(engine.index),
+                      "categories": dict(sorted(Counter(category_of.values()).items()))},
+        "queries": {s: sum(q.set == s for q in run.queries) for s in (SHOP, STREET_GARMENT, STREET_PHOTO)},
+        "metrics": metrics,
+        "timings_ms": timing_summary(run),
+        "stages_s": {name: round(s, 2) for name, s in stages.items()},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine(), "device": cfg.device},
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+    report = Report(
+        f"Retrieval evaluation: {clothing.name} {cfg.split} catalogue, {ccp.name} street photos",
+        summary=[
+            f"catalogue: {len(products)} products of the {cfg.split} split, {len(engine.index)} indexed; models {models}",
+            f"queries: {len(shop)} composed shop scenes (seed {cfg.seed}), "
+            f"{result['queries'][STREET_GARMENT]} street garments in {result['queries'][STREET_PHOTO]} street photos",
+            f"run time {stages['total']:.0f} s on {result['machine']['processor']} with {torch.get_num_threads()} threads",
+        ],
+        tables=[*result_tables(metrics, k=cfg.k), timing_table(run, stages)],
+        plots=curve_plots(metrics),
+        strips=case_strips(run, images, image_of, category_of, k=cfg.k, n=cfg.cases),
+    )
+    write_report(report, out)
+    return result
+
+
+def retrieval_command(args) -> int:
+    """``fashion-search evaluate retrieval``: run it and print the headline tables."""
+    cfg = RetrievalEvalConfig(split=args.split, queries=args.queries, seed=args.seed, device=args.device)
+    result = evaluate_retrieval(args.clothing, args.ccp, args.models, args.out, config=cfg)
+    for table in result_tables(result["metrics"], k=cfg.k):
+        print(f"\n{table.title}")
+        print("  ".join(f"{c:>14}" for c in table.columns[:-1]))
+        for row in table.rows:
+            print("  ".join(f"{v:>14.3f}" if isinstance(v, float) else f"{'-' if v is None else v:>14}" for v in row[:-1]))
+    print(f"\nrun time {result['stages_s']['total']:.0f} s; report: {Path(args.out) / 'index.html'}")
+    return 0

@@ -286,7 +286,9 @@ def retrieval_map(scores: np.ndarray, labels: np.ndarray, *, top_k: int | None =
 
     q = scores.shape[0]
     mask = ~np.eye(q, scores.shape[1], dtype=bool)
-    preds = torch.from_numpy(scores[mask].astype(np.float32))
+    flat = scores[mask].astype(np.float64)
+    # torchmetrics ranks negative scores wrongly (all zero AP): shift into (0, inf), order unchanged
+    preds = torch.from_numpy(flat - flat.min() + 1.0)
     target = torch.from_numpy((labels[:, None] == labels[None, :])[mask])
     indexes = torch.from_numpy(np.repeat(np.arange(q), mask.sum(1)))
     return float(RetrievalMAP(top_k=top_k)(preds, target, indexes=indexes))
@@ -311,6 +313,27 @@ def float_vs_binary(coder: AppearanceCoder, images: Sequence[Image.Image], label
         "map_binary_hamming": retrieval_map(-hamming, lab, top_k=top_k),
         **{f"code_{k}": v for k, v in bit_entropy(codes).items()},
     }
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, batches) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over ``batches`` (precise BN).
+
+    A short CPU training run leaves the running statistics far from the trained network's (they
+    move 10% a step); in eval mode that shifts activations and kills most bits of the code.
+    """
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = net.training
+    net.train()
+    for x in batches:
+        net(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    net.train(was_training)
 
 
 def train_appearance(train_dump: str | Path, out_dir: str | Path, *, config: AppearanceConfig | str = "default",
@@ -374,8 +397,10 @@ def train_appearance(train_dump: str | Path, out_dir: str | Path, *, config: App
             logger.info("appearance epoch %d: loss %.3f, train accuracy %.3f", epoch + 1, history[-1]["loss"],
                         history[-1]["train_acc"])
         bar.close()
-        net.eval()
         coder = AppearanceCoder(net, image_size=config.image_size)
+        calib = [images[i] for i in tr[: config.median_products]]
+        recalibrate_batchnorm(net, (coder.tensor(calib[i:i + 64]) for i in range(0, len(calib), 64)))
+        net.eval()
         med_idx = tr[: config.median_products]
         coder.fit_median([images[i] for i in med_idx])
         metrics: dict = {"train_regions": int(len(tr)), "categories": classes, "epochs": history,

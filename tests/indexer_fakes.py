@@ -78,7 +78,7 @@ class FakeDetector:
         return out
 
 
-def fake_models(models_dir, *, image_size=48, seed=0):
+def fake_models(models_dir, *, image_size=32, seed=0):
     """A models directory holding a randomly initialised appearance model (median from noise)."""
     from PIL import Image
 

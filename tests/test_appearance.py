@@ -15,18 +15,23 @@ def regions(synth_dump):
     return load_regions(synth_dump, size=56, progress=False)
 
 
+@pytest.fixture(scope="module")
+def coder(regions):
+    """A randomly initialised coder, its median fitted on 24 synthetic regions."""
+    return untrained_coder(image_size=48, calibration=regions[0][:24])
+
+
 @pytest.fixture(scope="session")
 def trained(synth_dump, tmp_path_factory):
-    """A tiny training run on the 120-product synthetic catalogue (one epoch, 48 px)."""
+    """A tiny training run on 72 regions of the synthetic catalogue (one epoch, 48 px)."""
     out = tmp_path_factory.mktemp("appearance_models")
-    cfg = AppearanceConfig(image_size=48, epochs=1, batch_size=32, median_products=200, val_share=0.25)
+    cfg = AppearanceConfig(image_size=48, epochs=1, batch_size=32, max_products=72, median_products=72, val_share=0.25)
     metrics = train_appearance(synth_dump, out, config=cfg, progress=False)
     return out, metrics
 
 
-def test_code_shape_identical_and_batched_equals_single(regions):
+def test_code_shape_identical_and_batched_equals_single(regions, coder):
     images = regions[0][:4]
-    coder = untrained_coder(image_size=48, calibration=images)
     codes = coder.encode(images)
     assert codes.shape == (4, CODE_BYTES) == (4, 232) and codes.dtype == np.uint8
     assert DIMS == 832 + 1024
@@ -35,9 +40,8 @@ def test_code_shape_identical_and_batched_equals_single(regions):
     np.testing.assert_array_equal(singles, codes)
 
 
-def test_median_centring_balances_bits_where_zero_threshold_does_not(regions):
+def test_median_centring_balances_bits_where_zero_threshold_does_not(regions, coder):
     images = regions[0][:24]
-    coder = untrained_coder(image_size=48, calibration=images)
     feats = coder.features(images)
     assert (feats >= 0).all()  # after ReLU: the trap the median avoids
     naive = bit_entropy(np.packbits(feats > 0, axis=1))

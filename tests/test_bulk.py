@@ -18,7 +18,7 @@ from indexer.store import Store
 from tests.indexer_fakes import fake_describer, fake_models
 
 ROOT = Path(__file__).resolve().parents[1]
-GOOD = 24
+GOOD = 16
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def messy_dump(synth_dump, tmp_path_factory) -> tuple[Path, set[str], dict[str, str]]:
-    """24 good synthetic products plus one of each kind of bad row; returns (dump, good ids, bad id -> why)."""
+    """16 good synthetic products plus one of each kind of bad row; returns (dump, good ids, bad id -> why)."""
     out = tmp_path_factory.mktemp("messy")
     rows = [json.loads(line) for line in synth_dump.read_text().splitlines()[:GOOD]]
     for r in rows:
@@ -49,9 +49,9 @@ def messy_dump(synth_dump, tmp_path_factory) -> tuple[Path, set[str], dict[str, 
            "bad-notes": "notes.jpg", "bad-huge": "huge.png", "bad-blank": "blank.jpg", "bad-missing": "nothing.jpg"}
     extra = [{"id": pid, "image": str(out / name), "title": "red t-shirt"} for pid, name in bad.items()]
     dup_image = {"id": "dup-image", "image": rows[1]["image"], "title": rows[1]["title"]}
-    lines = [json.dumps(r) for r in rows[:12]] + [json.dumps(e) for e in extra]
+    lines = [json.dumps(r) for r in rows[:8]] + [json.dumps(e) for e in extra]
     lines += [json.dumps(rows[0] | {"title": "duplicate id row"}), "{not json", json.dumps(dup_image)]
-    lines += [json.dumps(r) for r in rows[12:]]
+    lines += [json.dumps(r) for r in rows[8:]]
     dump = out / "products.jsonl"
     dump.write_text("\n".join(lines) + "\n")
     return dump, good | {"dup-image"}, bad
@@ -94,9 +94,9 @@ sys.path.insert(0, {root!r})
 from indexer.bulk import build_index
 from tests.indexer_fakes import fake_describer
 def die(counts):
-    if counts["indexed"] >= 16:
+    if counts["indexed"] >= 8:
         os.kill(os.getpid(), signal.SIGKILL)
-build_index({dump!r}, {models!r}, {out!r}, workers=2, batch_size=8, describer=fake_describer({models!r}),
+build_index({dump!r}, {models!r}, {out!r}, workers=2, batch_size=4, describer=fake_describer({models!r}),
             progress=False, on_batch=die)
 """
 
@@ -109,10 +109,10 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(messy_dump, models, tmp_
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     with Store(tmp_path / "killed") as store:
-        assert 16 <= len(store) < len(good)  # whole batches only
-    summary = build_index(dump, models, tmp_path / "killed", workers=0, batch_size=8,
+        assert len(store) == 8  # the two committed batches, nothing of the third
+    summary = build_index(dump, models, tmp_path / "killed", workers=0, batch_size=4,
                           describer=fake_describer(models), progress=False)
-    assert summary["unchanged"] >= 16 and summary["unchanged"] + summary["indexed"] == len(good)
+    assert summary["unchanged"] == 8 and summary["unchanged"] + summary["indexed"] == len(good)
     assert _contents(tmp_path / "killed") == _contents(tmp_path / "whole")
 
 

@@ -542,16 +542,18 @@ def result_tables(metrics: Mapping, *, k: int = 10) -> list:
     return tables
 
 
-def timing_table(run: Run, stages: Mapping[str, float]):
+def timing_tables(run: Run, stages: Mapping[str, float]) -> list:
     from search.report import Table
 
     rows = []
     for system, parts in timing_summary(run).items():
         for name, t in parts.items():
             rows.append([system, name, t["median"], t["p90"], t["n"]])
-    rows += [["run", name, round(1e3 * s, 1), None, None] for name, s in stages.items()]
-    return Table("Timings (ms)", ["system", "stage", "median", "p90", "n"], rows,
-                 note="Per query, from the engine's own timings; 'run' rows are whole stages of this evaluation.")
+    per_query = Table("Timings per query (ms)", ["option", "stage", "median", "p90", "n"], rows,
+                      note="From the engine's own timings of each search (describe's stages per image, the index search, total).")
+    whole = Table("Run stages (s)", ["stage", "seconds"], [[name, round(float(s), 1)] for name, s in stages.items()],
+                  note="Wall-clock seconds of each stage of this evaluation run.")
+    return [per_query, whole]
 
 
 def curve_plots(metrics: Mapping) -> list:
@@ -796,7 +798,7 @@ def evaluate_retrieval(clothing: str | Path, ccp: str | Path, models: str | Path
             f"{result['queries'][STREET_GARMENT]} street garments in {result['queries'][STREET_PHOTO]} street photos",
             f"run time {stages['total']:.0f} s on {result['machine']['processor']} with {torch.get_num_threads()} threads",
         ],
-        tables=[*result_tables(metrics, k=cfg.k), timing_table(run, stages)],
+        tables=[*result_tables(metrics, k=cfg.k), *timing_tables(run, stages)],
         plots=curve_plots(metrics),
         strips=case_strips(run, images, image_of, category_of, k=cfg.k, n=cfg.cases),
     )

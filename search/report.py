@@ -147,7 +147,6 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left}
 thead{background:#f3f3f3}
 .note{color:#555;font-size:.9em;max-width:60em}
-.plots img{max-width:640px;margin:.5em 1em .5em 0}
 .strip .row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-start}
 figure{margin:0;width:120px;font-size:.7em;text-align:center;word-break:break-all}
 figure img{max-width:112px;max-height:112px;border:3px solid #ccc}
@@ -156,6 +155,9 @@ figure.right img{border-color:#1a9e3a}
 figure.wrong img{border-color:#d03030}
 .missing{width:112px;height:112px;background:#eee}
 h4{margin:.8em 0 .2em}
+.plots{display:flex;flex-wrap:wrap;gap:1em}
+.plots figure{width:auto}
+.plots figure img{max-width:640px;max-height:none;border:none}
 """
 
 
@@ -173,7 +175,7 @@ def render_html(report: Report) -> str:
     if report.plots:
         parts.append('<h2>Curves</h2><div class="plots">')
         for p in report.plots:
-            parts.append(f'<figure style="width:auto"><img src="{_uri(p.png, "image/png")}" alt="{html.escape(p.caption)}">'
+            parts.append(f'<figure class="plot"><img src="{_uri(p.png, "image/png")}" alt="{html.escape(p.caption)}">'
                          f"<figcaption>{html.escape(p.caption)}</figcaption></figure>")
         parts.append("</div>")
     for heading, strips in report.strips.items():

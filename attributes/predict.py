@@ -1,0 +1,115 @@
+"""The attribute predictor the indexer and the query engine call: load once, predict in batches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from attributes.data import to_input
+from attributes.decode import Constraints, beam_decode, category_distribution, greedy_decode
+from attributes.model import AttributeModelConfig, build_attribute_model
+from attributes.modeldir import load_model
+from attributes.schema import Schema, default_schema
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "attributes"
+CATEGORY_THRESHOLD = 0.05  # auto mode lists categories at least this likely ...
+MAX_CATEGORIES = 5  # ... and at most this many
+
+
+@dataclass(frozen=True)
+class AttributePrediction:
+    category: str  # the guide, or the model's best category (auto)
+    attributes: dict[str, tuple[str, float]]  # group -> (value, probability), schema order, incl. great_category and category
+    categories: list[tuple[str, float]]  # auto: most likely categories present, best first; guided: [(guide, 1.0)]
+
+
+def load_sequence_model(models_dir: str | Path, name: str = MODEL_NAME, *, schema: Schema | None = None):
+    """(model in eval mode, checkpoint) of a saved attribute model."""
+    schema = schema or default_schema()
+    ck = load_model(models_dir, name, schema=schema)
+    # The weights come from the file: never fetch ImageNet weights at load time.
+    cfg = AttributeModelConfig(**{**ck["config"]["model"], "pretrained": None})
+    model = build_attribute_model(cfg, schema=schema)
+    model.load_state_dict(ck["state_dicts"]["model"])
+    return model.eval(), ck
+
+
+class AttributePredictor:
+    """Guided or auto attribute generation for batches of images."""
+
+    def __init__(self, model, preprocessing: dict, schema: Schema, *, device: str = "cpu", batch_size: int = 64):
+        self.model = model.to(device).eval()
+        self.prep = preprocessing
+        self.schema = schema
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.constraints = Constraints(schema)
+
+    @classmethod
+    def load(cls, models_dir, *, device: str = "cpu", schema: Schema | None = None) -> "AttributePredictor":
+        """The predictor of ``models_dir/attributes.pt``; a clear error when missing or for another schema."""
+        schema = schema or default_schema()
+        model, ck = load_sequence_model(models_dir, schema=schema)
+        return cls(model, ck["preprocessing"], schema, device=device)
+
+    @torch.inference_mode()
+    def features(self, images: list[Image.Image]) -> torch.Tensor:
+        """(N, feat_dim) encoder features, computed in batches."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = to_input(images[i : i + self.batch_size], self.prep).to(self.device)
+            out.append(self.model.encode(x))
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def predict(self, images: list[Image.Image], guides: list[str | None] | None = None, *, beam: int = 1) -> list[AttributePrediction]:
+        """Attributes per image: guided by ``guides[i]`` (a schema category) where given, else auto.
+
+        Args:
+            images: RGB PIL images (whole photos or regions).
+            guides: one category or None per image; None for all auto.
+            beam: 1 for greedy decoding, more for beam search of that width.
+        """
+        if guides is not None and len(guides) != len(images):
+            raise ValueError(f"got {len(guides)} guides for {len(images)} images")
+        if beam < 1:
+            raise ValueError(f"beam width must be at least 1, got {beam}")
+        if not images:
+            return []
+        guides = list(guides) if guides is not None else [None] * len(images)
+        for g in guides:
+            if g is not None:
+                self.schema.check_category(g)
+        feats = self.features(images)
+        if beam == 1:
+            decoded = greedy_decode(self.model, feats, self.constraints, guides)
+        else:
+            decoded = beam_decode(self.model, feats, self.constraints, guides, beam=beam)
+        auto = [i for i, g in enumerate(guides) if g is None]
+        cat_p = category_distribution(self.model, feats[auto], self.constraints) if auto else None
+        auto_row = {i: r for r, i in enumerate(auto)}
+        names = self.schema.category_names
+        out = []
+        for i, d in enumerate(decoded):
+            attrs = {}
+            for tok, p in zip(d.tokens, d.probs):
+                group, value = self.schema.parse_token(tok)
+                attrs[group] = (value, p)
+            category = attrs[self.schema.CATEGORY][0]
+            if guides[i] is not None:
+                cats = [(guides[i], 1.0)]
+            else:
+                p = cat_p[auto_row[i]]
+                top = torch.argsort(p, descending=True)[:MAX_CATEGORIES].tolist()
+                cats = [(names[c], float(p[c])) for c in top if float(p[c]) >= CATEGORY_THRESHOLD]
+                if not any(c == category for c, _ in cats):  # the decoded category is always listed
+                    cats.append((category, float(p[names.index(category)])))
+                    cats.sort(key=lambda cp: -cp[1])
+            out.append(AttributePrediction(category, attrs, cats))
+        return out

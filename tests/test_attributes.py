@@ -1,0 +1,225 @@
+"""The attribute model: shapes, a training step, constrained/guided decoding, save/load, quality floor."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from attributes.data import group_targets, target_tokens
+from attributes.decode import Constraints, beam_decode, category_distribution, greedy_decode
+from attributes.model import AttributeModelConfig, LSTMAttributeModel, build_attribute_model
+from attributes.modeldir import ModelError, save_model
+from attributes.predict import AttributePredictor, load_sequence_model
+from attributes.schema import Schema, default_schema
+from attributes.train import AttributeTrainConfig, baseline_loss, sequence_loss, train_attributes
+from indexer.dump import read_dump
+from indexer.images import load_image
+
+SCHEMA = default_schema()
+CONSTRAINTS = Constraints(SCHEMA)
+V = len(SCHEMA.tokens)
+
+
+def tiny_decoder(seed: int, scale: float) -> LSTMAttributeModel:
+    """A real LSTM decoder over 16-d "features" (identity encoder), with peaked random logits."""
+    torch.manual_seed(seed)
+    cfg = AttributeModelConfig(embed_dim=8, hidden_dim=16, dropout=0.0, vocab_size=V)
+    model = LSTMAttributeModel(cfg, nn.Identity(), 16).eval()
+    with torch.no_grad():
+        model.out.weight.mul_(scale)
+        model.out.bias.normal_(0, scale)
+    return model
+
+
+def test_shapes_and_a_training_step_reach_the_encoder():
+    cfg = AttributeModelConfig(vocab_size=V, embed_dim=16, hidden_dim=32)
+    model = build_attribute_model(cfg, schema=SCHEMA)
+    images = torch.randn(2, 3, 64, 64)
+    seqs = [SCHEMA.encode(SCHEMA.complete({"colour": "red"}, "skirt")), SCHEMA.encode(SCHEMA.complete({}, "hat"))]
+    tokens = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s in seqs], batch_first=True)
+    logits = model(images, tokens[:, :-1])
+    assert logits.shape == (2, tokens.shape[1] - 1, V)
+    loss = sequence_loss(logits, tokens)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.encoder.conv1.weight.grad.abs().sum() > 0  # gradients flow through the encoder
+
+    base = build_attribute_model(AttributeModelConfig(kind="binary", vocab_size=V), schema=SCHEMA)
+    out = base(images)
+    assert [o.shape[1] for o in out] == [len(g.values) + 1 for g in SCHEMA.groups]
+    target = group_targets(tokens, SCHEMA)
+    assert target[0, 1] == SCHEMA.category_names.index("skirt")
+    assert target[1, 3] == len(SCHEMA.group("colour").values)  # the hat has no colour: "absent"
+    assert torch.isfinite(baseline_loss(out, tokens, SCHEMA))
+
+
+def test_bad_configs_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown ResNet depth 19"):
+        AttributeModelConfig(depth=19)
+    with pytest.raises(ValueError, match="image_size must be at least 32"):
+        AttributeTrainConfig(image_size=8)
+    with pytest.raises(ValueError, match="vocab_size 5"):
+        build_attribute_model(AttributeModelConfig(vocab_size=5), schema=SCHEMA)
+
+
+def test_imagenet_weights_fail_clearly_when_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(RuntimeError, match="ImageNet weights for resnet18.*train from scratch"):
+        build_attribute_model(AttributeModelConfig(vocab_size=V, pretrained="imagenet"), schema=SCHEMA)
+
+
+def test_target_takes_the_category_from_text_when_attributes_lack_it(synth_dump):
+    p = next(iter(read_dump(synth_dump, check_images=False)))
+    bare = type(p)(**{**p.__dict__, "attributes": {"colour": p.attributes["colour"]}})
+    assert SCHEMA.decode(target_tokens(bare, SCHEMA))[SCHEMA.CATEGORY] == p.attributes[SCHEMA.CATEGORY]
+    nothing = type(p)(**{**p.__dict__, "attributes": {}, "title": "something", "category_path": ""})
+    assert target_tokens(nothing, SCHEMA) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.5, 30.0),
+       guides=st.lists(st.one_of(st.none(), st.sampled_from(SCHEMA.category_names)), min_size=1, max_size=4),
+       beam=st.integers(1, 3))
+def test_constrained_decoding_is_schema_valid_and_guided(seed, scale, guides, beam):
+    model = tiny_decoder(seed, scale)
+    feats = torch.randn(len(guides), 16, generator=torch.Generator().manual_seed(seed))
+    decoded = (greedy_decode(model, feats, CONSTRAINTS, guides) if beam == 1
+               else beam_decode(model, feats, CONSTRAINTS, guides, beam=beam))
+    for guide, d in zip(guides, decoded):
+        assert CONSTRAINTS.is_valid(d.tokens + [CONSTRAINTS.eos]), [SCHEMA.tokens[t] for t in d.tokens]
+        attrs = SCHEMA.decode(d.tokens)
+        assert SCHEMA.attribute_errors(attrs) == []
+        assert len(d.tokens) <= len(SCHEMA.groups)
+        assert all(0.0 < p <= 1.0 + 1e-6 for p in d.probs)
+        if guide is not None:
+            assert attrs[SCHEMA.CATEGORY] == guide
+            assert attrs[SCHEMA.GREAT] == SCHEMA.great_category(guide)
+            assert d.probs[:2] == [1.0, 1.0]
+
+
+def test_constraints_forbid_what_the_schema_forbids():
+    c = CONSTRAINTS
+    tid = lambda g, v: SCHEMA.token_id(SCHEMA.token(g, v))  # noqa: E731
+    assert not c.is_valid([tid("great_category", "bottoms"), tid("category", "pants"), tid("neckline", "collar")])
+    assert not c.is_valid([tid("great_category", "tops"), tid("category", "pants")])
+    assert not c.is_valid([tid("great_category", "tops"), tid("category", "shirt"), tid("pattern", "solid"),
+                           tid("colour", "red")])  # out of schema order
+    assert not c.is_valid([tid("great_category", "tops"), c.eos])  # a category must come first
+    assert c.is_valid([tid("great_category", "tops"), tid("category", "shirt"), tid("neckline", "collar"), c.eos])
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.5, 30.0))
+def test_beam_of_width_one_equals_greedy(seed, scale):
+    model = tiny_decoder(seed, scale)
+    feats = torch.randn(5, 16, generator=torch.Generator().manual_seed(seed + 1))
+    guides = [None, "skirt", None, "hat", None]
+    g = greedy_decode(model, feats, CONSTRAINTS, guides)
+    b = beam_decode(model, feats, CONSTRAINTS, guides, beam=1)
+    assert [x.tokens for x in g] == [x.tokens for x in b]
+    assert sum((x.probs for x in g), []) == pytest.approx(sum((x.probs for x in b), []), abs=1e-5)
+
+
+def test_wider_beam_never_finds_a_less_likely_sequence():
+    model = tiny_decoder(3, 8.0)
+    feats = torch.randn(6, 16, generator=torch.Generator().manual_seed(4))
+
+    def score(ds):
+        return torch.tensor([sum(torch.log(torch.tensor(d.probs)).tolist()) for d in ds])
+
+    assert (score(beam_decode(model, feats, CONSTRAINTS, beam=4)) >= score(greedy_decode(model, feats, CONSTRAINTS)) - 1e-4).all()
+
+
+def test_category_distribution_is_a_distribution():
+    p = category_distribution(tiny_decoder(1, 5.0), torch.randn(3, 16), CONSTRAINTS)
+    assert p.shape == (3, len(SCHEMA.category_names))
+    assert torch.allclose(p.sum(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_saved_and_loaded_model_gives_identical_outputs_and_refuses_another_schema(tmp_path):
+    cfg = AttributeModelConfig(vocab_size=V, embed_dim=16, hidden_dim=32)
+    model = build_attribute_model(cfg, schema=SCHEMA).eval()
+    save_model(tmp_path, "attributes", state_dicts={"model": model.state_dict()},
+               config={"model": cfg.to_dict()}, preprocessing={"image_size": 64, "resize": "squash",
+                                                               "mean": [0.5] * 3, "std": [0.25] * 3}, schema=SCHEMA)
+    loaded, _ = load_sequence_model(tmp_path)
+    images = torch.randn(2, 3, 64, 64)
+    tokens = torch.tensor([SCHEMA.encode(SCHEMA.complete({}, "hat"))] * 2)
+    with torch.inference_mode():
+        assert torch.equal(model(images, tokens), loaded(images, tokens))
+
+    raw = SCHEMA.to_dict()
+    raw["groups"][3]["values"] = raw["groups"][3]["values"][:-1]
+    other = Schema(raw, source="edited.toml")
+    with pytest.raises(ModelError, match="trained on attribute schema .* retrain it"):
+        AttributePredictor.load(tmp_path, schema=other)
+
+
+# -- trained on the synthetic catalogue -------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """The demo settings, at 48 px, on 400 synthetic products (about 20 s on the 2-core CPU)."""
+    from indexer.synth import synthesize
+
+    root = tmp_path_factory.mktemp("attr")
+    dump = synthesize(root / "train", 400, seed=11, progress=False)
+    models = root / "models"
+    config = AttributeTrainConfig.demo(image_size=48, epochs=8, max_minutes=None, resume_checkpoint=False)
+    metrics = train_attributes(dump, models, config=config, progress=False)
+    return models, metrics
+
+
+def test_training_saves_a_model_that_beats_chance(trained, synth_dump):
+    from attributes.evaluate import evaluate_split
+
+    models, metrics = trained
+    assert metrics["epochs_run"] >= 1 and metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
+    lstm = evaluate_split(synth_dump, models, baseline=False, progress=False)["lstm"]
+    # Measured on this held-out catalogue (seed 7) after these 8 epochs: NLL 1.07 per token
+    # (an untrained model: about log(vocab) = 4.2), micro F1 0.33, guided sleeve-length accuracy
+    # 0.80 and garment-length 0.63 (auto: 0.0 and 0.37). So little training does not yet tell the
+    # categories apart in the image (category accuracy 0.075, chance 0.09): the floors are on
+    # what it does learn, the sequence's structure and the category -> attribute dependencies.
+    assert lstm["nll_per_token"] < 1.5
+    assert lstm["f1"] > 0.25
+    guided = lstm["dependent_groups"]["guided"]
+    assert guided["sleeve_length"]["accuracy"] > 0.6
+    assert guided["sleeve_length"]["accuracy"] > lstm["dependent_groups"]["auto"]["sleeve_length"]["accuracy"]
+
+
+def test_predictor_interface(trained, synth_dump):
+    models, _ = trained
+    predictor = AttributePredictor.load(models)
+    products = list(read_dump(synth_dump, check_images=False))[:6]
+    images = [load_image(p.image) for p in products]
+    guides = [None, "skirt", None, "hat", None, "dress"]
+    out = predictor.predict(images, guides)
+    assert len(out) == 6
+    order = [g.name for g in SCHEMA.groups]
+    for guide, pred in zip(guides, out):
+        keys = list(pred.attributes)
+        assert keys == sorted(keys, key=order.index) and keys[:2] == [SCHEMA.GREAT, SCHEMA.CATEGORY]
+        assert pred.attributes[SCHEMA.CATEGORY][0] == pred.category
+        if guide:
+            assert pred.category == guide and pred.categories == [(guide, 1.0)]
+        else:
+            probs = [p for _, p in pred.categories]
+            assert probs == sorted(probs, reverse=True) and pred.category in dict(pred.categories)
+    # Batching does not change the answer.
+    one = predictor.predict(images[:1])[0]
+    assert one.category == out[0].category and one.attributes.keys() == out[0].attributes.keys()
+    assert predictor.predict(images[:2], beam=3)[0].category in SCHEMA.category_names
+    with pytest.raises(ValueError, match="unknown category 'sock'"):
+        predictor.predict(images[:1], ["sock"])
+    with pytest.raises(ValueError, match="2 guides for 1 images"):
+        predictor.predict(images[:1], ["hat", None])

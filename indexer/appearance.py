@@ -69,6 +69,11 @@ class AppearanceConfig:
         if not 0.0 <= self.val_share < 0.9:
             raise ValueError(f"appearance val_share must lie in [0, 0.9), got {self.val_share}")
 
+    @classmethod
+    def demo(cls) -> "AppearanceConfig":
+        """The demo's preset: a few minutes on a 2-core CPU."""
+        return PRESETS["demo"]
+
 
 PRESETS = {
     # 2-3 minutes on a 2-core CPU shared with other jobs (800 of the demo's regions, 64 px)
@@ -76,6 +81,9 @@ PRESETS = {
                              val_share=0.1),
     "default": AppearanceConfig(),
 }
+
+
+AppearanceTrainConfig = AppearanceConfig  # the name the demo uses
 
 
 class GoogLeNetFeatures(nn.Module):
@@ -430,6 +438,6 @@ def untrained_coder(*, image_size: int = 64, seed: int = 0, calibration: Sequenc
     return coder
 
 
-__all__ = ["AppearanceCoder", "AppearanceConfig", "GoogLeNetFeatures", "PRESETS", "CODE_BYTES", "DIMS",
+__all__ = ["AppearanceCoder", "AppearanceConfig", "AppearanceTrainConfig", "GoogLeNetFeatures", "PRESETS", "CODE_BYTES", "DIMS",
            "bit_entropy", "float_vs_binary", "imagenet_weights", "load_regions", "product_region",
            "retrieval_map", "train_appearance", "untrained_coder"]

@@ -227,7 +227,9 @@ def build_index(dump: str | Path, models_dir: str | Path, out_dir: str | Path, *
     def flush() -> None:
         if not batch:
             return
-        guides = [category_from_text(d.product.category_path, d.product.title, schema=schema) for d in batch]
+        # the seller's text, else the row's labelled category, else the model decides (auto)
+        guides = [category_from_text(d.product.category_path, d.product.title, schema=schema)
+                  or d.product.attributes.get("category") for d in batch]
         descs = describer.describe([d.image for d in batch], guides=guides)
         records, thumbs = [], {}
         for d, desc in zip(batch, descs):

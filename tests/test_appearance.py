@@ -103,3 +103,10 @@ def test_uncentred_coder_refuses_to_binarize():
     coder.median = None
     with pytest.raises(ValueError, match="median"):
         coder.encode([Image.new("RGB", (40, 40), (10, 20, 30))])
+
+
+def test_train_command_names_an_unknown_preset(synth_dump, tmp_path, capsys):
+    from search.cli import main
+
+    assert main(["train", "appearance", "--data", str(synth_dump), "--out", str(tmp_path), "--preset", "huge"]) == 2
+    assert "unknown --preset 'huge'" in capsys.readouterr().err

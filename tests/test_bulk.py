@@ -152,3 +152,30 @@ def test_bad_arguments_are_named(synth_dump, models, tmp_path):
         build_index(synth_dump, models, tmp_path / "i", device="tpu", describer=object(), progress=False)
     with pytest.raises(FileNotFoundError, match="no product dump"):
         build_index(tmp_path / "none.jsonl", models, tmp_path / "i", describer=object(), progress=False)
+
+
+def test_index_command_reports_bad_flags(synth_dump, models, tmp_path, capsys):
+    from search.cli import main
+
+    assert main(["index", str(synth_dump), "--models", str(models), "--out", str(tmp_path / "i"), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+    assert main(["index", str(tmp_path / "none.jsonl"), "--models", str(models), "--out", str(tmp_path / "i")]) == 2
+    assert "no product dump" in capsys.readouterr().err
+
+
+def test_category_from_text_else_labelled_attributes_else_auto(synth_dump, models, tmp_path):
+    image = str(synth_dump.parent / "images" / "000000.jpg")
+    rows = [
+        {"id": "text", "image": image, "title": "pleated skirt", "attributes": {"great_category": "tops", "category": "shirt"}},
+        {"id": "label", "image": image, "title": "new arrival", "attributes": {"great_category": "bottoms", "category": "skirt"}},
+        {"id": "auto", "image": image, "title": "new arrival"},
+    ]
+    dump = tmp_path / "d.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_index(dump, models, tmp_path / "index", workers=0, describer=fake_describer(models), progress=False)
+    with Store(tmp_path / "index") as store:
+        assert store.get("text").description.category == "skirt"
+        assert store.get("label").description.category == "skirt"
+        from tests.indexer_fakes import FakePredictor
+
+        assert store.get("auto").description.category in FakePredictor.AUTO

@@ -62,6 +62,6 @@ def register(commands) -> None:
     p.add_argument("--out", required=True, help="report folder: metrics.json, index.html and the catalogue index")
     p.add_argument("--seed", type=int, default=0, help="seed of the query scenes (default 0)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split indexed and queried (default val)")
-    p.add_argument("--queries", type=int, default=300, help="composed shop scenes (default 300)")
+    p.add_argument("--queries", type=int, default=300, help="composed shop scenes (default 300; 0: the street set alone)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=_retrieval)

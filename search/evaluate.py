@@ -443,7 +443,12 @@ def shop_queries(products, category_of: Mapping[str, str], images: QueryImages, 
 
 def default_composer():
     """``indexer.scenes``'s composer as ``compose(target, others, rng) -> (scene, boxes)``."""
-    raise NotImplementedError("wired to indexer.scenes once it lands")
+    try:
+        from indexer import scenes
+    except ImportError:
+        raise ValueError("the scene composer (indexer/scenes.py) is not installed: the shop query set cannot be "
+                         "composed; run with --queries 0 for the street set alone") from None
+    return scenes.compose_for_evaluation
 
 
 # -- street queries -----------------------------------------------------------------------------
@@ -621,7 +626,7 @@ def case_strips(run: Run, images: QueryImages, image_of: Mapping[str, Path], cat
 @dataclass(frozen=True)
 class RetrievalEvalConfig:
     split: str = "val"  # the clothing split indexed as the catalogue, and the ccp split queried
-    queries: int = 300  # shop queries (composed scenes)
+    queries: int = 300  # shop queries (composed scenes); 0: the street set alone
     seed: int = 0
     k: int = 10  # the cut-off of the headline metrics
     depth: int = 20  # results kept per query, for the curves
@@ -632,8 +637,8 @@ class RetrievalEvalConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.queries < 1:
-            raise ValueError(f"--queries must be at least 1, got {self.queries}")
+        if self.queries < 0:
+            raise ValueError(f"--queries must be 0 (street set only) or more, got {self.queries}")
         if not 1 <= self.k <= self.depth:
             raise ValueError(f"k must be from 1 to depth ({self.depth}), got {self.k}")
         if self.split not in ("train", "val"):
@@ -753,7 +758,8 @@ def evaluate_retrieval(clothing: str | Path, ccp: str | Path, models: str | Path
     try:
         t0 = time.perf_counter()
         images = QueryImages()
-        shop = shop_queries(products, category_of, images, n=cfg.queries, seed=cfg.seed, compose=compose, progress=progress)
+        shop = (shop_queries(products, category_of, images, n=cfg.queries, seed=cfg.seed, compose=compose, progress=progress)
+                if cfg.queries else [])
         street = street_queries(ccp, cfg.split, set(category_of.values()), images, schema=schema,
                                 min_side=cfg.min_street_side, min_pixels=cfg.min_street_pixels)
         run = Run(shop + street)

@@ -232,3 +232,26 @@ def test_report_is_self_contained_with_tables_plots_and_strips(tmp_path):
         render_html(Report("x", tables=[Table("t", ["a", "b"], [["only one"]])]))
     with pytest.raises(ValueError, match="2 points for 3 cut-offs"):
         curve_plot({"a": [0.1, 0.2]}, [1, 2, 3], ylabel="y", title="t")
+
+
+# -- the command --------------------------------------------------------------------------------
+def test_command_refuses_folders_without_the_dataset_layouts(tmp_path, capsys):
+    from search.cli import main
+
+    (tmp_path / "clothing").mkdir()
+    (tmp_path / "models").mkdir()
+    rc = main(["evaluate", "retrieval", "--clothing", str(tmp_path / "clothing"), "--ccp", str(tmp_path / "ccp"),
+               "--models", str(tmp_path / "models"), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "does not have the clothing layout: no images.csv" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "retrieval", "--clothing", "c", "--ccp", "c", "--models", "m", "--out", "o", "--split", "test"])
+
+
+def test_config_checks_its_values():
+    from search.evaluate import RetrievalEvalConfig
+
+    with pytest.raises(ValueError, match="--queries must be 0 .* got -1"):
+        RetrievalEvalConfig(queries=-1)
+    with pytest.raises(ValueError, match="k must be from 1 to depth \\(20\\), got 30"):
+        RetrievalEvalConfig(k=30)

@@ -78,6 +78,11 @@ class AttributeTrainConfig:
                                     pretrained=self.pretrained)
 
 
+def _learning_settings(cfg: dict) -> dict:
+    """The settings a resumed run must share with the first (not where or how long it runs)."""
+    return {k: v for k, v in cfg.items() if k not in ("max_minutes", "threads", "device", "workers", "resume_checkpoint")}
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,7 +186,7 @@ def train_attributes(
     start_epoch, best, since_best, history = 0, math.inf, 0, []
     if resume and (out_dir / f"{name}-last.pt").is_file():
         ck = load_model(out_dir, f"{name}-last", schema=schema)
-        if ck["config"]["train"] != dataclasses.asdict(config):
+        if _learning_settings(ck["config"]["train"]) != _learning_settings(dataclasses.asdict(config)):
             raise ValueError(f"cannot resume {out_dir / (name + '-last.pt')}: it was trained with other settings")
         model.load_state_dict(ck["state_dicts"]["model"])
         optim.load_state_dict(ck["state_dicts"]["optimizer"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.error
 
 import pytest
@@ -164,6 +165,19 @@ def test_saved_and_loaded_model_gives_identical_outputs_and_refuses_another_sche
         AttributePredictor.load(tmp_path, schema=other)
 
 
+def test_training_resumes_where_it_stopped(synth_dump, tmp_path):
+    config = AttributeTrainConfig.demo(image_size=32, epochs=2, batch_size=60, max_minutes=1e-6,
+                                       resume_checkpoint=True, threads=1)
+    first = train_attributes(synth_dump, tmp_path, config=config, progress=False)
+    assert first["epochs_run"] == 1  # the time budget stopped it after one epoch
+    resumed = train_attributes(synth_dump, tmp_path, config=dataclasses.replace(config, max_minutes=None),
+                               resume=True, progress=False)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][0] == first["history"][0]
+    with pytest.raises(ValueError, match="other settings"):
+        train_attributes(synth_dump, tmp_path, config=dataclasses.replace(config, lr=0.1), resume=True, progress=False)
+
+
 # -- trained on the synthetic catalogue -------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -174,7 +188,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("attr")
     dump = synthesize(root / "train", 400, seed=11, progress=False)
     models = root / "models"
-    config = AttributeTrainConfig.demo(image_size=48, epochs=8, max_minutes=None, resume_checkpoint=False)
+    config = AttributeTrainConfig.demo(image_size=48, epochs=8, max_minutes=None, resume_checkpoint=False, threads=1)
     metrics = train_attributes(dump, models, config=config, progress=False)
     return models, metrics
 

@@ -76,20 +76,18 @@ class Describer:
     def load(cls, models_dir: str | Path, *, device: str = "cpu", colour: ColourConfig | None = None,
              schema: Schema | None = None) -> "Describer":
         """The three models of ``models_dir`` (attributes.pt, detector.pt, appearance.pt)."""
-        from attributes.predict import AttributePredictor
-        from detector.predict import GarmentDetector
-
         models_dir = Path(models_dir)
         if not models_dir.is_dir():
             raise FileNotFoundError(f"no models directory at {models_dir}")
         schema = schema or default_schema()
-        return cls(
-            predictor=AttributePredictor.load(models_dir, device=device, schema=schema),
-            detector=GarmentDetector.load(models_dir, device=device, schema=schema),
-            coder=AppearanceCoder.load(models_dir, device=device, schema=schema),
-            colour=colour or ColourConfig(),
-            schema=schema,
-        )
+        coder = AppearanceCoder.load(models_dir, device=device, schema=schema)  # the cheapest to check first
+        from attributes.predict import AttributePredictor
+
+        predictor = AttributePredictor.load(models_dir, device=device, schema=schema)
+        from detector.predict import GarmentDetector
+
+        detector = GarmentDetector.load(models_dir, device=device, schema=schema)
+        return cls(predictor=predictor, detector=detector, coder=coder, colour=colour or ColourConfig(), schema=schema)
 
     @property
     def code_bytes(self) -> int:

@@ -77,10 +77,10 @@ def test_bad_guides_and_lengths_are_named(describer):
     assert describer.describe([]) == []
 
 
-def test_load_names_the_missing_model(tmp_path):
-    pytest.importorskip("attributes.predict")
-    pytest.importorskip("detector.predict")
+def test_load_names_the_missing_model_and_its_command(tmp_path):
     from attributes.modeldir import ModelError
 
-    with pytest.raises(ModelError, match="train"):
+    with pytest.raises(ModelError, match="appearance.pt: train it with `fashion-search train appearance`"):
         Describer.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no models directory"):
+        Describer.load(tmp_path / "nothing")

@@ -77,7 +77,7 @@ class AppearanceConfig:
 
 PRESETS = {
     # 2-3 minutes on a 2-core CPU shared with other jobs (800 of the demo's regions, 64 px)
-    "demo": AppearanceConfig(image_size=64, epochs=2, batch_size=48, max_products=800, median_products=800,
+    "demo": AppearanceConfig(image_size=64, epochs=2, batch_size=48, max_products=600, median_products=600,
                              val_share=0.1),
     "default": AppearanceConfig(),
 }

@@ -76,7 +76,7 @@ def test_binary_codes_keep_the_float_features_retrieval(trained, regions, synth_
     labels = [colour[i] for i in ids[:80]]
     fig = float_vs_binary(coder, images[:80], labels)
     # Same-colour mAP of 80 synthetic regions (12 colours). Measured after one epoch on 54
-    # regions: float L2 0.18, binary Hamming 0.21 (on 64 regions: 0.25 and 0.25); a random
+    # regions: float L2 0.18, binary Hamming 0.21 (on 86 regions: 0.25 and 0.25); a random
     # ranking scores 0.11. Floors: above chance, and binarization may cost at most 0.05 (the
     # paper: 0.02).
     assert fig["map_binary_hamming"] > 0.15

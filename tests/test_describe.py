@@ -84,3 +84,35 @@ def test_load_names_the_missing_model_and_its_command(tmp_path):
         Describer.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="no models directory"):
         Describer.load(tmp_path / "nothing")
+
+
+@pytest.fixture(scope="module")
+def real_predictor(synth_dump, tmp_path_factory):
+    """The real attribute model, one short epoch on the synthetic catalogue (its quality is not the point)."""
+    from attributes.predict import AttributePredictor
+    from attributes.train import AttributeTrainConfig, train_attributes
+
+    models = tmp_path_factory.mktemp("attr_models")
+    cfg = AttributeTrainConfig.demo(epochs=1, image_size=32, batch_size=32, max_minutes=None, device="cpu")
+    train_attributes(synth_dump, models, config=cfg, progress=False)
+    return AttributePredictor.load(models)
+
+
+def test_describe_with_the_real_attribute_model(real_predictor, describer, synth_dump):
+    from attributes.schema import default_schema
+
+    schema = default_schema()
+    real = Describer(predictor=real_predictor, detector=FakeDetector(), coder=describer.coder)
+    images = [Image.open(p).convert("RGB") for p in sorted((synth_dump.parent / "images").glob("*.jpg"))[:3]]
+    guided, auto = real.describe(images[:2], guides=["skirt", None])
+    assert guided.category == "skirt" and guided.categories == [("skirt", 1.0)]
+    assert guided.attributes["category"][0] == "skirt"
+    assert guided.attributes["great_category"][0] == schema.great_category("skirt")
+    groups = [g.name for g in schema.groups]
+    assert list(guided.attributes) == [g for g in groups if g in guided.attributes]  # schema order
+    assert auto.category in schema.categories and auto.attributes["category"][0] == auto.category
+    ps = [p for _c, p in auto.categories]
+    assert ps == sorted(ps, reverse=True) and all(c in schema.categories for c, _p in auto.categories)
+    (again,) = real.describe(images[1:2])
+    assert again.category == auto.category
+    assert {g: v for g, (v, _p) in again.attributes.items()} == {g: v for g, (v, _p) in auto.attributes.items()}

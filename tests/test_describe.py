@@ -92,9 +92,14 @@ def real_predictor(synth_dump, tmp_path_factory):
     from attributes.predict import AttributePredictor
     from attributes.train import AttributeTrainConfig, train_attributes
 
+    import json
+
     models = tmp_path_factory.mktemp("attr_models")
+    small = models / "small.jsonl"  # 32 products: enough to load and decode, cheap to train
+    rows = [json.loads(line) for line in synth_dump.read_text().splitlines()[:32]]
+    small.write_text("".join(json.dumps(r | {"image": str(synth_dump.parent / r["image"])}) + "\n" for r in rows))
     cfg = AttributeTrainConfig.demo(epochs=1, image_size=32, batch_size=32, max_minutes=None, device="cpu")
-    train_attributes(synth_dump, models, config=cfg, progress=False)
+    train_attributes(small, models, config=cfg, progress=False)
     return AttributePredictor.load(models)
 
 

@@ -88,27 +88,6 @@ def layouts(tmp_path_factory) -> tuple[Path, Path]:
     return write_clothing_layout(root / "clothing", 120, seed=3), write_ccp_layout(root / "ccp", 6, seed=4)
 
 
-@pytest.fixture(scope="session")
-def tiny_models(layouts, tmp_path_factory) -> Path:
-    """Attribute model and detector trained for a few seconds on the clothing layout's train split and
-    the synthetic catalogue; the appearance coder is untrained GoogLeNet with its median fitted."""
-    detector_train = pytest.importorskip("detector.train", reason="the detector's training is not there yet")
-    from attributes.train import AttributeTrainConfig, train_attributes
-    from indexer.appearance import load_regions, untrained_coder
-    from indexer.convert import convert_clothing
-
-    clothing, _ = layouts
-    root = tmp_path_factory.mktemp("eval-models")
-    models = root / "models"
-    dump, _ = convert_clothing(clothing, root / "train", split="train", progress=False)
-    train_attributes(dump, models, config=AttributeTrainConfig.demo(image_size=32, epochs=3, max_minutes=None),
-                     progress=False)
-    regions, _, _ = load_regions(dump, size=40, progress=False)
-    untrained_coder(image_size=32, calibration=regions).save(models)
-    detector_train.train_detector(dump, models, config=detector_train.DetectorTrainConfig.demo(), progress=False)
-    return models
-
-
 def _paste_side_by_side(target, others, rng):
     """A plain composer for the stand-in run: each garment shrunk into its own cell of a plain canvas."""
     canvas = Image.new("RGB", (240, 240), tuple(int(v) for v in rng.integers(0, 256, 3)))
@@ -122,8 +101,14 @@ def _paste_side_by_side(target, others, rng):
     return canvas, boxes
 
 
-def test_evaluation_runs_end_to_end_on_stand_ins(layouts, tmp_path):
-    """The orchestration, metrics.json and the report, with the indexer's model stand-ins (no training)."""
+def test_evaluation_runs_end_to_end(layouts, tmp_path):
+    """The orchestration, metrics.json and the report, with the indexer tests' stand-ins for the attribute
+    model and the detector and an untrained GoogLeNet coder.
+
+    No trained models: an attribute model trained within this file's time budget (3 epochs at
+    32 px, 14 s) picked the right category for 1 query in 20, so option 1 and 3 recall was 0.05
+    and a floor on it would say nothing; the detector's code is not in the repository yet.
+    """
     from indexer.appearance import untrained_coder
     from indexer.describe import Describer
     from search.evaluate import RetrievalEvalConfig, evaluate_retrieval
@@ -135,10 +120,10 @@ def test_evaluation_runs_end_to_end_on_stand_ins(layouts, tmp_path):
     (tmp_path / "models").mkdir()
     out = tmp_path / "report"
     result = evaluate_retrieval(clothing, ccp, tmp_path / "models", out, describer=describer, compose=_paste_side_by_side,
-                                config=RetrievalEvalConfig(queries=8, batch=8, cases=2), progress=False)
+                                config=RetrievalEvalConfig(queries=12, batch=8, cases=2), progress=False)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))
-    assert saved["queries"]["shop"] == 8 and saved["queries"]["street-photo"] == 6
+    assert saved["queries"]["shop"] == 12 and saved["queries"]["street-photo"] == 6
     shop = saved["metrics"]["shop"]["systems"]
     assert set(shop) == {"auto", "guided", "rectangle", "float auto", "float guided", "float rectangle",
                          "colour only", "whole-image code"}

@@ -130,7 +130,10 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
     # Guided search stays in the true category: every result is right at the category level
     # whenever the category holds at least k products.
     assert shop["guided"]["category_right"] == 1.0
-    # The colour baseline sees the target's own pixels pasted unchanged: found within the top 10.
+    # Floors under what this run measured (seed 0, 12 scenes): guided R@1 0.83 (the stand-in
+    # detector's central box over the target's cell ranks it first among ~6 of its category);
+    # colour only R@10 1.0 over the whole ~60-product catalogue (the target pasted unchanged).
+    assert shop["guided"]["R@1"] >= 0.6
     assert shop["colour only"]["R@10"] >= 0.75
     parsed = parse_report((out / "index.html").read_text(encoding="utf-8"))
     assert parsed.tables == 4  # shop, street, per-query timings, run stages

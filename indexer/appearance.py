@@ -59,6 +59,7 @@ class AppearanceConfig:
     val_share: float = 0.15  # held-out regions for the float vs binary retrieval figure
     seed: int = 0
     threads: int = 2
+    weights: str | None = None  # "imagenet": torchvision's ImageNet GoogLeNet, only the median is fitted
 
     def __post_init__(self):
         if self.image_size < 32:
@@ -68,6 +69,8 @@ class AppearanceConfig:
                 raise ValueError(f"appearance {name} must be at least 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.val_share < 0.9:
             raise ValueError(f"appearance val_share must lie in [0, 0.9), got {self.val_share}")
+        if self.weights not in (None, "imagenet"):
+            raise ValueError(f"appearance weights must be None or 'imagenet', got {self.weights!r}")
 
     @classmethod
     def demo(cls) -> "AppearanceConfig":
@@ -94,10 +97,11 @@ class GoogLeNetFeatures(nn.Module):
         weights: ``None`` (from scratch) or a torchvision ``GoogLeNet_Weights`` value.
     """
 
-    def __init__(self, *, num_classes: int = 0, weights=None):
+    def __init__(self, *, num_classes: int = 0, weights=None, transform_input: bool = False):
         super().__init__()
         if weights is None:
-            self.net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True, transform_input=False)
+            self.net = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True,
+                                                    transform_input=transform_input)
         else:
             self.net = torchvision.models.googlenet(weights=weights, aux_logits=False)
         self.net.fc = nn.Identity()  # the ImageNet classifier is not part of the code
@@ -159,7 +163,7 @@ class AppearanceCoder:
     def load(cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None) -> "AppearanceCoder":
         ckpt = modeldir.load_model(models_dir, NAME, schema=schema)
         pre = ckpt["preprocessing"]
-        net = GoogLeNetFeatures(num_classes=0, weights=None)
+        net = GoogLeNetFeatures(num_classes=0, weights=None, transform_input=bool(pre.get("transform_input", False)))
         state = {k: v for k, v in ckpt["state_dicts"]["features"].items() if not k.startswith("head.")}
         net.load_state_dict(state, strict=True)
         median = ckpt["state_dicts"]["median"]["median"].numpy()
@@ -180,7 +184,8 @@ class AppearanceCoder:
             state_dicts={"features": state, "median": {"median": torch.from_numpy(self.median.copy())}},
             config=config or {}, schema=schema, metrics=metrics, data_hash=data_hash,
             preprocessing={"image_size": self.image_size, "mean": list(map(float, self.mean.flatten())),
-                           "std": list(map(float, self.std.flatten())), "resize": "squash"},
+                           "std": list(map(float, self.std.flatten())), "resize": "squash",
+                           "transform_input": bool(self.net.net.transform_input)},
             extra={"dims": DIMS, "code_bytes": CODE_BYTES, "layers": ["inception4e", "inception5b"]},
         )
 
@@ -361,6 +366,8 @@ def train_appearance(train_dump: str | Path, out_dir: str | Path, *, config: App
     torch.set_num_threads(min(config.threads, threads))
     t0 = time.perf_counter()
     try:
+        if config.weights == "imagenet":
+            return _imagenet_appearance(train_dump, out_dir, config, schema, progress, t0)
         load_size = int(config.image_size * 1.15)
         images, cats, ids = load_regions(train_dump, size=load_size, limit=config.max_products, schema=schema,
                                          progress=progress)
@@ -425,6 +432,23 @@ def train_appearance(train_dump: str | Path, out_dir: str | Path, *, config: App
         return metrics
     finally:
         torch.set_num_threads(threads)
+
+
+def _imagenet_appearance(train_dump, out_dir, config: AppearanceConfig, schema: Schema, progress: bool, t0: float) -> dict:
+    """ImageNet GoogLeNet features (no training): fit the median on the catalogue's regions and save."""
+    coder = AppearanceCoder.imagenet(image_size=config.image_size)  # a clear error before reading the dump
+    images, cats, ids = load_regions(train_dump, size=config.image_size, limit=config.max_products, schema=schema,
+                                     progress=progress)
+    val = _split(ids, config.val_share) if config.val_share > 0 else np.zeros(len(ids), bool)
+    tr, held = np.flatnonzero(~val), np.flatnonzero(val)
+    coder.fit_median([images[i] for i in tr[: config.median_products]])
+    metrics: dict = {"weights": "imagenet", "train_regions": int(len(tr)),
+                     "train_seconds": round(time.perf_counter() - t0, 1)}
+    if len(held) >= 10:
+        metrics["val"] = float_vs_binary(coder, [images[i] for i in held], [cats[i] for i in held])
+    path = coder.save(out_dir, schema=schema, metrics=metrics, config=asdict(config), data_hash=modeldir.file_hash(train_dump))
+    metrics["path"] = str(path)
+    return metrics
 
 
 def untrained_coder(*, image_size: int = 64, seed: int = 0, calibration: Sequence[Image.Image] = ()) -> AppearanceCoder:

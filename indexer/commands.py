@@ -40,7 +40,7 @@ def _train_appearance(args) -> int:
         raise ValueError(f"unknown --preset {args.preset!r}; choose from {sorted(PRESETS)}")
     cfg = PRESETS[args.preset]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size),
-                                   ("max_products", args.max_products)) if v is not None}
+                                   ("max_products", args.max_products), ("weights", args.weights)) if v is not None}
     cfg = replace(cfg, **overrides)
     metrics = train_appearance(args.data, args.out, config=cfg, progress=not args.quiet)
     print(json.dumps({k: v for k, v in metrics.items() if k != "epochs"}, indent=1))
@@ -73,5 +73,7 @@ def register(commands) -> None:
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--image-size", type=int, help="override the preset's input size in pixels")
     p.add_argument("--max-products", type=int, help="train on at most this many regions")
+    p.add_argument("--weights", choices=["imagenet"],
+                   help="use torchvision's ImageNet GoogLeNet (from the torch cache; fit the median only, no training)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_appearance)

@@ -111,3 +111,29 @@ def test_train_command_names_an_unknown_preset(synth_dump, tmp_path, capsys):
 
     assert main(["train", "appearance", "--data", str(synth_dump), "--out", str(tmp_path), "--preset", "huge"]) == 2
     assert "unknown --preset 'huge'" in capsys.readouterr().err
+
+
+def test_imagenet_style_input_transform_survives_save_and_load(regions, tmp_path):
+    from indexer.appearance import GoogLeNetFeatures
+
+    images = regions[0][:3]
+    coder = AppearanceCoder(GoogLeNetFeatures(transform_input=True), image_size=40)
+    coder.fit_median(images)
+    coder.save(tmp_path)
+    loaded = AppearanceCoder.load(tmp_path)
+    assert loaded.net.net.transform_input
+    np.testing.assert_array_equal(loaded.encode(images), coder.encode(images))
+
+
+def test_unavailable_imagenet_weights_are_a_clear_error(monkeypatch):
+    import torchvision
+
+    from attributes.modeldir import ModelError
+    from indexer.appearance import imagenet_weights
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(ModelError, match="googlenet-.*pth.*train appearance"):
+        imagenet_weights()

@@ -79,12 +79,14 @@ class Examples:
 
 def load_examples(dump: str | Path, image_size: int, *, schema: Schema | None = None, progress: bool = True,
                   limit: int | None = None) -> Examples:
-    """Every usable product of ``dump``, images decoded at ``CACHE_SCALE * image_size``."""
+    """Every usable product of ``dump`` (``limit``: that many, evenly spread), images decoded at
+    ``CACHE_SCALE * image_size``."""
     schema = schema or default_schema()
     side = int(round(image_size * CACHE_SCALE))
     products = list(read_dump(dump, schema=schema, check_images=False))
-    if limit is not None:
-        products = products[:limit]
+    if limit is not None and len(products) > limit:  # evenly spread, so every part of the dump is seen
+        step = len(products) / limit
+        products = [products[int(i * step)] for i in range(limit)]
     images, tokens, ids, skipped = [], [], [], 0
     for p in tqdm(products, desc=f"reading {Path(dump).name}", unit="img", disable=not progress):
         seq = target_tokens(p, schema)

@@ -173,7 +173,7 @@ def evaluate_attributes(dump: str | Path, models_dir: str | Path, *, train_dump:
     """Figures on ``dump`` (and on up to ``train_limit`` products of ``train_dump``, for Table 2's train row)."""
     out = {"models": str(models_dir), "val": evaluate_split(dump, models_dir, **kwargs)}
     if train_dump:
-        out["train"] = evaluate_split(train_dump, models_dir, limit=train_limit, **kwargs)
+        out["train"] = evaluate_split(train_dump, models_dir, **{**kwargs, "limit": train_limit})
     return out
 
 

@@ -254,3 +254,14 @@ def test_predictor_interface(trained, synth_dump):
         predictor.predict(images[:1], ["sock"])
     with pytest.raises(ValueError, match="2 guides for 1 images"):
         predictor.predict(images[:1], ["hat", None])
+
+
+def test_evaluation_report_has_train_and_val_rows(trained, synth_dump):
+    from attributes.evaluate import evaluate_attributes, format_report
+
+    models, _ = trained
+    result = evaluate_attributes(synth_dump, models, train_dump=synth_dump, train_limit=20, limit=30,
+                                 baseline=False, progress=False)
+    assert result["val"]["products"] == 30 and result["train"]["products"] == 20
+    text = format_report(result)
+    assert "train  lstm" in text and "val    lstm" in text and "category confusion" in text

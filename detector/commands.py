@@ -1,5 +1,96 @@
-"""Subcommands contributed by ``detector``."""
+"""Subcommands contributed by ``detector``: train and evaluate the detector, and the converters of
+the street photos (per-instance boxes) and of composed scenes into detection dumps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+
+def _train(args) -> int:
+    from detector.model import DetectorConfig
+    from detector.train import DetectorTrainConfig, train_detector
+
+    base = DetectorTrainConfig.demo() if args.preset == "demo" else DetectorTrainConfig()
+    model = {k: v for k, v in {"backbone": args.backbone, "min_size": args.min_size, "max_size": args.max_size,
+                               "pretrained": args.pretrained}.items() if v is not None}
+    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                   "device": args.device, "threads": args.threads, "seed": args.seed,
+                                   "max_minutes": args.max_minutes}.items() if v is not None}
+    if args.no_time_limit:
+        overrides["max_minutes"] = None
+    config = replace(base, model=DetectorConfig(**{**base.model.to_dict(), **model}), **overrides)
+    result = train_detector(args.data, args.out, val_dump=args.val, config=config, resume=args.resume)
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from detector.evaluate import evaluate_detector, format_report
+
+    result = evaluate_detector(args.data, args.models, limit=args.limit, score_threshold=args.threshold)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(format_report(result))
+    return 0
+
+
+def _convert_ccp(args) -> int:
+    from indexer.scenes import convert_ccp
+
+    dump, counts = convert_ccp(args.dir, args.out, split=args.split)
+    print(f"wrote {counts['products']} photos with {counts['boxes']} boxes to {dump}")
+    return 0
+
+
+def _convert_scenes(args) -> int:
+    from indexer.scenes import convert_scenes
+
+    dump, counts = convert_scenes(args.dir, args.out, n=args.n, seed=args.seed, split=args.split)
+    print(f"wrote {counts['products']} scenes with {counts['boxes']} boxes to {dump}")
+    return 0
 
 
 def register(commands) -> None:
-    """None yet."""
+    p = commands.train.add_parser("detector", help="train the Faster R-CNN garment detector on a dump's boxes")
+    p.add_argument("--data", required=True, help="training dump with boxes")
+    p.add_argument("--val", help="validation dump: Table 3 figures at the end")
+    p.add_argument("--out", required=True, help="model directory to write detector.pt into")
+    p.add_argument("--preset", choices=("default", "demo"), default="default")
+    p.add_argument("--backbone", choices=("mobilenet_v3_large_fpn", "resnet50_fpn"))
+    p.add_argument("--pretrained", choices=("imagenet",), help="start from torchvision's ImageNet backbone weights")
+    p.add_argument("--min-size", type=int, dest="min_size")
+    p.add_argument("--max-size", type=int, dest="max_size")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-minutes", type=float, dest="max_minutes")
+    p.add_argument("--no-time-limit", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from detector-last.pt")
+    p.set_defaults(func=_train)
+
+    p = commands.evaluate.add_parser("detector", help="Table 3: mAP@0.5..0.9 guided vs non-guided, fallback, ms/image")
+    p.add_argument("--data", required=True, help="dump with boxes (a held-out split)")
+    p.add_argument("--models", required=True)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--threshold", type=float, default=0.3, help="score threshold of the guided ROI (fallback rate)")
+    p.add_argument("--json")
+    p.set_defaults(func=_evaluate)
+
+    p = commands.convert.add_parser("ccp", help="street photos -> dump with per-instance garment boxes")
+    p.add_argument("dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", choices=("train", "val"))
+    p.set_defaults(func=_convert_ccp)
+
+    p = commands.convert.add_parser("scenes", help="garments cut from clothing photos, composed into scenes with boxes")
+    p.add_argument("dir", help="the clothing dataset's folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("train", "val"))
+    p.set_defaults(func=_convert_scenes)

@@ -1,0 +1,66 @@
+"""Detection training data: a dump's images and ``boxes`` as torchvision detection targets."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.functional import pil_to_tensor
+
+from attributes.schema import Schema, default_schema
+from indexer.dump import Product, read_dump
+from indexer.images import ImageError, load_image
+
+logger = logging.getLogger(__name__)
+
+
+def products_with_boxes(dump: str | Path, *, schema: Schema | None = None, keep_empty: bool = False) -> list[Product]:
+    """The dump's products that carry boxes (all of them with ``keep_empty``: negatives)."""
+    products = list(read_dump(dump, schema=schema or default_schema()))
+    kept = [p for p in products if p.boxes or keep_empty]
+    if not kept:
+        raise ValueError(f"{dump} holds no product with boxes: the detector needs [x0, y0, x1, y1, category] boxes")
+    return kept
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """``(image [3, H, W] float in [0, 1], {"boxes": [N, 4] float, "labels": [N] int64})``.
+
+    Images are shrunk on load so the longer side is at most ``max_side`` (the model resizes
+    again; this only saves decoding work). ``flip`` mirrors half the samples at random.
+    """
+
+    def __init__(self, products: list[Product], classes: tuple[str, ...], *, max_side: int, flip: bool = False,
+                 seed: int = 0):
+        self.products = products
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.max_side = max_side
+        self.flip = flip
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def __getitem__(self, i: int):
+        p = self.products[i]
+        try:
+            image = load_image(p.image)
+        except ImageError as exc:
+            logger.warning("product %s: %s; using a blank image with no boxes", p.id, exc)
+            return torch.zeros(3, 64, 64), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+        scale = min(1.0, self.max_side / max(image.size))
+        if scale < 1.0:
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        boxes = torch.tensor([[b.x0, b.y0, b.x1, b.y1] for b in p.boxes], dtype=torch.float32).reshape(-1, 4) * scale
+        labels = torch.tensor([self.index[b.category] for b in p.boxes], dtype=torch.int64)
+        tensor = pil_to_tensor(image).float().div_(255)
+        if self.flip and self.rng.random() < 0.5:
+            tensor = tensor.flip(-1)
+            boxes = torch.stack([image.width - boxes[:, 2], boxes[:, 1], image.width - boxes[:, 0], boxes[:, 3]], 1)
+        return tensor, {"boxes": boxes, "labels": labels}
+
+
+def collate(batch):
+    return tuple(zip(*batch))

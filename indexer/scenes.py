@@ -1,0 +1,254 @@
+"""Detector training scenes: ccp street photos with per-instance boxes, and composed shop scenes.
+
+**ccp** (``convert_ccp``): one product per street photo, the image referenced where it lies.
+Each annotated label is mapped with ``schema.dataset_category("ccp", label)``; labels mapped to
+nothing (skin, hair, jewellery, belts, socks, ...) are left out. Boxes are derived from the
+mask: for footwear (``shoes``, ``boots``: two shoes share one label) each connected component
+(8-connected) of the label's pixels is its own instance; for every other category the box of
+all the label's pixels is one instance (a strap or an arm splitting a jacket must not make two
+jackets). Components below ``MIN_PIXELS`` pixels or ``MIN_SIDE`` pixels a side are dropped
+(stray pixels at a garment's edge). Split: ``indexer.datasets.ccp_split``.
+
+**composed scenes** (``convert_scenes``, ``compose_scene``): garments cut from the single-garment
+clothing photos and pasted, 1-4 per canvas, onto a synthetic background. The cut-out mask
+(``garment_mask``) is OpenCV's GrabCut on a copy shrunk to 160 pixels, initialised with the
+photo's 4 % border as sure background (shop photos are framed around the garment), then the
+largest connected component with its holes filled; when GrabCut keeps under 5 % of the photo the
+inner rectangle is used. Each pasted garment may be transformed: random crop keeping >= 85 % of
+each side, scale, rotation within +-8 degrees, colour jitter; the scene is JPEG-recompressed
+(quality 60-90). Garments are placed in disjoint slots, so boxes are those of the pasted pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageEnhance
+from tqdm import tqdm
+
+from attributes.schema import Schema, default_schema
+from indexer.datasets import ccp_rows, clothing_rows
+
+logger = logging.getLogger(__name__)
+
+MIN_PIXELS = 300
+MIN_SIDE = 12
+PAIRED = ("shoes", "boots")  # categories whose label covers a pair: split by connected components
+MASK_SIDE = 160
+SPLITS = ("train", "val")
+
+
+def _check_split(split: str | None) -> None:
+    if split not in (None, *SPLITS):
+        raise ValueError(f"unknown split {split!r}; choose train or val")
+
+
+def write_dump(rows: list[dict], out: str | Path) -> Path:
+    """``OUT/products.jsonl`` from row dicts, written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump = out / "products.jsonl"
+    tmp = dump.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(dump)
+    return dump
+
+
+# -- ccp ------------------------------------------------------------------------------------------
+def ccp_instances(mask: np.ndarray, labels: list[str], schema: Schema) -> list[list]:
+    """``[x0, y0, x1, y1, category]`` instances of a ccp label mask (pixel value = index in labels)."""
+    boxes = []
+    for value in np.unique(mask):
+        category = schema.dataset_category("ccp", labels[value]) if value else None
+        if category is None:
+            continue
+        pixels = (mask == value).astype(np.uint8)
+        if category in PAIRED:
+            n, _, stats, _ = cv2.connectedComponentsWithStats(pixels, connectivity=8)
+            parts = [stats[i] for i in range(1, n)]
+        else:
+            ys, xs = np.nonzero(pixels)
+            parts = [(xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1, len(xs))]
+        for x, y, w, h, area in parts:
+            if area >= MIN_PIXELS and min(w, h) >= MIN_SIDE:
+                boxes.append([int(x), int(y), int(x + w), int(y + h), category])
+    return boxes
+
+
+def convert_ccp(root: str | Path, out: str | Path, *, split: str | None = None, schema: Schema | None = None,
+                progress: bool = True) -> tuple[Path, dict]:
+    """Street photos with per-instance boxes -> ``OUT/products.jsonl``; returns the dump and counts."""
+    _check_split(split)
+    schema = schema or default_schema()
+    labels = json.loads((Path(root) / "labels.json").read_text(encoding="utf-8"))
+    rows, counts = [], {"products": 0, "boxes": 0, "left_out": 0}
+    for rec in tqdm(list(ccp_rows(root, split)), desc="ccp boxes", unit="photo", disable=not progress):
+        with Image.open(rec["mask_path"]) as im:
+            mask = np.asarray(im.convert("L"))
+        boxes = ccp_instances(mask, labels, schema)
+        if not boxes:
+            counts["left_out"] += 1
+            continue
+        rows.append({"id": f"ccp-{Path(rec['image']).stem}", "image": str(Path(rec["photo"]).resolve()),
+                     "title": " ".join(rec.get("tags", [])) or "street photo", "category_path": "street",
+                     "boxes": boxes})
+        counts["products"] += 1
+        counts["boxes"] += len(boxes)
+    return write_dump(rows, out), counts
+
+
+# -- cutting garments out -------------------------------------------------------------------------
+def garment_mask(image: Image.Image, *, border: float = 0.04, iterations: int = 4) -> np.ndarray:
+    """Bool ``[H, W]`` mask of the garment in a single-garment photo (GrabCut from the border)."""
+    w, h = image.size
+    scale = MASK_SIDE / max(w, h)
+    small = np.asarray(image.convert("RGB").resize((max(8, round(w * scale)), max(8, round(h * scale)))))
+    sh, sw = small.shape[:2]
+    bx, by = max(1, round(sw * border)), max(1, round(sh * border))
+    rect = (bx, by, sw - 2 * bx, sh - 2 * by)
+    m = np.zeros((sh, sw), np.uint8)
+    try:
+        cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), m, rect, np.zeros((1, 65)), np.zeros((1, 65)),
+                    iterations, cv2.GC_INIT_WITH_RECT)
+        fg = np.isin(m, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+    except cv2.error:
+        fg = np.zeros((sh, sw), np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n > 1:
+        fg = (lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+        # fill holes: flood the background from the border, the rest is garment
+        flood = np.pad(fg, 1).copy()
+        cv2.floodFill(flood, None, (0, 0), 2)
+        fg = (flood[1:-1, 1:-1] != 2).astype(np.uint8)
+    if fg.mean() < 0.05:
+        fg = np.zeros((sh, sw), np.uint8)
+        fg[by:sh - by, bx:sw - bx] = 1
+    return np.asarray(Image.fromarray(fg * 255).resize((w, h), Image.NEAREST)) > 127
+
+
+# -- composing ------------------------------------------------------------------------------------
+def _background(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    w, h = size
+    a, b = rng.integers(40, 250, 3), rng.integers(40, 250, 3)
+    t = np.linspace(0, 1, h)[:, None, None] if rng.random() < 0.5 else np.linspace(0, 1, w)[None, :, None]
+    bg = a * (1 - t) + b * t + rng.normal(0, rng.uniform(2, 12), (h, w, 3))
+    return Image.fromarray(np.clip(np.broadcast_to(bg, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def _slots(n: int, size: tuple[int, int], rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    w, h = size
+    cols = 1 if n == 1 else 2
+    rows = -(-n // cols)
+    cells = [(c * w // cols, r * h // rows, (c + 1) * w // cols, (r + 1) * h // rows) for r in range(rows) for c in range(cols)]
+    order = rng.permutation(len(cells))
+    return [cells[i] for i in order[:n]]
+
+
+def _transform(image: Image.Image, mask: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    w, h = image.size
+    keep_w, keep_h = rng.uniform(0.85, 1.0), rng.uniform(0.85, 1.0)
+    x0, y0 = int(rng.uniform(0, 1 - keep_w) * w), int(rng.uniform(0, 1 - keep_h) * h)
+    box = (x0, y0, x0 + max(8, int(keep_w * w)), y0 + max(8, int(keep_h * h)))
+    image, alpha = image.crop(box), Image.fromarray(mask.astype(np.uint8) * 255).crop(box)
+    angle = float(rng.uniform(-8, 8))
+    image = image.rotate(angle, resample=Image.BILINEAR, expand=True)
+    alpha = alpha.rotate(angle, resample=Image.NEAREST, expand=True)
+    for enhance, lo, hi in ((ImageEnhance.Brightness, 0.75, 1.25), (ImageEnhance.Contrast, 0.75, 1.25),
+                            (ImageEnhance.Color, 0.7, 1.3)):
+        image = enhance(image).enhance(float(rng.uniform(lo, hi)))
+    return image, alpha
+
+
+def compose_scene(garments: list[tuple], rng: np.random.Generator, *, canvas_size: tuple[int, int] = (448, 448),
+                  transform: bool = True) -> tuple[Image.Image, list[tuple]]:
+    """Paste garments onto a background; returns the scene and, per garment in order, ``(box, category, source_id)``.
+
+    Args:
+        garments: 1-4 ``(PIL image, bool mask [H, W] or None, category, source_id)``; a None mask
+            is made by ``garment_mask``.
+        canvas_size: ``(width, height)`` of the scene.
+        transform: random crop/scale, rotation, colour jitter and JPEG recompression when True.
+    Returns ``box`` as ``(x0, y0, x1, y1)`` pixels of the pasted garment's pixels.
+    """
+    if not 1 <= len(garments) <= 4:
+        raise ValueError(f"compose_scene takes 1 to 4 garments, got {len(garments)}")
+    canvas = _background(canvas_size, rng)
+    placed = []
+    for (image, mask, category, source_id), (sx0, sy0, sx1, sy1) in zip(garments, _slots(len(garments), canvas_size, rng)):
+        image = image.convert("RGB")
+        if mask is None:
+            mask = garment_mask(image)
+        if transform:
+            piece, alpha = _transform(image, mask, rng)
+        else:
+            piece, alpha = image, Image.fromarray(mask.astype(np.uint8) * 255)
+        ab = alpha.getbbox()
+        if ab is None:
+            raise ValueError(f"garment {source_id!r} has an empty mask")
+        piece, alpha = piece.crop(ab), alpha.crop(ab)
+        sw, sh = sx1 - sx0, sy1 - sy0
+        scale = min(sw / piece.width, sh / piece.height) * (rng.uniform(0.6, 0.95) if transform else 0.9)
+        size = (max(4, int(piece.width * scale)), max(4, int(piece.height * scale)))
+        piece, alpha = piece.resize(size, Image.BILINEAR), alpha.resize(size, Image.NEAREST)
+        ox = sx0 + int(rng.integers(0, max(1, sw - size[0] + 1)))
+        oy = sy0 + int(rng.integers(0, max(1, sh - size[1] + 1)))
+        canvas.paste(piece, (ox, oy), alpha)
+        bx0, by0, bx1, by1 = alpha.getbbox() or (0, 0, size[0], size[1])
+        placed.append(((float(ox + bx0), float(oy + by0), float(ox + bx1), float(oy + by1)), category, source_id))
+    if transform:
+        from io import BytesIO
+
+        buf = BytesIO()
+        canvas.save(buf, format="JPEG", quality=int(rng.integers(60, 91)))
+        canvas = Image.open(BytesIO(buf.getvalue())).convert("RGB")
+    return canvas, placed
+
+
+def compose_for_evaluation(target: Image.Image, others: list[Image.Image], rng: np.random.Generator):
+    """The retrieval evaluation's composer: ``(scene, boxes)``, ``boxes[0]`` the target's ``(x0, y0, x1, y1)``."""
+    garments = [(im, None, None, i) for i, im in enumerate([target, *others][:4])]
+    scene, placed = compose_scene(garments, rng)
+    return scene, [box for box, _, _ in placed]
+
+
+def convert_scenes(clothing_dir: str | Path, out: str | Path, *, n: int, seed: int = 0, split: str | None = None,
+                   schema: Schema | None = None, canvas_size: tuple[int, int] = (448, 448),
+                   progress: bool = True) -> tuple[Path, dict]:
+    """``n`` composed scenes of clothing photos (1-4 garments each) -> ``OUT/products.jsonl`` + ``OUT/images``."""
+    _check_split(split)
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    schema = schema or default_schema()
+    pool = []
+    for row in clothing_rows(clothing_dir, split):
+        category = schema.dataset_category("clothing", row["label"])
+        if category is not None:
+            pool.append((row["path"], category, row["image"]))
+    if not pool:
+        raise ValueError(f"no clothing photo of {clothing_dir} (split {split}) maps to a schema category")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 4])
+    masks: dict[str, np.ndarray] = {}
+    rows = []
+    for i in tqdm(range(n), desc="composed scenes", unit="scene", disable=not progress):
+        k = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.3, 0.15]))
+        garments = []
+        for j in rng.choice(len(pool), size=k, replace=False):
+            path, category, source = pool[j]
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+            image.thumbnail((320, 320))
+            if source not in masks:
+                masks[source] = garment_mask(image)
+            garments.append((image, masks[source], category, source))
+        scene, placed = compose_scene(garments, rng, canvas_size=canvas_size)
+        name = f"images/scene-{seed}-{i:06d}.jpg"
+        scene.save(out / name, quality=92)
+        rows.append({"id": f"scene-{seed}-{i:06d}", "image": name, "title": " ".join(c for _, c, _ in placed),
+                     "category_path": "composed", "boxes": [[*box, c] for box, c, _ in placed]})
+    return write_dump(rows, out), {"products": len(rows), "boxes": sum(len(r["boxes"]) for r in rows), "sources": len(masks)}

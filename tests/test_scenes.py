@@ -1,0 +1,59 @@
+"""Scenes: ccp instance boxes from masks, garment masks, composed scenes and their dumps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from attributes.schema import default_schema
+from indexer.dump import read_dump
+from indexer.scenes import ccp_instances, compose_for_evaluation, compose_scene, convert_ccp, convert_scenes, garment_mask
+
+
+def test_shoe_pairs_split_and_tiny_parts_dropped():
+    labels = ["null", "shoes", "jeans", "skin"]
+    mask = np.zeros((200, 200), np.uint8)
+    mask[150:180, 20:60] = 1  # left shoe
+    mask[150:180, 120:170] = 1  # right shoe
+    mask[10:100, 40:80] = 2  # jeans in two parts: still one instance
+    mask[10:100, 100:140] = 2
+    mask[0:5, 190:193] = 1  # stray shoe pixels
+    mask[100:140, 0:200] = 3  # skin: left out
+    boxes = ccp_instances(mask, labels, default_schema())
+    assert sorted(boxes) == sorted([[20, 150, 60, 180, "shoes"], [120, 150, 170, 180, "shoes"], [40, 10, 140, 100, "jeans"]])
+
+
+def test_garment_mask_finds_a_garment_on_a_plain_background():
+    image = Image.new("RGB", (200, 240), (235, 235, 230))
+    ImageDraw.Draw(image).rectangle((50, 40, 150, 200), fill=(30, 60, 160))
+    mask = garment_mask(image)
+    inside, outside = mask[60:180, 70:130].mean(), np.r_[mask[:30].ravel(), mask[215:].ravel()].mean()
+    assert inside > 0.9 and outside < 0.05
+
+
+def test_compose_scene_boxes_hold_the_garments():
+    rng = np.random.default_rng(0)
+    garments = []
+    for i, colour in enumerate([(200, 20, 20), (20, 200, 20), (20, 20, 200)]):
+        im = Image.new("RGB", (100, 120), colour)
+        garments.append((im, np.ones((120, 100), bool), ["pants", "hat", "bag"][i], f"p{i}"))
+    scene, placed = compose_scene(garments, rng, canvas_size=(300, 300), transform=False)
+    assert scene.size == (300, 300) and [c for _, c, _ in placed] == ["pants", "hat", "bag"]
+    arr = np.asarray(scene).astype(int)
+    for (x0, y0, x1, y1), _, sid in placed:
+        colour = np.array(garments[int(sid[1])][0].getpixel((0, 0)))
+        region = arr[int(y0):int(y1), int(x0):int(x1)]
+        assert np.abs(region - colour).sum(-1).mean() < 10
+    scene, boxes = compose_for_evaluation(garments[0][0], [garments[1][0]], rng)
+    assert len(boxes) == 2 and all(0 <= b[0] < b[2] <= scene.width and 0 <= b[1] < b[3] <= scene.height for b in boxes)
+
+
+def test_convert_ccp_and_scenes(ccp_dir, clothing_dir, tmp_path):
+    dump, counts = convert_ccp(ccp_dir, tmp_path / "ccp", split="val", progress=False)
+    products = list(read_dump(dump))
+    assert len(products) == counts["products"] > 50
+    assert sum(b.category == "shoes" for p in products for b in p.boxes) > len(products)  # pairs split
+    dump, counts = convert_scenes(clothing_dir, tmp_path / "scenes", n=4, seed=1, split="val", progress=False)
+    products = list(read_dump(dump))
+    assert len(products) == 4 and all(1 <= len(p.boxes) <= 4 for p in products)

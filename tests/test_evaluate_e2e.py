@@ -141,3 +141,35 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
     plots = [s for s in parsed.images if s.startswith("data:image/png;base64,")]
     thumbs = [s for s in parsed.images if s.startswith("data:image/jpeg;base64,")]
     assert len(plots) == 4 and len(thumbs) >= 8
+
+
+def _garment_photo(colour, size=(200, 260)) -> Image.Image:
+    """A product shot: a solid garment-like shape on a white studio background."""
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", size, (250, 250, 250))
+    w, h = size
+    ImageDraw.Draw(im).polygon([(w * 0.3, h * 0.1), (w * 0.7, h * 0.1), (w * 0.85, h * 0.9), (w * 0.15, h * 0.9)], fill=colour)
+    return im
+
+
+def test_composer_boxes_are_where_the_pasted_garments_are():
+    scenes = pytest.importorskip("indexer.scenes", reason="the scene composer is not there yet")
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        # The target is near-black: the composer's backgrounds (channels 40-250) and the other,
+        # saturated garments never are, so near-black pixels mark where the target landed.
+        scene, boxes = scenes.compose_for_evaluation(
+            _garment_photo((8, 8, 8)), [_garment_photo((230, 40, 40)), _garment_photo((40, 200, 60))][: 1 + seed % 2], rng)
+        arr = np.asarray(scene).astype(int)
+        assert len(boxes) == 2 + seed % 2
+        dark = arr.max(axis=2) < 45
+        x0, y0, x1, y1 = (int(round(v)) for v in boxes[0])
+        assert 0 <= x0 < x1 <= scene.width and 0 <= y0 < y1 <= scene.height
+        inside = dark[y0:y1, x0:x1].sum()
+        assert inside >= 0.98 * dark.sum()  # the target is inside its box ...
+        assert inside >= 0.3 * (x1 - x0) * (y1 - y0)  # ... and fills it as a garment shape does
+        for box in boxes[1:]:  # the other garments' boxes hold their colour, not the target
+            bx0, by0, bx1, by1 = (int(round(v)) for v in box)
+            assert dark[by0:by1, bx0:bx1].sum() <= 0.02 * dark.sum()
+            assert (arr[by0:by1, bx0:bx1].max(axis=2) - arr[by0:by1, bx0:bx1].min(axis=2) > 100).mean() > 0.3

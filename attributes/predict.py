@@ -87,29 +87,38 @@ class AttributePredictor:
             if g is not None:
                 self.schema.check_category(g)
         feats = self.features(images)
-        if beam == 1:
-            decoded = greedy_decode(self.model, feats, self.constraints, guides)
-        else:
-            decoded = beam_decode(self.model, feats, self.constraints, guides, beam=beam)
+        names = self.schema.category_names
+        # Auto mode takes the category with the highest marginal probability, then decodes guided by
+        # it, so the category answered is always the first of those listed (a greedy walk through
+        # great_category first can land elsewhere).
         auto = [i for i, g in enumerate(guides) if g is None]
         cat_p = category_distribution(self.model, feats[auto], self.constraints) if auto else None
         auto_row = {i: r for r, i in enumerate(auto)}
-        names = self.schema.category_names
+        steer = list(guides)
+        for i in auto:
+            steer[i] = names[int(torch.argmax(cat_p[auto_row[i]]))]
+        if beam == 1:
+            decoded = greedy_decode(self.model, feats, self.constraints, steer)
+        else:
+            decoded = beam_decode(self.model, feats, self.constraints, steer, beam=beam)
         out = []
         for i, d in enumerate(decoded):
             attrs = {}
             for tok, p in zip(d.tokens, d.probs):
                 group, value = self.schema.parse_token(tok)
                 attrs[group] = (value, p)
-            category = attrs[self.schema.CATEGORY][0]
+            category = steer[i]
             if guides[i] is not None:
                 cats = [(guides[i], 1.0)]
             else:
                 p = cat_p[auto_row[i]]
+                great = self.schema.great_category(category)
+                attrs[self.schema.GREAT] = (great, float(sum(float(p[c]) for c, n in enumerate(names)
+                                                              if self.schema.great_category(n) == great)))
+                attrs[self.schema.CATEGORY] = (category, float(p[names.index(category)]))
                 top = torch.argsort(p, descending=True)[:MAX_CATEGORIES].tolist()
                 cats = [(names[c], float(p[c])) for c in top if float(p[c]) >= CATEGORY_THRESHOLD]
-                if not any(c == category for c, _ in cats):  # the decoded category is always listed
-                    cats.append((category, float(p[names.index(category)])))
-                    cats.sort(key=lambda cp: -cp[1])
+                if not cats or cats[0][0] != category:
+                    cats.insert(0, (category, float(p[names.index(category)])))
             out.append(AttributePrediction(category, attrs, cats))
         return out

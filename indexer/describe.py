@@ -3,8 +3,9 @@
 One code path for indexing and for queries, batched for throughput:
 
 1. category: the guide (the seller's text at indexing, the shopper's pick at query time), else
-   the attribute model's best category (auto);
-2. attributes: guided decoding with that category;
+   the attribute model's most likely category (auto);
+2. attributes: guided decoding with that category; both read the rectangle's crop when one is
+   drawn (it says which garment is meant), else the whole photo;
 3. ROI: the rectangle given, else the guided detector's best box of that category, else the
    whole image (flagged ``fallback``);
 4. the binarized GoogLeNet code and the HSV colour histogram of the ROI.
@@ -113,27 +114,21 @@ class Describer:
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         t: dict[str, float] = {}
 
-        # 1-2. category and attributes: auto images decode with their own best category
+        rois: list = [None] * n
+        for i, b in enumerate(boxes):
+            if b is not None:
+                rois[i] = _int_box(b, images[i].size)
+
+        # 1-2. category and attributes (of the rectangle when one is drawn: it says which garment)
         t0 = time.perf_counter()
-        preds: list = [None] * n
-        auto = [i for i in range(n) if guides[i] is None]
-        guided = [i for i in range(n) if guides[i] is not None]
-        if auto:
-            for i, p in zip(auto, self.predictor.predict([images[i] for i in auto], None)):
-                preds[i] = p
-        if guided:
-            for i, p in zip(guided, self.predictor.predict([images[i] for i in guided], [guides[i] for i in guided])):
-                preds[i] = p
+        seen = [images[i].crop(rois[i]) if rois[i] is not None else images[i] for i in range(n)]
+        preds = self.predictor.predict(seen, guides)
         categories = [guides[i] or preds[i].category for i in range(n)]
         t["attributes"] = time.perf_counter() - t0
 
         # 3. ROI: the rectangle, else the guided detector, else the whole image
         t0 = time.perf_counter()
-        rois: list = [None] * n
         fallback = [False] * n
-        for i, b in enumerate(boxes):
-            if b is not None:
-                rois[i] = _int_box(b, images[i].size)
         need = [i for i in range(n) if rois[i] is None]
         if need:
             for i, det in zip(need, self.detector.detect([images[i] for i in need], [categories[i] for i in need])):

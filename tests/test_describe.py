@@ -37,7 +37,7 @@ def test_guided_uses_the_guide_and_the_guided_detector(describer):
 def test_auto_takes_the_models_category_and_guides_the_detector_with_it(describer):
     (d,) = describer.describe([_image()])
     assert d.category in FakePredictor.AUTO
-    assert describer.predictor.calls[-1] is None  # auto decoding
+    assert describer.predictor.calls[-1] == [None]  # auto decoding
     assert describer.detector.calls[-1] == [d.category]
     assert d.categories[0][0] == d.category
 
@@ -49,6 +49,23 @@ def test_box_overrides_the_detector_and_is_clamped(describer):
     assert len(describer.detector.calls) == calls  # no detector call when every image has a box
     with pytest.raises(ValueError, match="inverted"):
         describer.describe([_image()], boxes=[(50, 50, 10, 60)])
+
+
+def test_a_drawn_box_is_what_the_attribute_model_reads(describer):
+    seen = []
+    predict = describer.predictor.predict
+
+    def spy(images, guides=None, **kw):
+        seen.extend(im.size for im in images)
+        return predict(images, guides, **kw)
+
+    describer.predictor.predict = spy
+    try:
+        (d,) = describer.describe([_image()], boxes=[(40, 24, 120, 108)])
+    finally:
+        del describer.predictor.predict
+    assert seen == [(80, 84)]  # the crop, not the 160x120 photo: auto mode reads the shopper's garment
+    assert d.roi == (40, 24, 120, 108) and d.category in FakePredictor.AUTO
 
 
 def test_no_detection_falls_back_to_the_whole_image(describer):

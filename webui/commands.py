@@ -11,7 +11,7 @@ TOKEN_ENV = "FASHION_SEARCH_TOKEN"
 def _demo(args) -> int:
     from webui.demo import run_demo
 
-    return run_demo(Path(args.home), args.n, args.seed)
+    return run_demo(Path(args.home), args.n, args.seed, host=args.host, port=args.port)
 
 
 def _serve(args) -> int:
@@ -29,6 +29,8 @@ def register(commands) -> None:
     p.add_argument("--home", default=".fashion-search/demo", help="cache folder (default .fashion-search/demo)")
     p.add_argument("--n", type=int, default=2000, help="synthetic products (default 2000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=_demo)
 
     p = commands.top.add_parser("serve", help="serve an index: the search page and the REST API",

@@ -78,9 +78,14 @@ class Examples:
 
 
 def load_examples(dump: str | Path, image_size: int, *, schema: Schema | None = None, progress: bool = True,
-                  limit: int | None = None) -> Examples:
+                  limit: int | None = None, crops: bool = False) -> Examples:
     """Every usable product of ``dump`` (``limit``: that many, evenly spread), images decoded at
-    ``CACHE_SCALE * image_size``."""
+    ``CACHE_SCALE * image_size``.
+
+    With ``crops``, a product whose dump row boxes its own garment (one box of its category, in
+    a photo holding more than that garment) also gives a second example: that box with a margin,
+    id ``"<id>#box"``. The model then reads a garment alone as well as in its scene.
+    """
     schema = schema or default_schema()
     side = int(round(image_size * CACHE_SCALE))
     products = list(read_dump(dump, schema=schema, check_images=False))
@@ -103,10 +108,34 @@ def load_examples(dump: str | Path, image_size: int, *, schema: Schema | None = 
         images.append(np.asarray(im.resize((side, side), Image.BILINEAR)))
         tokens.append(seq)
         ids.append(p.id)
+        crop = _garment_crop(p, product_category(p, schema)) if crops else None
+        if crop is not None:  # the garment alone too: what a shopper's rectangle shows the model
+            images.append(np.asarray(crop.resize((side, side), Image.BILINEAR)))
+            tokens.append(seq)
+            ids.append(f"{p.id}#box")
     if not ids:
         raise ValueError(f"{dump}: no product has both a usable image and a category")
     tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return Examples(tensor, tokens, ids, skipped)
+
+
+def _garment_crop(product, category: str | None, margin: float = 0.1) -> Image.Image | None:
+    """The product's own garment, cut from its photo with a margin; None without one clear box."""
+    own = [b for b in product.boxes if b.category == category]
+    if len(own) != 1:
+        return None
+    try:
+        im = ImageOps.exif_transpose(Image.open(product.image)).convert("RGB")
+    except (OSError, SyntaxError, ValueError):
+        return None
+    b, (w, h) = own[0], im.size
+    if (b.x1 - b.x0) * (b.y1 - b.y0) > 0.6 * w * h:  # nearly the whole photo already
+        return None
+    mx, my = margin * (b.x1 - b.x0), margin * (b.y1 - b.y0)
+    box = (max(0, int(b.x0 - mx)), max(0, int(b.y0 - my)), min(w, int(b.x1 + mx) + 1), min(h, int(b.y1 + my) + 1))
+    if box[2] - box[0] < 8 or box[3] - box[1] < 8:
+        return None
+    return im.crop(box)
 
 
 def _load_small(path: Path, side: int) -> Image.Image:

@@ -52,8 +52,14 @@ class DetectorTrainConfig:
 
     @classmethod
     def demo(cls) -> "DetectorTrainConfig":
-        """The demo's preset: small inputs, about 3 minutes on a 2-core CPU."""
-        return cls(model=DetectorConfig(min_size=192, max_size=256), epochs=2, batch_size=4, lr=2e-3,
+        """The demo's preset: small inputs, about 3 minutes on a 2-core CPU.
+
+        Too short for a from-scratch Faster R-CNN to find garments (measured on the synthetic
+        scenes: every detection under the 0.3 score threshold, so describe() falls back to the
+        whole photo, flagged); it keeps the pipeline whole and the index step quick (128 px
+        inputs: about 110 ms an image against 230 ms at 192 px).
+        """
+        return cls(model=DetectorConfig(min_size=128, max_size=160), epochs=2, batch_size=8, lr=3e-3,
                    warmup_steps=30, max_minutes=3.0, eval_limit=100)
 
     def to_dict(self) -> dict:

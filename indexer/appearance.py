@@ -51,7 +51,7 @@ class AppearanceConfig:
     image_size: int = 112
     epochs: int = 6
     batch_size: int = 48
-    lr: float = 2e-3
+    lr: float = 5e-4  # 2e-3 barely left chance on the synthetic regions (train acc 0.15, mAP 0.146 vs 0.549)
     weight_decay: float = 1e-4
     invariance_weight: float = 1.0
     max_products: int | None = None  # cap on the training regions (None: all)
@@ -79,8 +79,9 @@ class AppearanceConfig:
 
 
 PRESETS = {
-    # 2-3 minutes on a 2-core CPU shared with other jobs (800 of the demo's regions, 64 px)
-    "demo": AppearanceConfig(image_size=64, epochs=2, batch_size=48, max_products=600, median_products=600,
+    # 95 s on an idle 2-core CPU for the demo's 2,000 regions at 64 px: held-out category mAP
+    # 0.549 with the binary codes (0.146 with lr 2e-3, the random-code level)
+    "demo": AppearanceConfig(image_size=64, epochs=5, batch_size=48, max_products=2000, median_products=2000,
                              val_share=0.1),
     "default": AppearanceConfig(),
 }

@@ -218,6 +218,12 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, t
     """Open the index in ``index_dir`` once and serve the page and the API until interrupted."""
     config = ServeConfig(host=host, port=port, threads=threads, token=token,
                          max_upload_bytes=max_upload_bytes, device=device)
+    if device == "cpu":
+        import torch
+
+        # Requests run side by side on waitress' threads: one torch thread each, so they do not
+        # oversubscribe the cores (two OpenMP threads per request spun against each other here).
+        torch.set_num_threads(1)
     t0 = time.perf_counter()
     app = create_app({"INDEX": index_dir, "DEVICE": device, "TOKEN": token, "MAX_CONTENT_LENGTH": max_upload_bytes})
     logger.info("opened %s in %.1fs", index_dir, time.perf_counter() - t0)

@@ -39,7 +39,7 @@ class AttributeTrainConfig:
     embed_dim: int = 128
     hidden_dim: int = 256
     dropout: float = 0.2
-    epochs: int = 3
+    epochs: int = 20  # 383 s on the clothing train split here (val NLL 0.509 after 3 epochs, 0.293 after 20)
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4

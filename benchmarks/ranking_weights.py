@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GRID = {
-    "w_appearance": (0.0, 0.5, 1.0),
-    "w_colour": (0.0, 0.25, 0.5, 1.0, 2.0),
+    "w_appearance": (0.0, 0.25, 0.5, 1.0),
+    "w_colour": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "w_shared": (0.0, 0.25, 0.5),
 }
 OPTIONS = ("guided", "rectangle")
@@ -126,6 +126,10 @@ def main(argv=None) -> int:
 
     row(f"defaults {(default.w_appearance, default.w_colour, default.w_shared)}", current)
     for tune, _neg, w, r in table[:5]:
+        row(f"grid {w}", r)
+    print("best on half 0 for each appearance weight:")
+    for wa in GRID["w_appearance"]:
+        tune, _neg, w, r = next(t for t in table if t[2][0] == wa)
         row(f"grid {w}", r)
     print(f"chosen on half 0: w_appearance={best[2][0]} w_colour={best[2][1]} w_shared={best[2][2]}")
     return 0

@@ -82,8 +82,8 @@ def load_examples(dump: str | Path, image_size: int, *, schema: Schema | None = 
     """Every usable product of ``dump`` (``limit``: that many, evenly spread), images decoded at
     ``CACHE_SCALE * image_size``.
 
-    With ``crops``, a product whose dump row boxes its own garment (one box of its category, in
-    a photo holding more than that garment) also gives a second example: that box with a margin,
+    With ``crops``, a product whose dump row boxes its own garment (one box of its category,
+    covering at most 60 % of the photo) also gives a second example: that box with a margin,
     id ``"<id>#box"``. The model then reads a garment alone as well as in its scene.
     """
     schema = schema or default_schema()

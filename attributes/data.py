@@ -24,7 +24,7 @@ from tqdm import tqdm
 from attributes.schema import Schema, default_schema
 from attributes.text import category_from_text
 from indexer.dump import read_dump
-from indexer.images import ImageError
+from indexer.images import ImageError, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,9 @@ def _garment_crop(product, category: str | None, margin: float = 0.1) -> Image.I
     if len(own) != 1:
         return None
     try:
-        im = ImageOps.exif_transpose(Image.open(product.image)).convert("RGB")
-    except (OSError, SyntaxError, ValueError):
-        return None
+        im = load_image(product.image)
+    except ImageError:
+        return None  # the whole-photo example already reported an unreadable image
     b, (w, h) = own[0], im.size
     if (b.x1 - b.x0) * (b.y1 - b.y0) > 0.6 * w * h:  # nearly the whole photo already
         return None

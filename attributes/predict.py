@@ -50,6 +50,7 @@ class AttributePredictor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.constraints = Constraints(schema)
+        self._great_of = [schema.great_category(c) for c in schema.category_names]
 
     @classmethod
     def load(cls, models_dir, *, device: str = "cpu", schema: Schema | None = None) -> "AttributePredictor":
@@ -112,13 +113,13 @@ class AttributePredictor:
                 cats = [(guides[i], 1.0)]
             else:
                 p = cat_p[auto_row[i]]
-                great = self.schema.great_category(category)
-                attrs[self.schema.GREAT] = (great, float(sum(float(p[c]) for c, n in enumerate(names)
-                                                              if self.schema.great_category(n) == great)))
-                attrs[self.schema.CATEGORY] = (category, float(p[names.index(category)]))
+                c = names.index(category)
+                great = self._great_of[c]
+                attrs[self.schema.GREAT] = (great, float(sum(float(p[j]) for j, g in enumerate(self._great_of) if g == great)))
+                attrs[self.schema.CATEGORY] = (category, float(p[c]))
                 top = torch.argsort(p, descending=True)[:MAX_CATEGORIES].tolist()
                 cats = [(names[c], float(p[c])) for c in top if float(p[c]) >= CATEGORY_THRESHOLD]
                 if not cats or cats[0][0] != category:
-                    cats.insert(0, (category, float(p[names.index(category)])))
+                    cats.insert(0, (category, float(p[c])))
             out.append(AttributePrediction(category, attrs, cats))
         return out

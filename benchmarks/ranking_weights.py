@@ -50,25 +50,18 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     from attributes.schema import default_schema
+    from benchmarks.retrieval_real import describer_without_detector
     from indexer.dump import read_dump
     from search.evaluate import (QueryImages, _truth_categories, build_catalogue_index, convert_catalogue, open_engine,
                                  shop_queries)
+    from search.engine import _attributes_of
     from search.index import RankingConfig
 
     schema = default_schema()
     out = Path(args.out)
     t0 = time.perf_counter()
     models = Path(args.models)
-    describer = None
-    if not (models / "detector.pt").is_file():  # as benchmarks/retrieval_real.py: the whole photo
-        from attributes.predict import AttributePredictor
-        from benchmarks.retrieval_real import NoDetector
-        from indexer.appearance import AppearanceCoder
-        from indexer.describe import Describer
-
-        print(f"no detector in {models}: guided queries use the whole photo")
-        describer = Describer(predictor=AttributePredictor.load(models), detector=NoDetector(),
-                              coder=AppearanceCoder.load(models))
+    describer = describer_without_detector(models)  # None: the models' own detector
     dump = convert_catalogue(Path(args.clothing), out / "catalogue", args.split)
     products = list(read_dump(dump, schema=schema, check_images=False))
     category_of = _truth_categories(products, schema)
@@ -95,8 +88,7 @@ def main(argv=None) -> int:
         engine.index.ranking = ranking
         hits: dict[tuple[int, str], list[float]] = {}
         for q, option, d in described:
-            attrs = {g: v for g, (v, _p) in d.attributes.items()}
-            result = engine.index.search(d.code, d.colour, d.category, attrs, k=args.k)
+            result = engine.index.search(d.code, d.colour, d.category, _attributes_of(d), k=args.k)
             hits.setdefault((half_of[q.id], option), []).append(float(q.target in {h.id for h in result.hits}))
         return {key: float(np.mean(v)) for key, v in hits.items()}
 

@@ -33,6 +33,18 @@ class _WholePhoto:
         return (0.0, 0.0, float(self.size[0]), float(self.size[1]))
 
 
+def describer_without_detector(models: Path):
+    """None when ``models`` has a detector; else a Describer whose ROI is always the whole photo."""
+    if (models / "detector.pt").is_file():
+        return None
+    from attributes.predict import AttributePredictor
+    from indexer.appearance import AppearanceCoder
+    from indexer.describe import Describer
+
+    logging.warning("no detector in %s: every option but the rectangle uses the whole photo", models)
+    return Describer(predictor=AttributePredictor.load(models), detector=NoDetector(), coder=AppearanceCoder.load(models))
+
+
 class NoDetector:
     """Finds nothing: callers fall back to the whole photo."""
 
@@ -60,15 +72,7 @@ def main(argv=None) -> int:
     # searches measured 5.3 s with two threads, 0.11 s with one, while other jobs ran).
     torch.set_num_threads(1)
     models = Path(args.models)
-    describer = None
-    if not (models / "detector.pt").is_file():
-        from attributes.predict import AttributePredictor
-        from indexer.appearance import AppearanceCoder
-        from indexer.describe import Describer
-
-        logging.warning("no detector in %s: every option but the rectangle uses the whole photo", models)
-        describer = Describer(predictor=AttributePredictor.load(models), detector=NoDetector(),
-                              coder=AppearanceCoder.load(models))
+    describer = describer_without_detector(models)
     cfg = RetrievalEvalConfig(split=args.split, queries=args.queries, seed=args.seed)
     result = evaluate_retrieval(args.clothing, args.ccp, models, args.out, config=cfg, describer=describer)
     for table in result_tables(result["metrics"], k=cfg.k):

@@ -134,7 +134,7 @@ class Describer:
             for i, det in zip(need, self.detector.detect([images[i] for i in need], [categories[i] for i in need])):
                 fallback[i] = bool(det.fallback)
                 rois[i] = _int_box(det.box, images[i].size) if not det.fallback else (0, 0, *images[i].size)
-        crops = [images[i].crop(rois[i]) for i in range(n)]
+        crops = [seen[i] if boxes[i] is not None else images[i].crop(rois[i]) for i in range(n)]
         t["detector"] = time.perf_counter() - t0
 
         # 4. appearance code and colour of the ROI

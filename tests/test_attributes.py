@@ -58,6 +58,22 @@ def test_shapes_and_a_training_step_reach_the_encoder():
     assert torch.isfinite(baseline_loss(out, tokens, SCHEMA))
 
 
+def test_garment_crops_add_each_boxed_product_once_more(synth_dump):
+    from attributes.data import load_examples
+
+    plain = load_examples(synth_dump, 32, progress=False)
+    with_crops = load_examples(synth_dump, 32, progress=False, crops=True)
+    boxed = [i for i in with_crops.ids if i.endswith("#box")]
+    assert plain.ids == [i for i in with_crops.ids if not i.endswith("#box")]
+    # the synthetic scenes box every garment; a lone garment filling most of its photo adds nothing
+    assert 0 < len(boxed) < len(plain.ids)
+    for box_id in boxed[:5]:
+        j = with_crops.ids.index(box_id)
+        assert with_crops.ids[j - 1] == box_id[: -len("#box")]  # right after its photo ...
+        assert with_crops.tokens[j] == with_crops.tokens[j - 1]  # ... with the same targets
+        assert not torch.equal(with_crops.images[j], with_crops.images[j - 1])  # ... and another view
+
+
 def test_bad_configs_are_clear_errors():
     with pytest.raises(ValueError, match="unknown ResNet depth 19"):
         AttributeModelConfig(depth=19)
@@ -218,10 +234,9 @@ def test_short_training_learns_the_sequence_and_the_category_dependencies(traine
     models, metrics = trained
     assert metrics["epochs_run"] >= 1 and metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
     lstm = evaluate_split(synth_dump, models, baseline=False, progress=False)["lstm"]
-    # Measured on this held-out catalogue (seed 7) after these 8 epochs (garment crops on: NLL 1.01,
-    # guided sleeve length 0.85; before them:) NLL 1.07 per token
-    # (an untrained model: about log(vocab) = 4.2), micro F1 0.33, guided sleeve-length accuracy
-    # 0.80 and garment-length 0.63 (auto: 0.0 and 0.37). So little training does not yet tell the
+    # Measured on this held-out catalogue (seed 7) after these 8 epochs, garment crops on: NLL 1.01
+    # per token (an untrained model: about log(vocab) = 4.2), micro F1 0.33, guided sleeve-length
+    # accuracy 0.85 (auto: 0.0); without the crops NLL 1.07, guided sleeve length 0.80. So little training does not yet tell the
     # categories apart in the image (category accuracy 0.075, chance 0.09): the floors are on
     # what it does learn, the sequence's structure and the category -> attribute dependencies.
     assert lstm["nll_per_token"] < 1.5

@@ -29,7 +29,6 @@ def prepare(home: Path, *, n: int = 2000, seed: int = 0, progress: bool = True) 
     from attributes.train import AttributeTrainConfig, train_attributes
     from detector.train import DetectorTrainConfig, train_detector
     from indexer.appearance import AppearanceTrainConfig, train_appearance
-    from indexer.bulk import build_index
     from indexer.synth import synthesize
 
     home.mkdir(parents=True, exist_ok=True)

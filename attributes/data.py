@@ -21,10 +21,10 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from attributes.schema import Schema, default_schema
-from attributes.text import category_from_text
-from indexer.dump import read_dump
-from indexer.images import ImageError, load_image
+from foundation.dump import read_dump
+from foundation.images import ImageError, load_image
+from foundation.schema import Schema, default_schema
+from foundation.text import category_from_text
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,15 @@ class Examples:
         return len(self.ids)
 
 
-def load_examples(dump: str | Path, image_size: int, *, schema: Schema | None = None, progress: bool = True,
-                  limit: int | None = None, crops: bool = False) -> Examples:
+def load_examples(
+    dump: str | Path,
+    image_size: int,
+    *,
+    schema: Schema | None = None,
+    progress: bool = True,
+    limit: int | None = None,
+    crops: bool = False,
+) -> Examples:
     """Every usable product of ``dump`` (``limit``: that many, evenly spread), images decoded at
     ``CACHE_SCALE * image_size``.
 
@@ -153,11 +160,13 @@ def _load_small(path: Path, side: int) -> Image.Image:
 
 def augmentation(image_size: int) -> v2.Transform:
     """Crops, flips and light photometric changes; hue is left alone because colour is a label."""
-    return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=(0.55, 1.0), ratio=(0.8, 1.25), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.55, 1.0), ratio=(0.8, 1.25), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1),
+        ]
+    )
 
 
 class SequenceDataset(Dataset):
@@ -187,7 +196,7 @@ def collate(batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 def group_targets(tokens: torch.Tensor, schema: Schema) -> torch.Tensor:
     """(B, G) per-group class ids for the baseline: the value's index, or len(values) when absent."""
-    G = len(schema.groups)
+    len(schema.groups)
     out = torch.tensor([len(g.values) for g in schema.groups]).repeat(tokens.shape[0], 1)
     offsets = [schema.token_id(schema.token(g.name, g.values[0])) for g in schema.groups]
     for gi, (g, off) in enumerate(zip(schema.groups, offsets)):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attributes.schema import BOS, EOS, PAD, Schema
+from foundation.schema import BOS, EOS, PAD, Schema
 
 NEG = -1e9
 
@@ -70,7 +70,9 @@ class Constraints:
         self.n_great, self.n_cat = nG, nC
         self.finished_row = rows.shape[0] - 1
 
-    def rows(self, last_group: torch.Tensor, great: torch.Tensor, cat: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    def rows(
+        self, last_group: torch.Tensor, great: torch.Tensor, cat: torch.Tensor, done: torch.Tensor
+    ) -> torch.Tensor:
         """Row index into ``table`` for each sequence's state (all (N,) long/bool tensors)."""
         G = self.n_groups
         r = torch.where(
@@ -140,7 +142,9 @@ def _init(model, feats: torch.Tensor, bos: int):
 
 
 @torch.inference_mode()
-def greedy_decode(model, feats: torch.Tensor, constraints: Constraints, guides: list[str | None] | None = None) -> list[Decoded]:
+def greedy_decode(
+    model, feats: torch.Tensor, constraints: Constraints, guides: list[str | None] | None = None
+) -> list[Decoded]:
     """The most likely token at each step, under the constraints.
 
     Args:
@@ -203,7 +207,9 @@ def beam_decode(
         f = forced[:, t] if t < 2 else torch.full((N * K,), -1, dtype=torch.long)
         logp = _masked_logp(logits[:, -1].cpu(), constraints.allowed(last, great, cat, done), f)
         # A finished beam carries its score unchanged through PAD.
-        logp = torch.where(done.unsqueeze(1), torch.full_like(logp, NEG).index_fill_(1, torch.tensor([constraints.pad]), 0.0), logp)
+        logp = torch.where(
+            done.unsqueeze(1), torch.full_like(logp, NEG).index_fill_(1, torch.tensor([constraints.pad]), 0.0), logp
+        )
         cand = (scores.view(N * K, 1) + logp).view(N, K * V)
         top, idx = cand.topk(K, dim=1)
         src = (idx // V) + torch.arange(N).unsqueeze(1) * K  # flat index of the parent beam

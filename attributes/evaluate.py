@@ -34,10 +34,10 @@ from tqdm import tqdm
 
 from attributes.data import SequenceDataset, collate, group_targets, load_examples
 from attributes.decode import Constraints, beam_decode, greedy_decode
-from attributes.modeldir import ModelError
 from attributes.predict import load_sequence_model
-from attributes.schema import BOS, EOS, PAD, Schema, default_schema
 from attributes.train import MODEL_NAMES
+from foundation.modelfiles import ModelError
+from foundation.schema import BOS, EOS, PAD, Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,9 @@ def _lstm_pass(model, loader, schema: Schema, constraints: Constraints, beam: in
     auto, guided, truths = [], [], []
     for images, tokens in tqdm(loader, desc=desc, unit="batch", disable=not progress):
         logits = model(images, tokens[:, :-1])
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=0, reduction="sum")
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=0, reduction="sum"
+        )
         nll_sum += float(nll)
         n_tok += int((tokens[:, 1:] != 0).sum())
         truth = [schema.decode(t) for t in tokens.tolist()]
@@ -126,8 +128,17 @@ def _token_sets(attrs: list[dict[str, str]], schema: Schema) -> list[set[int]]:
     return [{schema.token_id(schema.token(g, v)) for g, v in a.items()} for a in attrs]
 
 
-def evaluate_split(dump: str | Path, models_dir: str | Path, *, schema: Schema | None = None, beam: int = 1,
-                   baseline: bool = True, limit: int | None = None, batch_size: int = 64, progress: bool = True) -> dict:
+def evaluate_split(
+    dump: str | Path,
+    models_dir: str | Path,
+    *,
+    schema: Schema | None = None,
+    beam: int = 1,
+    baseline: bool = True,
+    limit: int | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict:
     """All figures for one dump: the LSTM's, and the baseline's when there is one."""
     schema = schema or default_schema()
     model, ck = load_sequence_model(models_dir, schema=schema)
@@ -144,7 +155,9 @@ def evaluate_split(dump: str | Path, models_dir: str | Path, *, schema: Schema |
         "nll_per_token": nll,
         **token_metrics(_token_sets(auto_attrs, schema), _token_sets(truths, schema), schema),
         "groups": group_accuracy(auto_attrs, truths, [g.name for g in schema.groups]),
-        "category": confusion([a.get(schema.CATEGORY) for a in auto_attrs], [t[schema.CATEGORY] for t in truths], schema),
+        "category": confusion(
+            [a.get(schema.CATEGORY) for a in auto_attrs], [t[schema.CATEGORY] for t in truths], schema
+        ),
         "dependent_groups": {
             "auto": group_accuracy(auto_attrs, truths, dependent),
             "guided": group_accuracy(guided_attrs, truths, dependent),
@@ -163,13 +176,21 @@ def evaluate_split(dump: str | Path, models_dir: str | Path, *, schema: Schema |
                 "nll_per_group": bnll,
                 **token_metrics(_token_sets(bpred, schema), _token_sets(btruth, schema), schema),
                 "groups": group_accuracy(bpred, btruth, [g.name for g in schema.groups]),
-                "category": confusion([a.get(schema.CATEGORY) for a in bpred], [t[schema.CATEGORY] for t in btruth], schema),
+                "category": confusion(
+                    [a.get(schema.CATEGORY) for a in bpred], [t[schema.CATEGORY] for t in btruth], schema
+                ),
             }
     return result
 
 
-def evaluate_attributes(dump: str | Path, models_dir: str | Path, *, train_dump: str | Path | None = None,
-                        train_limit: int | None = 1000, **kwargs) -> dict:
+def evaluate_attributes(
+    dump: str | Path,
+    models_dir: str | Path,
+    *,
+    train_dump: str | Path | None = None,
+    train_limit: int | None = 1000,
+    **kwargs,
+) -> dict:
     """Figures on ``dump`` (and on up to ``train_limit`` products of ``train_dump``, for Table 2's train row)."""
     out = {"models": str(models_dir), "val": evaluate_split(dump, models_dir, **kwargs)}
     if train_dump:
@@ -188,8 +209,10 @@ def format_report(result: dict) -> str:
             if not m:
                 continue
             nll = m.get("nll_per_token", m.get("nll_per_group"))
-            lines.append(f"{name:6} {kind:9} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} "
-                         f"{m['category']['accuracy']:7.3f} {nll:7.3f}")
+            lines.append(
+                f"{name:6} {kind:9} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1']:6.3f} "
+                f"{m['category']['accuracy']:7.3f} {nll:7.3f}"
+            )
     lines.append("(NLL: LSTM per token; baseline per group, so not comparable)")
     val = result["val"]
     lines.append("")

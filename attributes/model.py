@@ -13,10 +13,10 @@ import logging
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 import torchvision
+from torch import nn
 
-from attributes.schema import PAD, Schema
+from foundation.schema import PAD, Schema
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from PIL import Image
 from attributes.data import to_input
 from attributes.decode import Constraints, beam_decode, category_distribution, greedy_decode
 from attributes.model import AttributeModelConfig, build_attribute_model
-from attributes.modeldir import load_model
-from attributes.schema import Schema, default_schema
+from foundation.modelfiles import load_model
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,9 @@ MAX_CATEGORIES = 5  # ... and at most this many
 @dataclass(frozen=True)
 class AttributePrediction:
     category: str  # the guide, or the model's best category (auto)
-    attributes: dict[str, tuple[str, float]]  # group -> (value, probability), schema order, incl. great_category and category
+    attributes: dict[
+        str, tuple[str, float]
+    ]  # group -> (value, probability), schema order, incl. great_category and category
     categories: list[tuple[str, float]]  # auto: most likely categories present, best first; guided: [(guide, 1.0)]
 
 
@@ -53,7 +55,7 @@ class AttributePredictor:
         self._great_of = [schema.great_category(c) for c in schema.category_names]
 
     @classmethod
-    def load(cls, models_dir, *, device: str = "cpu", schema: Schema | None = None) -> "AttributePredictor":
+    def load(cls, models_dir, *, device: str = "cpu", schema: Schema | None = None) -> AttributePredictor:
         """The predictor of ``models_dir/attributes.pt``; a clear error when missing or for another schema."""
         schema = schema or default_schema()
         model, ck = load_sequence_model(models_dir, schema=schema)
@@ -69,7 +71,9 @@ class AttributePredictor:
         return torch.cat(out)
 
     @torch.inference_mode()
-    def predict(self, images: list[Image.Image], guides: list[str | None] | None = None, *, beam: int = 1) -> list[AttributePrediction]:
+    def predict(
+        self, images: list[Image.Image], guides: list[str | None] | None = None, *, beam: int = 1
+    ) -> list[AttributePrediction]:
         """Attributes per image: guided by ``guides[i]`` (a schema category) where given, else auto.
 
         Args:
@@ -115,7 +119,10 @@ class AttributePredictor:
                 p = cat_p[auto_row[i]]
                 c = names.index(category)
                 great = self._great_of[c]
-                attrs[self.schema.GREAT] = (great, float(sum(float(p[j]) for j, g in enumerate(self._great_of) if g == great)))
+                attrs[self.schema.GREAT] = (
+                    great,
+                    float(sum(float(p[j]) for j, g in enumerate(self._great_of) if g == great)),
+                )
                 attrs[self.schema.CATEGORY] = (category, float(p[c]))
                 top = torch.argsort(p, descending=True)[:MAX_CATEGORIES].tolist()
                 cats = [(names[c], float(p[c])) for c in top if float(p[c]) >= CATEGORY_THRESHOLD]

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from attributes.data import SequenceDataset, collate, group_targets, load_examples, preprocessing
 from attributes.model import AttributeModelConfig, build_attribute_model
-from attributes.modeldir import file_hash, load_model, save_model
-from attributes.schema import Schema, default_schema
+from foundation.modelfiles import file_hash, load_model, save_model
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -68,25 +68,44 @@ class AttributeTrainConfig:
         self.model_config(1)  # checks kind, depth and pretrained
 
     @classmethod
-    def demo(cls, **overrides) -> "AttributeTrainConfig":
+    def demo(cls, **overrides) -> AttributeTrainConfig:
         """Small and fast: for the demo's synthetic catalogue on a CPU (about 3 minutes on 2 cores).
 
         Measured on 2,000 synthetic products (3,839 examples with the garment crops), held-out
         scenes: lr 3e-3 / batch 32 / 5 epochs stayed at chance (guided colour 0.10 on garment
         crops); lr 1e-3 / batch 64 / 10 epochs reached 0.55 in 164 s.
         """
-        return cls(**{"image_size": 64, "epochs": 10, "threads": 2, "batch_size": 64, "lr": 1e-3, "patience": 3,
-                      "max_minutes": 4.0, "resume_checkpoint": False, **overrides})
+        return cls(
+            **{
+                "image_size": 64,
+                "epochs": 10,
+                "threads": 2,
+                "batch_size": 64,
+                "lr": 1e-3,
+                "patience": 3,
+                "max_minutes": 4.0,
+                "resume_checkpoint": False,
+                **overrides,
+            }
+        )
 
     def model_config(self, vocab_size: int) -> AttributeModelConfig:
-        return AttributeModelConfig(kind=self.kind, depth=self.depth, embed_dim=self.embed_dim,
-                                    hidden_dim=self.hidden_dim, dropout=self.dropout, vocab_size=vocab_size,
-                                    pretrained=self.pretrained)
+        return AttributeModelConfig(
+            kind=self.kind,
+            depth=self.depth,
+            embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim,
+            dropout=self.dropout,
+            vocab_size=vocab_size,
+            pretrained=self.pretrained,
+        )
 
 
 def _learning_settings(cfg: dict) -> dict:
     """The settings a resumed run must share with the first (not where or how long it runs)."""
-    return {k: v for k, v in cfg.items() if k not in ("max_minutes", "threads", "device", "workers", "resume_checkpoint")}
+    return {
+        k: v for k, v in cfg.items() if k not in ("max_minutes", "threads", "device", "workers", "resume_checkpoint")
+    }
 
 
 def _device(name: str) -> torch.device:
@@ -110,8 +129,9 @@ def token_weights(token_lists: list[list[int]], vocab_size: int, alpha: float) -
 def sequence_loss(logits: torch.Tensor, tokens: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean NLL per target token (PAD ignored), ``logits`` (B, T - 1, V) being the model's on ``tokens[:, :-1]``."""
     target = tokens[:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                           weight=weights, ignore_index=0)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), weight=weights, ignore_index=0
+    )
 
 
 def baseline_loss(logits: list[torch.Tensor], tokens: torch.Tensor, schema: Schema) -> torch.Tensor:
@@ -164,19 +184,39 @@ def train_attributes(
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
 
-    train_ex = load_examples(train_dump, config.image_size, schema=schema, progress=progress,
-                             crops=config.garment_crops)
+    train_ex = load_examples(
+        train_dump, config.image_size, schema=schema, progress=progress, crops=config.garment_crops
+    )
     val_ex = load_examples(val_dump, config.image_size, schema=schema, progress=progress) if val_dump else None
     t_read = time.perf_counter() - t_start
-    logger.info("%d training products (%d skipped)%s, read in %.0fs", len(train_ex), train_ex.skipped,
-                f", {len(val_ex)} validation" if val_ex else "", t_read)
+    logger.info(
+        "%d training products (%d skipped)%s, read in %.0fs",
+        len(train_ex),
+        train_ex.skipped,
+        f", {len(val_ex)} validation" if val_ex else "",
+        t_read,
+    )
 
     gen = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(SequenceDataset(train_ex, config.image_size, train=True), batch_size=config.batch_size,
-                              shuffle=True, collate_fn=collate, generator=gen, num_workers=config.workers,
-                              drop_last=len(train_ex) > config.batch_size)
-    val_loader = (DataLoader(SequenceDataset(val_ex, config.image_size, train=False), batch_size=64,
-                             collate_fn=collate, num_workers=config.workers) if val_ex else None)
+    train_loader = DataLoader(
+        SequenceDataset(train_ex, config.image_size, train=True),
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=gen,
+        num_workers=config.workers,
+        drop_last=len(train_ex) > config.batch_size,
+    )
+    val_loader = (
+        DataLoader(
+            SequenceDataset(val_ex, config.image_size, train=False),
+            batch_size=64,
+            collate_fn=collate,
+            num_workers=config.workers,
+        )
+        if val_ex
+        else None
+    )
 
     mcfg = config.model_config(len(schema.tokens))
     model = build_attribute_model(mcfg, schema=schema).to(device)
@@ -230,22 +270,47 @@ def train_attributes(
         logger.info("%s epoch %d: %s", name, epoch + 1, record)
         if monitored < best:
             best, since_best = monitored, 0
-            metrics = {"best_epoch": epoch + 1, "train_loss": round(train_loss, 4), "val_loss": val_loss,
-                       "train_products": len(train_ex), "val_products": len(val_ex) if val_ex else 0}
-            save_model(out_dir, name, state_dicts={"model": model.state_dict()}, config=cfg_dict,
-                       preprocessing=prep, schema=schema, metrics=metrics, data_hash=data_hash)
+            metrics = {
+                "best_epoch": epoch + 1,
+                "train_loss": round(train_loss, 4),
+                "val_loss": val_loss,
+                "train_products": len(train_ex),
+                "val_products": len(val_ex) if val_ex else 0,
+            }
+            save_model(
+                out_dir,
+                name,
+                state_dicts={"model": model.state_dict()},
+                config=cfg_dict,
+                preprocessing=prep,
+                schema=schema,
+                metrics=metrics,
+                data_hash=data_hash,
+            )
         else:
             since_best += 1
         if config.resume_checkpoint:
-            save_model(out_dir, f"{name}-last", schema=schema, config=cfg_dict, preprocessing=prep, data_hash=data_hash,
-                       state_dicts={"model": model.state_dict(), "optimizer": optim.state_dict(),
-                                    "scheduler": sched.state_dict()},
-                       extra={"epoch": epoch, "best": best, "since_best": since_best, "history": history})
+            save_model(
+                out_dir,
+                f"{name}-last",
+                schema=schema,
+                config=cfg_dict,
+                preprocessing=prep,
+                data_hash=data_hash,
+                state_dicts={
+                    "model": model.state_dict(),
+                    "optimizer": optim.state_dict(),
+                    "scheduler": sched.state_dict(),
+                },
+                extra={"epoch": epoch, "best": best, "since_best": since_best, "history": history},
+            )
         if since_best >= config.patience:
             logger.info("%s: no improvement for %d epochs; stopping", name, since_best)
             break
         if config.max_minutes is not None and time.perf_counter() - t_start > 60 * config.max_minutes:
-            logger.info("%s: time budget of %.1f minutes spent; stopping after epoch %d", name, config.max_minutes, epoch + 1)
+            logger.info(
+                "%s: time budget of %.1f minutes spent; stopping after epoch %d", name, config.max_minutes, epoch + 1
+            )
             break
     result = {
         "model": name,

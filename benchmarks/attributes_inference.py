@@ -16,8 +16,8 @@ import time
 import torch
 
 from attributes.predict import AttributePredictor
-from indexer.dump import read_dump
-from indexer.images import load_image
+from foundation.dump import read_dump
+from foundation.images import load_image
 
 
 def main() -> None:
@@ -35,9 +35,13 @@ def main() -> None:
     guides = [p.attributes.get("category") for p in products]
     predictor.predict(images[:4])  # warm-up
     figures = {}
-    for label, batch, use_guides, beam in (("auto b1", 1, False, 1), ("auto b32", 32, False, 1),
-                                           ("guided b1", 1, True, 1), ("guided b32", 32, True, 1),
-                                           ("auto beam3 b32", 32, False, 3)):
+    for label, batch, use_guides, beam in (
+        ("auto b1", 1, False, 1),
+        ("auto b32", 32, False, 1),
+        ("guided b1", 1, True, 1),
+        ("guided b32", 32, True, 1),
+        ("auto beam3 b32", 32, False, 3),
+    ):
         runs = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
@@ -46,8 +50,7 @@ def main() -> None:
             runs.append(1000 * (time.perf_counter() - t0) / len(images))
         figures[label] = round(statistics.median(runs), 2)
         print(f"{label:16} {figures[label]:8.2f} ms/image (median of {args.repeats}, {len(images)} images)")
-    print(json.dumps({"ms_per_image": figures, "threads": args.threads,
-                      "image_size": predictor.prep["image_size"]}))
+    print(json.dumps({"ms_per_image": figures, "threads": args.threads, "image_size": predictor.prep["image_size"]}))
 
 
 if __name__ == "__main__":

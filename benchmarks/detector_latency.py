@@ -22,7 +22,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from detector.data import products_with_boxes
     from detector.predict import GarmentDetector
-    from indexer.images import load_image
+    from foundation.images import load_image
 
     detector = GarmentDetector.load(args.models)
     images = [load_image(p.image) for p in products_with_boxes(args.dump)[: args.n]]
@@ -33,8 +33,10 @@ def main() -> None:
         detector.detect([im])
         times.append(1000 * (time.perf_counter() - t0))
     times.sort()
-    print(f"{len(times)} images, threads {args.threads}: median {statistics.median(times):.1f} ms, "
-          f"p90 {times[int(0.9 * (len(times) - 1))]:.1f} ms per image (batch 1)")
+    print(
+        f"{len(times)} images, threads {args.threads}: median {statistics.median(times):.1f} ms, "
+        f"p90 {times[int(0.9 * (len(times) - 1))]:.1f} ms per image (batch 1)"
+    )
 
 
 if __name__ == "__main__":

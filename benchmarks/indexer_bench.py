@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from attributes.schema import default_schema  # noqa: E402
-from indexer.appearance import AppearanceCoder, bit_entropy, float_vs_binary  # noqa: E402
+from appearance.evaluate import bit_entropy, float_vs_binary  # noqa: E402
+from appearance.model import AppearanceCoder  # noqa: E402
+from catalogues.datasets import clothing_rows  # noqa: E402
+from foundation.images import load_image  # noqa: E402
+from foundation.schema import default_schema  # noqa: E402
 from indexer.bulk import build_index  # noqa: E402
-from indexer.datasets import clothing_rows  # noqa: E402
 from indexer.describe import Describer  # noqa: E402
-from indexer.images import load_image  # noqa: E402
 from indexer.store import Store  # noqa: E402
 
 
@@ -85,19 +86,30 @@ def main() -> None:
         tmp = Path(tmp)
         dump = clothing_dump(args.clothing, tmp, args.n, None)
         t0 = time.perf_counter()
-        s = build_index(dump, args.models, tmp / "index", workers=args.workers, batch_size=args.batch_size,
-                        describer=describer, progress=False)
+        s = build_index(
+            dump,
+            args.models,
+            tmp / "index",
+            workers=args.workers,
+            batch_size=args.batch_size,
+            describer=describer,
+            progress=False,
+        )
         wall = time.perf_counter() - t0
-        print(f"indexed {s['indexed']} clothing photos in {wall:.1f}s: {s['indexed'] / wall:.2f} images/s end to end "
-              f"({s['skipped']} skipped, {s['duplicates']} duplicate images)")
+        print(
+            f"indexed {s['indexed']} clothing photos in {wall:.1f}s: {s['indexed'] / wall:.2f} images/s end to end "
+            f"({s['skipped']} skipped, {s['duplicates']} duplicate images)"
+        )
         print("stage seconds:", s["stage_seconds"])
         print("stage share:  ", s["stage_share"])
         with Store(tmp / "index") as store:
             codes = np.stack([r.description.code for r in store.iter_records()])
             thumbs = sum(len(store.thumbnail(r.id) or b"") for r in store.iter_records())
             n = len(store)
-            print(f"store: {s['store_bytes_per_product']} bytes/product on disk (LMDB), of which thumbnails "
-                  f"{thumbs / n:.0f} bytes/product")
+            print(
+                f"store: {s['store_bytes_per_product']} bytes/product on disk (LMDB), of which thumbnails "
+                f"{thumbs / n:.0f} bytes/product"
+            )
         print("stored codes:", {k: round(v, 4) if isinstance(v, float) else v for k, v in bit_entropy(codes).items()})
     schema = default_schema()
     images, labels = [], []

@@ -49,8 +49,10 @@ def _multipart(fields: dict[str, str], image: bytes) -> tuple[bytes, str]:
     out = io.BytesIO()
     for name, value in fields.items():
         out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="query.jpg"\r\n'
-              f"Content-Type: image/jpeg\r\n\r\n".encode())
+    out.write(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="query.jpg"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode()
+    )
     out.write(image)
     out.write(f"\r\n--{boundary}--\r\n".encode())
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
@@ -60,7 +62,7 @@ def load_queries(dump: Path, *, limit: int, k: int) -> list[Query]:
     """Up to ``limit`` photos of the dump, each as an auto, a guided and a rectangle search."""
     from PIL import Image
 
-    from attributes.text import category_from_text
+    from foundation.text import category_from_text
 
     queries: list[Query] = []
     with dump.open(encoding="utf-8") as fh:
@@ -73,7 +75,8 @@ def load_queries(dump: Path, *, limit: int, k: int) -> list[Query]:
                 continue
             image = path.read_bytes()
             category = (row.get("attributes") or {}).get("category") or category_from_text(
-                row.get("title"), row.get("category_path"))
+                row.get("title"), row.get("category_path")
+            )
             box = next((b[:4] for b in row.get("boxes") or [] if len(b) == 5 and b[4] == category), None)
             if box is None:  # the middle of the photo
                 w, h = Image.open(path).size
@@ -154,8 +157,10 @@ def _free_port() -> int:
 
 def start_server(index: Path, threads: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "serve", str(index), "--port", str(port),
-                             "--threads", str(threads)], cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", str(index), "--port", str(port), "--threads", str(threads)],
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -176,8 +181,7 @@ def _row(name: str, ms: list[float]) -> str:
     if not ms:
         return f"{name:<10} {0:>7}"
     a = np.asarray(ms)
-    return (f"{name:<10} {a.size:>7} {np.percentile(a, 50):>8.1f} {np.percentile(a, 99):>8.1f} "
-            f"{a.max():>8.1f}")
+    return f"{name:<10} {a.size:>7} {np.percentile(a, 50):>8.1f} {np.percentile(a, 99):>8.1f} {a.max():>8.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="a running server on this machine, e.g. http://127.0.0.1:8000/")
     where.add_argument("--index", type=Path, help="an index directory: serve it for the test, on a free loopback port")
-    p.add_argument("--queries", type=Path, help="product dump whose photos are the queries "
-                   "(default with --index: the demo catalogue beside it, ../catalogue/products.jsonl)")
+    p.add_argument(
+        "--queries",
+        type=Path,
+        help="product dump whose photos are the queries "
+        "(default with --index: the demo catalogue beside it, ../catalogue/products.jsonl)",
+    )
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--per-client", type=int, default=1000, help="searches each client sends (default 1000)")
     p.add_argument("--k", type=int, default=20)
@@ -209,12 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host, port = _check_loopback(url)
         health = _get_json(host, port, "/api/health")
-        print(f"load test: {args.clients} clients x {args.per_client} searches (k={args.k}) against {url} "
-              f"({health['products']} products), {len(queries)} distinct queries from {dump}", flush=True)
+        print(
+            f"load test: {args.clients} clients x {args.per_client} searches (k={args.k}) against {url} "
+            f"({health['products']} products), {len(queries)} distinct queries from {dump}",
+            flush=True,
+        )
         for q in queries[:3]:  # one of each option first, so model start-up costs stay out of the figures
             Client(host, port, [q], 0, 1, time.monotonic() + 120).run()
         t0 = time.monotonic()
-        clients = [Client(host, port, queries, i * 7, args.per_client, t0 + args.time_limit) for i in range(args.clients)]
+        clients = [
+            Client(host, port, queries, i * 7, args.per_client, t0 + args.time_limit) for i in range(args.clients)
+        ]
         for c in clients:
             c.start()
         for c in clients:
@@ -229,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     sent = sum(c.sent for c in clients)
     errors = [e for c in clients for e in c.errors]
     planned = args.clients * args.per_client
-    print(f"searches: {sent} of {planned} in {elapsed:.1f} s" + (" (stopped by --time-limit)" if sent < planned else ""))
+    print(
+        f"searches: {sent} of {planned} in {elapsed:.1f} s" + (" (stopped by --time-limit)" if sent < planned else "")
+    )
     print(f"throughput: {sent / elapsed:.1f} searches/s")
     print(f"errors: {len(errors)}")
     for e in errors[:10]:
@@ -240,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_row("all", [ms for c in clients for o in OPTIONS for ms in c.latency[o]]))
     server = stats.get("server", {}).get("searches", {})
     if server:
-        print("server side, engine only (latest window):  " + ", ".join(
-            f"{o} p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms" for o, s in server.items()))
+        print(
+            "server side, engine only (latest window):  "
+            + ", ".join(f"{o} p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms" for o, s in server.items())
+        )
     return 1 if errors else 0
 
 

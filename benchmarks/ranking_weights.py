@@ -49,11 +49,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    from attributes.schema import default_schema
     from benchmarks.retrieval_real import describer_without_detector
-    from indexer.dump import read_dump
-    from search.evaluate import (QueryImages, _truth_categories, build_catalogue_index, convert_catalogue, open_engine,
-                                 shop_queries)
+    from evaluation.metrics import QueryImages
+    from evaluation.queries import shop_queries
+    from evaluation.retrieval import (
+        _truth_categories,
+        build_catalogue_index,
+        convert_catalogue,
+        open_engine,
+    )
+    from foundation.dump import read_dump
+    from foundation.schema import default_schema
     from search.engine import _attributes_of
     from search.index import RankingConfig
 
@@ -107,17 +113,21 @@ def main(argv=None) -> int:
     best = table[0]
 
     n0 = int((halves == 0).sum())
-    print(f"ranking weights on {len(queries)} shop scenes of the clothing {args.split} split "
-          f"({n0} to choose, {len(queries) - n0} held out), catalogue {len(products)} photos")
+    print(
+        f"ranking weights on {len(queries)} shop scenes of the clothing {args.split} split "
+        f"({n0} to choose, {len(queries) - n0} held out), catalogue {len(products)} photos"
+    )
     print(f"index {t_index:.0f}s, describe {t_describe:.0f}s, grid of {len(table)} weightings {t_grid:.0f}s")
-    head = f"{'weights (appearance, colour, shared)':40s}" + "".join(f"{f'R@{args.k} {o} h{h}':>18s}" for h in (0, 1) for o in OPTIONS)
+    head = f"{'weights (appearance, colour, shared)':40s}" + "".join(
+        f"{f'R@{args.k} {o} h{h}':>18s}" for h in (0, 1) for o in OPTIONS
+    )
     print(head)
 
     def row(name, r):
         print(f"{name:40s}" + "".join(f"{r[(h, o)]:18.3f}" for h in (0, 1) for o in OPTIONS))
 
     row(f"defaults {(default.w_appearance, default.w_colour, default.w_shared)}", current)
-    for tune, _neg, w, r in table[:5]:
+    for _tune, _neg, w, r in table[:5]:
         row(f"grid {w}", r)
     print("best on half 0 for each appearance weight:")
     for wa in GRID["w_appearance"]:

@@ -37,12 +37,14 @@ def describer_without_detector(models: Path):
     """None when ``models`` has a detector; else a Describer whose ROI is always the whole photo."""
     if (models / "detector.pt").is_file():
         return None
+    from appearance.model import AppearanceCoder
     from attributes.predict import AttributePredictor
-    from indexer.appearance import AppearanceCoder
     from indexer.describe import Describer
 
     logging.warning("no detector in %s: every option but the rectangle uses the whole photo", models)
-    return Describer(predictor=AttributePredictor.load(models), detector=NoDetector(), coder=AppearanceCoder.load(models))
+    return Describer(
+        predictor=AttributePredictor.load(models), detector=NoDetector(), coder=AppearanceCoder.load(models)
+    )
 
 
 class NoDetector:
@@ -62,11 +64,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="val")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from search.evaluate import RetrievalEvalConfig, evaluate_retrieval, result_tables
+    from evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval
+    from evaluation.tables import result_tables
 
     # One thread: on a loaded 2-core machine two threads spin against each other (single-image
     # searches measured 5.3 s with two threads, 0.11 s with one, while other jobs ran).

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from attributes.schema import default_schema  # noqa: E402
-from search.index import InvertedIndex, hamming_topk  # noqa: E402
+from foundation.schema import default_schema  # noqa: E402
+from search.index import InvertedIndex  # noqa: E402
 
 CODE_BYTES = 232  # 1856 bits: inception4e (832) + inception5b (1024)
 COLOUR_BINS = 64
@@ -47,7 +47,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--store", help="an index directory built by `fashion-search index`, to time start-up from its store")
+    ap.add_argument(
+        "--store", help="an index directory built by `fashion-search index`, to time start-up from its store"
+    )
     args = ap.parse_args()
     faiss.omp_set_num_threads(1)  # one query uses one core; say so rather than mix thread counts
     rng = np.random.default_rng(args.seed)
@@ -80,7 +82,9 @@ def main() -> None:
         words.sum()
         t_read.append(time.perf_counter() - t)
     bw = n * CODE_BYTES / np.median(t_read)
-    print(f"memory read bandwidth (1 thread, numpy sum over the same {n * CODE_BYTES / 1e6:.0f} MB of codes): {bw / 1e9:.2f} GB/s")
+    print(
+        f"memory read bandwidth (1 thread, numpy sum over the same {n * CODE_BYTES / 1e6:.0f} MB of codes): {bw / 1e9:.2f} GB/s"
+    )
     t_np = []
     for q in queries[: max(5, args.queries // 20)]:
         t = time.perf_counter()
@@ -119,8 +123,10 @@ def main() -> None:
     del category_of
     gc.collect()
     per_product = (rss_bytes() - before) / n
-    print(f"\ninverted index: built in {build_s:.1f}s; resident memory {per_product:.0f} bytes/product "
-          f"(code {CODE_BYTES} + colour {COLOUR_BINS} as uint8 + attribute columns + ids)")
+    print(
+        f"\ninverted index: built in {build_s:.1f}s; resident memory {per_product:.0f} bytes/product "
+        f"(code {CODE_BYTES} + colour {COLOUR_BINS} as uint8 + attribute columns + ids)"
+    )
 
     sizes = idx.category_sizes()
     print("\ncategory-restricted queries vs the full scan (k=20, shortlist 200, re-ranked):")
@@ -132,7 +138,9 @@ def main() -> None:
             t = time.perf_counter()
             idx.search(q, q_colour, cat, {"colour": "red"}, k=20)
             ts.append(time.perf_counter() - t)
-        print(f"{cat:14s}{sizes.get(cat, 0):10,d}{sizes.get(cat, 0) * CODE_BYTES / 1e6:12.1f}{pct(ts, 50):9.2f}{pct(ts, 99):9.2f}")
+        print(
+            f"{cat:14s}{sizes.get(cat, 0):10,d}{sizes.get(cat, 0) * CODE_BYTES / 1e6:12.1f}{pct(ts, 50):9.2f}{pct(ts, 99):9.2f}"
+        )
     print(f"{'(full scan)':14s}{n:10,d}{scanned / 1e6:12.1f}{pct(t_faiss, 50):9.2f}{pct(t_faiss, 99):9.2f}")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +153,9 @@ def main() -> None:
         t = time.perf_counter()
         InvertedIndex.load(snap, schema=schema)
         load_s = time.perf_counter() - t
-        print(f"\nstart-up from the snapshot ({snap.stat().st_size / 1e6:.0f} MB): {load_s:.1f}s (writing it: {save_s:.1f}s)")
+        print(
+            f"\nstart-up from the snapshot ({snap.stat().st_size / 1e6:.0f} MB): {load_s:.1f}s (writing it: {save_s:.1f}s)"
+        )
     if args.store:
         from search.engine import load_ram_index
 

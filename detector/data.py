@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
-from attributes.schema import Schema, default_schema
-from indexer.dump import Product, read_dump
-from indexer.images import ImageError, load_image
+from foundation.dump import Product, read_dump
+from foundation.images import ImageError, load_image
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     again; this only saves decoding work). ``flip`` mirrors half the samples at random.
     """
 
-    def __init__(self, products: list[Product], classes: tuple[str, ...], *, max_side: int, flip: bool = False,
-                 seed: int = 0):
+    def __init__(
+        self, products: list[Product], classes: tuple[str, ...], *, max_side: int, flip: bool = False, seed: int = 0
+    ):
         self.products = products
         self.index = {c: i for i, c in enumerate(classes)}
         self.max_side = max_side

@@ -16,10 +16,10 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 from tqdm import tqdm
 
-from attributes.schema import Schema, default_schema
 from detector.data import products_with_boxes
 from detector.predict import GarmentDetector, select
-from indexer.images import load_image
+from foundation.images import load_image
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,21 @@ def _metric() -> dict[float, MeanAveragePrecision]:
 
 
 def _prediction(rois, index) -> dict:
-    return {"boxes": torch.tensor([r.box for r in rois], dtype=torch.float32).reshape(-1, 4),
-            "scores": torch.tensor([r.score for r in rois], dtype=torch.float32),
-            "labels": torch.tensor([index[r.category] for r in rois], dtype=torch.int64)}
+    return {
+        "boxes": torch.tensor([r.box for r in rois], dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor([r.score for r in rois], dtype=torch.float32),
+        "labels": torch.tensor([index[r.category] for r in rois], dtype=torch.int64),
+    }
 
 
-def evaluate_model(detector: GarmentDetector, dump: str | Path, *, schema: Schema | None = None,
-                   limit: int | None = None, progress: bool = True) -> dict:
+def evaluate_model(
+    detector: GarmentDetector,
+    dump: str | Path,
+    *,
+    schema: Schema | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Table 3 figures of ``detector`` on the boxes of ``dump`` (its first ``limit`` images)."""
     schema = schema or default_schema()
     products = products_with_boxes(dump, schema=schema)[:limit]
@@ -55,21 +63,37 @@ def evaluate_model(detector: GarmentDetector, dump: str | Path, *, schema: Schem
         for g in present:
             guided_queries += 1
             fallbacks += select(rois, g, image.size, detector.score_threshold).fallback
-        target = [{"boxes": torch.tensor([b[:4] for b in p.boxes], dtype=torch.float32),
-                   "labels": torch.tensor([index[b.category] for b in p.boxes], dtype=torch.int64)}]
+        target = [
+            {
+                "boxes": torch.tensor([b[:4] for b in p.boxes], dtype=torch.float32),
+                "labels": torch.tensor([index[b.category] for b in p.boxes], dtype=torch.int64),
+            }
+        ]
         for name, kept in (("non_guided", rois), ("guided", guided)):
             for m in metrics[name].values():
                 m.update([_prediction(kept, index)], target)
-    table = {name: {f"map@{t}": round(float(m.compute()["map"]), 4) for t, m in ms.items()}
-             for name, ms in metrics.items()}
-    return {**table, "images": len(products), "guided_queries": guided_queries,
-            "fallback_rate": round(fallbacks / max(1, guided_queries), 4),
-            "ms_per_image": round(1000 * seconds / max(1, len(products)), 1),
-            "score_threshold": detector.score_threshold}
+    table = {
+        name: {f"map@{t}": round(float(m.compute()["map"]), 4) for t, m in ms.items()} for name, ms in metrics.items()
+    }
+    return {
+        **table,
+        "images": len(products),
+        "guided_queries": guided_queries,
+        "fallback_rate": round(fallbacks / max(1, guided_queries), 4),
+        "ms_per_image": round(1000 * seconds / max(1, len(products)), 1),
+        "score_threshold": detector.score_threshold,
+    }
 
 
-def evaluate_detector(dump: str | Path, models_dir: str | Path, *, limit: int | None = None,
-                      score_threshold: float = 0.3, progress: bool = True, schema: Schema | None = None) -> dict:
+def evaluate_detector(
+    dump: str | Path,
+    models_dir: str | Path,
+    *,
+    limit: int | None = None,
+    score_threshold: float = 0.3,
+    progress: bool = True,
+    schema: Schema | None = None,
+) -> dict:
     """Table 3 for the detector saved in ``models_dir`` on ``dump``'s boxes."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     detector = GarmentDetector.load(models_dir, schema=schema, score_threshold=score_threshold)
@@ -81,7 +105,9 @@ def format_report(result: dict) -> str:
     lines = [f"Detector mAP on {result['images']} images (torchmetrics)", head]
     for name in ("non_guided", "guided"):
         lines.append(f"{name:<9}" + "  ".join(f"{result[name][f'map@{t}']:5.3f}" for t in IOUS))
-    lines.append(f"fallback rate (guided, score >= {result['score_threshold']}): {result['fallback_rate']:.3f} "
-                 f"of {result['guided_queries']} queries")
+    lines.append(
+        f"fallback rate (guided, score >= {result['score_threshold']}): {result['fallback_rate']:.3f} "
+        f"of {result['guided_queries']} queries"
+    )
     lines.append(f"latency: {result['ms_per_image']:.1f} ms/image (batch 1)")
     return "\n".join(lines)

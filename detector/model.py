@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
-from attributes.schema import Schema, default_schema
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ class DetectorConfig:
     pretrained: str | None = None
     detections_per_image: int = 50
     box_score_thresh: float = 0.01
-    box_batch_size_per_image: int = 64  # RoIs sampled per training image (torchvision: 512; the box head dominates CPU time)
+    box_batch_size_per_image: int = (
+        64  # RoIs sampled per training image (torchvision: 512; the box head dominates CPU time)
+    )
     rpn_post_nms_top_n_train: int = 300  # proposals kept per training image (torchvision: 2000)
 
     def __post_init__(self) -> None:
@@ -58,7 +60,11 @@ def class_names(schema: Schema | None = None) -> tuple[str, ...]:
 def _imagenet_weights(backbone: str):
     from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
 
-    return MobileNet_V3_Large_Weights.IMAGENET1K_V1 if backbone == "mobilenet_v3_large_fpn" else ResNet50_Weights.IMAGENET1K_V1
+    return (
+        MobileNet_V3_Large_Weights.IMAGENET1K_V1
+        if backbone == "mobilenet_v3_large_fpn"
+        else ResNet50_Weights.IMAGENET1K_V1
+    )
 
 
 def build_detector(cfg: DetectorConfig, *, num_classes: int):
@@ -78,10 +84,17 @@ def build_detector(cfg: DetectorConfig, *, num_classes: int):
         "resnet50_fpn": detection.fasterrcnn_resnet50_fpn,
     }[cfg.backbone]
     weights_backbone = _imagenet_weights(cfg.backbone) if cfg.pretrained == "imagenet" else None
-    kwargs = dict(weights=None, weights_backbone=weights_backbone, num_classes=num_classes,
-                  min_size=cfg.min_size, max_size=cfg.max_size, box_detections_per_img=cfg.detections_per_image,
-                  box_score_thresh=cfg.box_score_thresh, box_batch_size_per_image=cfg.box_batch_size_per_image,
-                  rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train)
+    kwargs = dict(
+        weights=None,
+        weights_backbone=weights_backbone,
+        num_classes=num_classes,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        box_detections_per_img=cfg.detections_per_image,
+        box_score_thresh=cfg.box_score_thresh,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+    )
     if cfg.backbone == "mobilenet_v3_large_fpn":
         kwargs["rpn_score_thresh"] = 0.0  # torchvision's 0.05 starves an untrained RPN of proposals
     try:

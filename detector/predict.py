@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
-from attributes.schema import Schema, default_schema
 from detector.model import DetectorConfig, build_detector, class_names
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,11 @@ class Detection:
 
 def select(rois: list[ROI], guide: str | None, size: tuple[int, int], score_threshold: float) -> Detection:
     """The Detection of scored ROIs (any order) under an optional guide category."""
-    kept = sorted((r for r in rois if r.score >= score_threshold and (guide is None or r.category == guide)),
-                  key=lambda r: r.score, reverse=True)
+    kept = sorted(
+        (r for r in rois if r.score >= score_threshold and (guide is None or r.category == guide)),
+        key=lambda r: r.score,
+        reverse=True,
+    )
     best = kept[0] if kept else None
     return Detection(rois=kept, roi=best, fallback=best is None, size=size)
 
@@ -61,10 +64,11 @@ class GarmentDetector:
         self.device = device
 
     @classmethod
-    def load(cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None,
-             score_threshold: float = 0.3) -> "GarmentDetector":
+    def load(
+        cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None, score_threshold: float = 0.3
+    ) -> GarmentDetector:
         """The detector saved as ``models_dir/detector.pt``."""
-        from attributes.modeldir import ModelError, load_model
+        from foundation.modelfiles import ModelError, load_model
 
         schema = schema or default_schema()
         ckpt = load_model(models_dir, "detector", schema=schema)
@@ -88,9 +92,18 @@ class GarmentDetector:
         outputs = self.model(tensors)
         result = []
         for out in outputs:
-            boxes, labels, scores = out["boxes"].cpu().tolist(), out["labels"].cpu().tolist(), out["scores"].cpu().tolist()
-            result.append([ROI(tuple(float(v) for v in b), self.classes[lab], float(s))
-                           for b, lab, s in zip(boxes, labels, scores) if lab > 0])
+            boxes, labels, scores = (
+                out["boxes"].cpu().tolist(),
+                out["labels"].cpu().tolist(),
+                out["scores"].cpu().tolist(),
+            )
+            result.append(
+                [
+                    ROI(tuple(float(v) for v in b), self.classes[lab], float(s))
+                    for b, lab, s in zip(boxes, labels, scores)
+                    if lab > 0
+                ]
+            )
         return result
 
     def detect(self, images, guides: list[str | None] | None = None) -> list[Detection]:
@@ -106,5 +119,4 @@ class GarmentDetector:
                 raise ValueError(f"unknown guide category {g!r}; known: {', '.join(self.classes[1:])}")
         if not images:
             return []
-        return [select(rois, g, im.size, self.score_threshold)
-                for rois, g, im in zip(self.raw(images), guides, images)]
+        return [select(rois, g, im.size, self.score_threshold) for rois, g, im in zip(self.raw(images), guides, images)]

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from attributes.modeldir import file_hash, load_model, save_model
-from attributes.schema import Schema, default_schema
 from detector.data import DetectionDataset, collate, products_with_boxes
 from detector.model import DetectorConfig, build_detector, class_names
+from foundation.modelfiles import file_hash, load_model, save_model
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class DetectorTrainConfig:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes!r}")
 
     @classmethod
-    def demo(cls) -> "DetectorTrainConfig":
+    def demo(cls) -> DetectorTrainConfig:
         """The demo's preset: small inputs, about 3 minutes on a 2-core CPU.
 
         Too short for a from-scratch Faster R-CNN to find garments (measured on the synthetic
@@ -59,14 +59,21 @@ class DetectorTrainConfig:
         whole photo, flagged); it keeps the pipeline whole and the index step quick (128 px
         inputs: about 110 ms an image against 230 ms at 192 px).
         """
-        return cls(model=DetectorConfig(min_size=128, max_size=160), epochs=2, batch_size=8, lr=3e-3,
-                   warmup_steps=30, max_minutes=3.0, eval_limit=100)
+        return cls(
+            model=DetectorConfig(min_size=128, max_size=160),
+            epochs=2,
+            batch_size=8,
+            lr=3e-3,
+            warmup_steps=30,
+            max_minutes=3.0,
+            eval_limit=100,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DetectorTrainConfig":
+    def from_dict(cls, d: dict) -> DetectorTrainConfig:
         return cls(**{**d, "model": DetectorConfig(**d["model"])})
 
 
@@ -84,9 +91,16 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def train_detector(train_dump: str | Path, out_dir: str | Path, *, val_dump: str | Path | None = None,
-                   config: DetectorTrainConfig = DetectorTrainConfig(), progress: bool = True, resume: bool = False,
-                   schema: Schema | None = None) -> dict:
+def train_detector(
+    train_dump: str | Path,
+    out_dir: str | Path,
+    *,
+    val_dump: str | Path | None = None,
+    config: DetectorTrainConfig = DetectorTrainConfig(),
+    progress: bool = True,
+    resume: bool = False,
+    schema: Schema | None = None,
+) -> dict:
     """Train on ``train_dump``'s boxes; write ``out_dir/detector.pt`` (and ``detector-last.pt``).
 
     Returns a summary: epochs and steps run, seconds, final loss and, with ``val_dump``, Table 3's
@@ -99,9 +113,15 @@ def train_detector(train_dump: str | Path, out_dir: str | Path, *, val_dump: str
     classes = class_names(schema)
     products = products_with_boxes(train_dump, schema=schema)
     data = DetectionDataset(products, classes, max_side=config.model.max_size, flip=True, seed=config.seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=config.batch_size, shuffle=True, collate_fn=collate,
-                                         num_workers=config.workers, persistent_workers=config.workers > 0,
-                                         generator=torch.Generator().manual_seed(config.seed))
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=config.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=config.workers,
+        persistent_workers=config.workers > 0,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     model = build_detector(config.model, num_classes=len(classes)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -114,7 +134,9 @@ def train_detector(train_dump: str | Path, out_dir: str | Path, *, val_dump: str
         ckpt = load_model(out_dir, LAST, schema=schema)
         saved = DetectorTrainConfig.from_dict(ckpt["config"])
         if saved.model != config.model:
-            raise ValueError(f"cannot resume: {out_dir / (LAST + '.pt')} was built with {saved.model}, not {config.model}")
+            raise ValueError(
+                f"cannot resume: {out_dir / (LAST + '.pt')} was built with {saved.model}, not {config.model}"
+            )
         model.load_state_dict(ckpt["state_dicts"]["model"])
         optimizer.load_state_dict(ckpt["state_dicts"]["optimizer"])
         scheduler.load_state_dict(ckpt["state_dicts"]["scheduler"])
@@ -148,18 +170,33 @@ def train_detector(train_dump: str | Path, out_dir: str | Path, *, val_dump: str
             if config.max_minutes is not None and time.perf_counter() - t0 > config.max_minutes * 60:
                 stopped = True
                 break
-        save_model(out_dir, LAST, state_dicts={"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                               "scheduler": scheduler.state_dict()},
-                   config=config.to_dict(), preprocessing=preprocessing, schema=schema, data_hash=data_hash,
-                   extra={"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - t0})
+        save_model(
+            out_dir,
+            LAST,
+            state_dicts={
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+            },
+            config=config.to_dict(),
+            preprocessing=preprocessing,
+            schema=schema,
+            data_hash=data_hash,
+            extra={"epoch": epoch + 1, "step": step, "seconds": time.perf_counter() - t0},
+        )
         if stopped:
             logger.info("time limit of %.1f min reached in epoch %d", config.max_minutes, epoch + 1)
             break
     seconds = time.perf_counter() - t0
-    result = {"epochs": epoch + 1 if total else 0, "steps": step, "seconds": round(seconds, 1),
-              "images": len(data), "stopped_by_time": stopped,
-              "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4) if losses else None,
-              "config": config.to_dict()}
+    result = {
+        "epochs": epoch + 1 if total else 0,
+        "steps": step,
+        "seconds": round(seconds, 1),
+        "images": len(data),
+        "stopped_by_time": stopped,
+        "final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4) if losses else None,
+        "config": config.to_dict(),
+    }
     metrics = {}
     if val_dump is not None:
         from detector.evaluate import evaluate_model
@@ -168,8 +205,18 @@ def train_detector(train_dump: str | Path, out_dir: str | Path, *, val_dump: str
         detector = GarmentDetector.from_model(model, schema=schema, device=device)
         metrics = evaluate_model(detector, val_dump, schema=schema, limit=config.eval_limit, progress=progress)
         result["val"] = metrics
-    save_model(out_dir, "detector", state_dicts={"model": model.state_dict()}, config=config.to_dict(),
-               preprocessing=preprocessing, schema=schema, data_hash=data_hash,
-               metrics={"train_seconds": result["seconds"], "steps": step,
-                        **{k: v for k, v in metrics.items() if k in ("non_guided", "guided", "fallback_rate")}})
+    save_model(
+        out_dir,
+        "detector",
+        state_dicts={"model": model.state_dict()},
+        config=config.to_dict(),
+        preprocessing=preprocessing,
+        schema=schema,
+        data_hash=data_hash,
+        metrics={
+            "train_seconds": result["seconds"],
+            "steps": step,
+            **{k: v for k, v in metrics.items() if k in ("non_guided", "guided", "fallback_rate")},
+        },
+    )
     return result

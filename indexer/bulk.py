@@ -19,19 +19,19 @@ import logging
 import multiprocessing
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from attributes import modeldir
-from attributes.schema import Schema, default_schema
-from attributes.text import category_from_text
-from indexer.dump import DumpReport, Product, read_dump
-from indexer.images import ImageError, load_image
+from foundation import modelfiles
+from foundation.dump import DumpReport, Product, read_dump
+from foundation.images import ImageError, load_image
+from foundation.schema import Schema, default_schema
+from foundation.text import category_from_text
 
 logger = logging.getLogger(__name__)
 
@@ -110,13 +110,12 @@ def _decode(job: tuple[Product, str | None, str, int, int]) -> Decoded:
         scale = max(image.size) / max_side
         image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     thumb = make_thumbnail(image, thumb_size)
-    return Decoded(product, chash, bhash, image=image, scale=scale, thumbnail=thumb,
-                   decode_s=time.perf_counter() - t0)
+    return Decoded(product, chash, bhash, image=image, scale=scale, thumbnail=thumb, decode_s=time.perf_counter() - t0)
 
 
 def models_signature(models_dir: Path) -> str:
     """A short hash of the models' manifest entries: new models mean every product is re-described."""
-    manifest = modeldir.read_manifest(models_dir)
+    manifest = modelfiles.read_manifest(models_dir)
     entries = {k: manifest["models"][k] for k in sorted(manifest.get("models", {})) if k in MODEL_NAMES}
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -124,13 +123,16 @@ def models_signature(models_dir: Path) -> str:
 def _copy_models(models_dir: Path, dest: Path) -> None:
     """Copy the model files into the index (atomically per file), so the index is self-sufficient."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (*[f"{m}.pt" for m in MODEL_NAMES], modeldir.MANIFEST):
+    for name in (*[f"{m}.pt" for m in MODEL_NAMES], modelfiles.MANIFEST):
         src = models_dir / name
         if not src.is_file():
             continue
         target = dest / name
-        if target.is_file() and target.stat().st_size == src.stat().st_size and \
-                modeldir.file_hash(target) == modeldir.file_hash(src):
+        if (
+            target.is_file()
+            and target.stat().st_size == src.stat().st_size
+            and modelfiles.file_hash(target) == modelfiles.file_hash(src)
+        ):
             continue
         tmp = dest / f".{name}.tmp"
         shutil.copyfile(src, tmp)
@@ -164,10 +166,21 @@ def _decoded_stream(jobs: Iterator, workers: int) -> Iterator[Decoded]:
         yield from pool.imap(_decode, jobs, chunksize=4)
 
 
-def build_index(dump: str | Path, models_dir: str | Path, out_dir: str | Path, *, workers: int = 2,
-                batch_size: int = 32, device: str = "cpu", delete_missing: bool = False, progress: bool = True,
-                describer=None, schema: Schema | None = None, max_side: int = 640,
-                on_batch: Callable[[dict], None] | None = None) -> dict:
+def build_index(
+    dump: str | Path,
+    models_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    workers: int = 2,
+    batch_size: int = 32,
+    device: str = "cpu",
+    delete_missing: bool = False,
+    progress: bool = True,
+    describer=None,
+    schema: Schema | None = None,
+    max_side: int = 640,
+    on_batch: Callable[[dict], None] | None = None,
+) -> dict:
     """Index (or update) ``dump`` into the index directory ``out_dir``; returns the summary.
 
     Args:
@@ -179,15 +192,24 @@ def build_index(dump: str | Path, models_dir: str | Path, out_dir: str | Path, *
             models.
         on_batch: called with the running summary after each committed batch.
     """
-    from indexer.store import MODELS_DIR, REPORT_JSON, ProductRecord, Store, _atomic_write_text
+    from indexer.store import (
+        MODELS_DIR,
+        REPORT_JSON,
+        ProductRecord,
+        Store,
+        _atomic_write_text,
+    )
 
-    cfg = BulkConfig(workers=workers, batch_size=batch_size, max_side=max_side, device=device,
-                     delete_missing=delete_missing)
+    cfg = BulkConfig(
+        workers=workers, batch_size=batch_size, max_side=max_side, device=device, delete_missing=delete_missing
+    )
     dump, models_dir, out_dir = Path(dump), Path(models_dir), Path(out_dir)
     if not dump.is_file():
         raise FileNotFoundError(f"no product dump at {dump}")
     if not models_dir.is_dir():
-        raise FileNotFoundError(f"no models directory at {models_dir}: train the models first (`fashion-search train ...`)")
+        raise FileNotFoundError(
+            f"no models directory at {models_dir}: train the models first (`fashion-search train ...`)"
+        )
     schema = schema or default_schema()
     t_start = time.perf_counter()
     if describer is None:
@@ -201,13 +223,20 @@ def build_index(dump: str | Path, models_dir: str | Path, out_dir: str | Path, *
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_models(models_dir, out_dir / MODELS_DIR)
     store = Store(out_dir, readonly=False)
-    store.write_info({
-        "code_bytes": int(describer.code_bytes), "code_bits": int(describer.code_bytes) * 8,
-        "colour_bins": int(describer.colour.bins), "colour": describer.colour.to_dict(),
-        "models_dir": MODELS_DIR, "models": modeldir.read_manifest(models_dir).get("models", {}),
-        "models_signature": signature, "dump": str(dump.resolve()), "schema_fingerprint": schema.fingerprint,
-        "thumb_size": BulkConfig.thumb_size,
-    })
+    store.write_info(
+        {
+            "code_bytes": int(describer.code_bytes),
+            "code_bits": int(describer.code_bytes) * 8,
+            "colour_bins": int(describer.colour.bins),
+            "colour": describer.colour.to_dict(),
+            "models_dir": MODELS_DIR,
+            "models": modelfiles.read_manifest(models_dir).get("models", {}),
+            "models_signature": signature,
+            "dump": str(dump.resolve()),
+            "schema_fingerprint": schema.fingerprint,
+            "thumb_size": BulkConfig.thumb_size,
+        }
+    )
     old = store.hashes()
     report = DumpReport()
     skipped: list[dict] = []
@@ -220,16 +249,26 @@ def build_index(dump: str | Path, models_dir: str | Path, out_dir: str | Path, *
 
     def skip(d: Decoded, reason: str, field: str = "image") -> None:
         counts["skipped"] += 1
-        skipped.append({"line": d.product.line, "id": d.product.id, "field": field, "reason": reason,
-                        "image": str(d.product.image)})
+        skipped.append(
+            {
+                "line": d.product.line,
+                "id": d.product.id,
+                "field": field,
+                "reason": reason,
+                "image": str(d.product.image),
+            }
+        )
         logger.warning("skipping %s (line %d): %s", d.product.id, d.product.line, reason)
 
     def flush() -> None:
         if not batch:
             return
         # the seller's text, else the row's labelled category, else the model decides (auto)
-        guides = [category_from_text(d.product.category_path, d.product.title, schema=schema)
-                  or d.product.attributes.get("category") for d in batch]
+        guides = [
+            category_from_text(d.product.category_path, d.product.title, schema=schema)
+            or d.product.attributes.get("category")
+            for d in batch
+        ]
         descs = describer.describe([d.image for d in batch], guides=guides)
         records, thumbs = [], {}
         for d, desc in zip(batch, descs):
@@ -239,8 +278,9 @@ def build_index(dump: str | Path, models_dir: str | Path, out_dir: str | Path, *
                 desc.roi = tuple(int(round(v * d.scale)) for v in desc.roi)
             desc.timings_ms = {}
             p = d.product
-            records.append(ProductRecord(p.id, p.title, p.category_path, p.price, p.url, str(p.image), desc,
-                                         d.content_hash))
+            records.append(
+                ProductRecord(p.id, p.title, p.category_path, p.price, p.url, str(p.image), desc, d.content_hash)
+            )
             thumbs[p.id] = d.thumbnail
             counts["updated" if p.id in old else "added"] += 1
         t0 = time.perf_counter()
@@ -266,8 +306,9 @@ def build_index(dump: str | Path, models_dir: str | Path, out_dir: str | Path, *
                 continue
             if d.bytes_hash in first_of_bytes:
                 counts["duplicates"] += 1
-                duplicates.append({"id": d.product.id, "same_image_as": first_of_bytes[d.bytes_hash],
-                                   "image": str(d.product.image)})
+                duplicates.append(
+                    {"id": d.product.id, "same_image_as": first_of_bytes[d.bytes_hash], "image": str(d.product.image)}
+                )
             else:
                 first_of_bytes[d.bytes_hash] = d.product.id
             if d.blank:
@@ -306,14 +347,22 @@ def build_index(dump: str | Path, models_dir: str | Path, out_dir: str | Path, *
         "store_bytes_per_product": round(store.bytes_on_disk() / products) if products else None,
     }
     full_report = {
-        "dump": str(dump), "summary": summary,
-        "skipped": [{"line": p.line, "id": p.id, "field": p.field, "reason": p.reason} for p in report.problems] + skipped,
+        "dump": str(dump),
+        "summary": summary,
+        "skipped": [{"line": p.line, "id": p.id, "field": p.field, "reason": p.reason} for p in report.problems]
+        + skipped,
         "duplicates": duplicates,
     }
     _atomic_write_text(out_dir / REPORT_JSON, json.dumps(full_report, indent=1) + "\n")
     store.close()
-    logger.info("indexed %d products (%d unchanged, %d skipped, %d bad rows) in %.1fs",
-                counts["indexed"], counts["unchanged"], counts["skipped"], len(report.problems), wall)
+    logger.info(
+        "indexed %d products (%d unchanged, %d skipped, %d bad rows) in %.1fs",
+        counts["indexed"],
+        counts["unchanged"],
+        counts["skipped"],
+        len(report.problems),
+        wall,
+    )
     return summary
 
 

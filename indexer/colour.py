@@ -45,7 +45,7 @@ class ColourConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ColourConfig":
+    def from_dict(cls, d: dict) -> ColourConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 

@@ -16,32 +16,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 from PIL import Image
 
-from attributes.schema import Schema, default_schema
-from indexer.appearance import AppearanceCoder
+from appearance.model import AppearanceCoder
+from foundation.schema import Schema, default_schema
 from indexer.colour import ColourConfig, colour_histogram
+from indexer.description import Description
 
 logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
-
-
-@dataclass
-class Description:
-    category: str
-    attributes: dict[str, tuple[str, float]]  # group -> (value, probability), schema order
-    categories: list[tuple[str, float]]
-    roi: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
-    fallback: bool
-    code: np.ndarray  # uint8, packed bits of the binarized GoogLeNet code
-    colour: np.ndarray  # float16 HSV histogram, L1-normalised
-    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 def _int_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -65,17 +52,30 @@ def _int_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
 class Describer:
     """The attribute predictor, the detector, the appearance coder and colour settings, built once."""
 
-    def __init__(self, *, predictor, detector, coder: AppearanceCoder, colour: ColourConfig = ColourConfig(),
-                 schema: Schema | None = None):
+    def __init__(
+        self,
+        *,
+        predictor,
+        detector,
+        coder: AppearanceCoder,
+        colour: ColourConfig | None = None,
+        schema: Schema | None = None,
+    ):
         self.predictor = predictor
         self.detector = detector
         self.coder = coder
-        self.colour = colour
+        self.colour = colour or ColourConfig()
         self.schema = schema or default_schema()
 
     @classmethod
-    def load(cls, models_dir: str | Path, *, device: str = "cpu", colour: ColourConfig | None = None,
-             schema: Schema | None = None) -> "Describer":
+    def load(
+        cls,
+        models_dir: str | Path,
+        *,
+        device: str = "cpu",
+        colour: ColourConfig | None = None,
+        schema: Schema | None = None,
+    ) -> Describer:
         """The three models of ``models_dir`` (attributes.pt, detector.pt, appearance.pt)."""
         models_dir = Path(models_dir)
         if not models_dir.is_dir():
@@ -94,8 +94,12 @@ class Describer:
     def code_bytes(self) -> int:
         return self.coder.code_bytes
 
-    def describe(self, images: Sequence[Image.Image], guides: Sequence[str | None] | None = None,
-                 boxes: Sequence[Box | None] | None = None) -> list[Description]:
+    def describe(
+        self,
+        images: Sequence[Image.Image],
+        guides: Sequence[str | None] | None = None,
+        boxes: Sequence[Box | None] | None = None,
+    ) -> list[Description]:
         """Describe a batch of RGB images.
 
         Args:
@@ -149,14 +153,16 @@ class Describer:
         out = []
         for i in range(n):
             p = preds[i]
-            out.append(Description(
-                category=categories[i],
-                attributes={g: (str(v), float(pr)) for g, (v, pr) in p.attributes.items()},
-                categories=[(str(c), float(pr)) for c, pr in p.categories],
-                roi=tuple(int(v) for v in rois[i]),
-                fallback=fallback[i],
-                code=codes[i],
-                colour=colours[i],
-                timings_ms=dict(per_image),
-            ))
+            out.append(
+                Description(
+                    category=categories[i],
+                    attributes={g: (str(v), float(pr)) for g, (v, pr) in p.attributes.items()},
+                    categories=[(str(c), float(pr)) for c, pr in p.categories],
+                    roi=tuple(int(v) for v in rois[i]),
+                    fallback=fallback[i],
+                    code=codes[i],
+                    colour=colours[i],
+                    timings_ms=dict(per_image),
+                )
+            )
         return out

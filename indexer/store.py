@@ -20,15 +20,15 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import lmdb
 import numpy as np
 from PIL import Image
 
-from indexer.describe import Description
+from indexer.description import Description
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,16 @@ class ProductRecord:
     def metadata(self) -> dict:
         d = self.description
         return {
-            "id": self.id, "title": self.title, "category_path": self.category_path, "price": self.price,
-            "url": self.url, "image": self.image, "category": d.category,
+            "id": self.id,
+            "title": self.title,
+            "category_path": self.category_path,
+            "price": self.price,
+            "url": self.url,
+            "image": self.image,
+            "category": d.category,
             "attributes": {g: v for g, (v, _p) in d.attributes.items()},
-            "roi": list(d.roi), "fallback": d.fallback,
+            "roi": list(d.roi),
+            "fallback": d.fallback,
         }
 
     def to_bytes(self) -> bytes:
@@ -67,20 +73,29 @@ class ProductRecord:
         code = np.ascontiguousarray(d.code, np.uint8)
         colour = np.ascontiguousarray(d.colour)
         head = {
-            "id": self.id, "title": self.title, "category_path": self.category_path, "price": self.price,
-            "url": self.url, "image": self.image, "hash": self.content_hash,
-            "category": d.category, "attributes": [[g, v, round(p, 5)] for g, (v, p) in d.attributes.items()],
-            "categories": [[c, round(p, 5)] for c, p in d.categories], "roi": list(d.roi), "fallback": d.fallback,
-            "code": code.size, "colour": [colour.size, colour.dtype.str],
+            "id": self.id,
+            "title": self.title,
+            "category_path": self.category_path,
+            "price": self.price,
+            "url": self.url,
+            "image": self.image,
+            "hash": self.content_hash,
+            "category": d.category,
+            "attributes": [[g, v, round(p, 5)] for g, (v, p) in d.attributes.items()],
+            "categories": [[c, round(p, 5)] for c, p in d.categories],
+            "roi": list(d.roi),
+            "fallback": d.fallback,
+            "code": code.size,
+            "colour": [colour.size, colour.dtype.str],
         }
         meta = json.dumps(head, separators=(",", ":")).encode()
         return struct.pack("<I", len(meta)) + meta + code.tobytes() + colour.tobytes()
 
     @classmethod
-    def from_bytes(cls, raw: bytes | memoryview) -> "ProductRecord":
+    def from_bytes(cls, raw: bytes | memoryview) -> ProductRecord:
         raw = bytes(raw)
         (n,) = struct.unpack_from("<I", raw)
-        head = json.loads(raw[4:4 + n])
+        head = json.loads(raw[4 : 4 + n])
         off = 4 + n
         code = np.frombuffer(raw, np.uint8, head["code"], off)
         off += head["code"]
@@ -90,10 +105,21 @@ class ProductRecord:
             category=head["category"],
             attributes={g: (v, p) for g, v, p in head["attributes"]},
             categories=[(c, p) for c, p in head["categories"]],
-            roi=tuple(head["roi"]), fallback=head["fallback"], code=code, colour=colour,
+            roi=tuple(head["roi"]),
+            fallback=head["fallback"],
+            code=code,
+            colour=colour,
         )
-        return cls(head["id"], head["title"], head["category_path"], head["price"], head["url"], head["image"],
-                   desc, head["hash"])
+        return cls(
+            head["id"],
+            head["title"],
+            head["category_path"],
+            head["price"],
+            head["url"],
+            head["image"],
+            desc,
+            head["hash"],
+        )
 
 
 def make_thumbnail(image: Image.Image, size: int = THUMB_SIZE) -> bytes:
@@ -127,8 +153,15 @@ class Store:
             raise FileNotFoundError(f"no index at {self.path}: build one with `fashion-search index`")
         if not readonly:
             lmdb_path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(lmdb_path), map_size=MAP_SIZE, max_dbs=4, readonly=readonly, subdir=True,
-                             readahead=False, max_readers=256)
+        self.env = lmdb.open(
+            str(lmdb_path),
+            map_size=MAP_SIZE,
+            max_dbs=4,
+            readonly=readonly,
+            subdir=True,
+            readahead=False,
+            max_readers=256,
+        )
         self._products = self.env.open_db(_DB_PRODUCTS, create=not readonly)
         self._thumbs = self.env.open_db(_DB_THUMBS, create=not readonly)
         self._meta = self.env.open_db(_DB_META, create=not readonly)
@@ -137,7 +170,7 @@ class Store:
     def close(self) -> None:
         self.env.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -178,7 +211,7 @@ class Store:
             for key, raw in txn.cursor(db=self._products):
                 raw = bytes(raw)
                 (n,) = struct.unpack_from("<I", raw)
-                out[bytes(key).decode()] = json.loads(raw[4:4 + n])["hash"]
+                out[bytes(key).decode()] = json.loads(raw[4 : 4 + n])["hash"]
         return out
 
     def version(self) -> int:
@@ -238,11 +271,13 @@ class Store:
 
     def write_info(self, info: dict) -> None:
         self._check_writable()
-        _atomic_write_text(self.path / INDEX_JSON, json.dumps({"format": FORMAT, **info}, indent=1, sort_keys=True) + "\n")
+        _atomic_write_text(
+            self.path / INDEX_JSON, json.dumps({"format": FORMAT, **info}, indent=1, sort_keys=True) + "\n"
+        )
 
     def add_product(self, product: dict, image: Image.Image, describer) -> ProductRecord:
         """Describe one product (a dict with ``id``, ``title``/``category_path``, ...) and store it."""
-        from attributes.text import category_from_text
+        from foundation.text import category_from_text
 
         pid = str(product.get("id") or "").strip()
         if not pid:
@@ -255,7 +290,15 @@ class Store:
         rgb = image.convert("RGB")
         h = hashlib.sha256(rgb.tobytes())
         h.update(json.dumps([title, path, product.get("price"), product.get("url")]).encode())
-        record = ProductRecord(pid, title, path, product.get("price"), product.get("url"), str(product.get("image") or ""),
-                               desc, h.hexdigest()[:32])
+        record = ProductRecord(
+            pid,
+            title,
+            path,
+            product.get("price"),
+            product.get("url"),
+            str(product.get("image") or ""),
+            desc,
+            h.hexdigest()[:32],
+        )
         self.put([record], {pid: make_thumbnail(rgb)})
         return record

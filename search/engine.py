@@ -16,13 +16,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from attributes.schema import Schema, default_schema
+from foundation.schema import Schema, default_schema
 from search.index import InvertedIndex, RankingConfig
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ def parse_box(box, size: tuple[int, int], *, min_side: float = 4) -> tuple[float
         raise ValueError(f"box must hold finite numbers, got {box!r}")
     w, h = size
     if x1 - x0 < min_side or y1 - y0 < min_side:
-        raise ValueError(f"box {box!r} is degenerate: it needs x1 > x0 and y1 > y0, at least {min_side:g} pixels each way")
+        raise ValueError(
+            f"box {box!r} is degenerate: it needs x1 > x0 and y1 > y0, at least {min_side:g} pixels each way"
+        )
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         raise ValueError(f"box {box!r} lies outside the {w}x{h} image")
     return x0, y0, x1, y1
@@ -72,8 +74,13 @@ def _attributes_of(desc) -> dict[str, str]:
     return {g: v for g, (v, _p) in desc.attributes.items()}
 
 
-def load_ram_index(index_dir: str | Path, *, use_snapshot: bool = True, schema: Schema | None = None,
-                   ranking: RankingConfig | None = None) -> InvertedIndex:
+def load_ram_index(
+    index_dir: str | Path,
+    *,
+    use_snapshot: bool = True,
+    schema: Schema | None = None,
+    ranking: RankingConfig | None = None,
+) -> InvertedIndex:
     """The RAM index of an index directory: from its snapshot when current, else from the store."""
     from indexer.store import Store
 
@@ -92,7 +99,9 @@ def load_ram_index(index_dir: str | Path, *, use_snapshot: bool = True, schema: 
             except (OSError, ValueError, KeyError) as exc:
                 logger.warning("ignoring unreadable RAM snapshot %s: %s", snap, exc)
         info = store.info()
-        ram = InvertedIndex(code_bytes=info["code_bytes"], colour_bins=info["colour_bins"], schema=schema, ranking=ranking)
+        ram = InvertedIndex(
+            code_bytes=info["code_bytes"], colour_bins=info["colour_bins"], schema=schema, ranking=ranking
+        )
         batch: list = []
 
         def flush():
@@ -134,7 +143,7 @@ class SearchEngine:
         self._read_lock = threading.Lock()  # guards the RAM index while it is being changed
 
     @classmethod
-    def open(cls, index_dir: str | Path, *, device: str = "cpu", ranking: RankingConfig | None = None) -> "SearchEngine":
+    def open(cls, index_dir: str | Path, *, device: str = "cpu", ranking: RankingConfig | None = None) -> SearchEngine:
         from indexer.describe import Describer
         from indexer.store import Store
 
@@ -155,8 +164,7 @@ class SearchEngine:
         return list(self.schema.category_names)
 
     # -- search ---------------------------------------------------------------------------
-    def search(self, image: Image.Image, option: str, *, category: str | None = None,
-               box=None, k: int = 20) -> dict:
+    def search(self, image: Image.Image, option: str, *, category: str | None = None, box=None, k: int = 20) -> dict:
         check_option(option)
         k = check_k(k)
         guide, roi_box = None, None
@@ -179,17 +187,19 @@ class SearchEngine:
         hits = []
         for h in result.hits:
             meta = self.store.metadata(h.id) or {}
-            hits.append({
-                "id": h.id,
-                "title": meta.get("title", ""),
-                "category": meta.get("category", desc.category),
-                "score": h.score,
-                "hamming": h.hamming,
-                "colour_distance": h.colour_distance,
-                "shared_attributes": list(h.shared_attributes),
-                "price": meta.get("price"),
-                "url": meta.get("url"),
-            })
+            hits.append(
+                {
+                    "id": h.id,
+                    "title": meta.get("title", ""),
+                    "category": meta.get("category", desc.category),
+                    "score": h.score,
+                    "hamming": h.hamming,
+                    "colour_distance": h.colour_distance,
+                    "shared_attributes": list(h.shared_attributes),
+                    "price": meta.get("price"),
+                    "url": meta.get("url"),
+                }
+            )
         timings = dict(desc.timings_ms)
         timings["describe"] = round((t1 - t0) * 1e3, 2)
         timings["search"] = round((t2 - t1) * 1e3, 2)
@@ -199,7 +209,9 @@ class SearchEngine:
                 "option": option,
                 "category": desc.category,
                 "categories": [{"category": c, "p": round(float(p), 4)} for c, p in desc.categories],
-                "attributes": [{"group": g, "value": v, "p": round(float(p), 4)} for g, (v, p) in desc.attributes.items()],
+                "attributes": [
+                    {"group": g, "value": v, "p": round(float(p), 4)} for g, (v, p) in desc.attributes.items()
+                ],
                 "roi": [int(round(v)) for v in desc.roi],
                 "fallback": bool(desc.fallback),
                 "candidates": result.candidates,

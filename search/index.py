@@ -32,14 +32,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import faiss
 import numpy as np
 
-from attributes.schema import Schema, default_schema
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,9 @@ def _encode_ids(ids: Sequence[str]) -> np.ndarray:
     return np.array([i.encode("utf-8") for i in ids], dtype=np.bytes_) if len(ids) else np.empty(0, "S1")
 
 
-def hamming_topk(index: faiss.IndexBinaryFlat, ids: Sequence[str], query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def hamming_topk(
+    index: faiss.IndexBinaryFlat, ids: Sequence[str], query: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows and distances of the ``k`` nearest codes, ordered by (distance, id), ties at the boundary kept.
 
     faiss returns the k nearest in an order of its own among equal distances; this asks for one
@@ -121,8 +123,9 @@ def hamming_topk(index: faiss.IndexBinaryFlat, ids: Sequence[str], query: np.nda
 class InvertedIndex:
     """Products sharded by fashion category; codes in faiss binary indexes; colours beside them."""
 
-    def __init__(self, *, code_bytes: int, colour_bins: int, schema: Schema | None = None,
-                 ranking: RankingConfig | None = None):
+    def __init__(
+        self, *, code_bytes: int, colour_bins: int, schema: Schema | None = None, ranking: RankingConfig | None = None
+    ):
         if code_bytes < 1 or colour_bins < 1:
             raise ValueError(f"code_bytes and colour_bins must be positive, got {code_bytes}, {colour_bins}")
         self.schema = schema or default_schema()
@@ -168,8 +171,14 @@ class InvertedIndex:
             self._shards[category] = shard
         return shard
 
-    def add(self, ids: Sequence[str], categories: Sequence[str], attributes: Sequence[Mapping[str, str]],
-            codes: np.ndarray, colours: np.ndarray) -> None:
+    def add(
+        self,
+        ids: Sequence[str],
+        categories: Sequence[str],
+        attributes: Sequence[Mapping[str, str]],
+        codes: np.ndarray,
+        colours: np.ndarray,
+    ) -> None:
         """Add (or replace) products. ``codes``: (n, code_bytes) uint8; ``colours``: (n, bins)."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         colours = np.asarray(colours)
@@ -194,7 +203,9 @@ class InvertedIndex:
             shard.ids = np.concatenate([shard.ids, _encode_ids([ids[i] for i in sel])])
             # uint8 histograms stay uint8; anything else is kept as float16.
             part = colours[sel] if colours.dtype == np.uint8 else colours[sel].astype(np.float16)
-            shard.colours = part if shard.colours is None else np.concatenate([shard.colours, part.astype(shard.colours.dtype)])
+            shard.colours = (
+                part if shard.colours is None else np.concatenate([shard.colours, part.astype(shard.colours.dtype)])
+            )
             shard.values = np.concatenate([shard.values, np.stack([self._encode_values(attributes[i]) for i in sel])])
 
     def delete(self, ids: Iterable[str]) -> int:
@@ -220,8 +231,12 @@ class InvertedIndex:
         if group == Schema.CATEGORY:
             return _decode_ids(self._shards[value].ids) if value in self._shards and value in shards else []
         if group == Schema.GREAT:
-            return [pid for c in shards if c in self._shards and self.schema.great_category(c) == value
-                    for pid in _decode_ids(self._shards[c].ids)]
+            return [
+                pid
+                for c in shards
+                if c in self._shards and self.schema.great_category(c) == value
+                for pid in _decode_ids(self._shards[c].ids)
+            ]
         j = next((j for j, g in enumerate(self._groups) if g.name == group), None)
         if j is None or value not in self._value_index[j]:
             raise ValueError(f"unknown attribute key {key!r}")
@@ -234,8 +249,16 @@ class InvertedIndex:
         return out
 
     # -- search ---------------------------------------------------------------------------
-    def search(self, code: np.ndarray, colour: np.ndarray, category: str, attributes: Mapping[str, str],
-               *, k: int = 20, filters: Mapping[str, str] | None = None) -> SearchResult:
+    def search(
+        self,
+        code: np.ndarray,
+        colour: np.ndarray,
+        category: str,
+        attributes: Mapping[str, str],
+        *,
+        k: int = 20,
+        filters: Mapping[str, str] | None = None,
+    ) -> SearchResult:
         """The ``k`` best products of ``category`` for a query description (module docstring)."""
         self.schema.check_category(category)
         if not isinstance(k, (int, np.integer)) or k < 1:
@@ -264,8 +287,9 @@ class InvertedIndex:
             # A temporary index over the postings' codes: one gather, then the same popcount scan.
             index = faiss.IndexBinaryFlat(self.code_bytes * 8)
             if rows_map.size:
-                index.add(faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes)
-                          .reshape(n, self.code_bytes)[rows_map])
+                index.add(
+                    faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes)[rows_map]
+                )
             ids = shard.ids[rows_map]
             if rows_map.size < r.min_category_products:
                 note = f"only {rows_map.size} products in category {category!r} with {dict(filters)}"
@@ -282,8 +306,11 @@ class InvertedIndex:
         known = q_values != UNKNOWN
         shared = (shard.values[rows] == q_values) & known
         n_query = max(int(known.sum()), 1)
-        score = (r.w_appearance * ham / (self.code_bytes * 8) + r.w_colour * colour_dist
-                 - r.w_shared * shared.sum(1) / n_query)
+        score = (
+            r.w_appearance * ham / (self.code_bytes * 8)
+            + r.w_colour * colour_dist
+            - r.w_shared * shared.sum(1) / n_query
+        )
         # Rounding keeps float noise from breaking ties that should go to the id.
         order = np.lexsort((shard.ids[rows], np.round(score, 9)))[:k]
         names = [g.name for g in self._groups]
@@ -293,7 +320,9 @@ class InvertedIndex:
                 score=round(float(score[i]), 6),
                 hamming=int(ham[i]),
                 colour_distance=round(float(colour_dist[i]), 6),
-                shared_attributes=tuple(f"{names[j]}={self._groups[j].values[q_values[j]]}" for j in np.nonzero(shared[i])[0]),
+                shared_attributes=tuple(
+                    f"{names[j]}={self._groups[j].values[q_values[j]]}" for j in np.nonzero(shared[i])[0]
+                ),
             )
             for i in order
         ]
@@ -304,11 +333,20 @@ class InvertedIndex:
         """Write a snapshot (one .npz) atomically, so the daemon can start without re-reading the store."""
         path = Path(path)
         arrays = {}
-        meta = {"code_bytes": self.code_bytes, "colour_bins": self.colour_bins,
-                "schema": self.schema.fingerprint, "categories": sorted(self._shards), "version": self.version}
+        meta = {
+            "code_bytes": self.code_bytes,
+            "colour_bins": self.colour_bins,
+            "schema": self.schema.fingerprint,
+            "categories": sorted(self._shards),
+            "version": self.version,
+        }
         for c, shard in self._shards.items():
             n = shard.index.ntotal
-            arrays[f"{c}/codes"] = faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes).copy() if n else np.empty((0, self.code_bytes), np.uint8)
+            arrays[f"{c}/codes"] = (
+                faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes).copy()
+                if n
+                else np.empty((0, self.code_bytes), np.uint8)
+            )
             arrays[f"{c}/colours"] = shard.colours
             arrays[f"{c}/values"] = shard.values
             arrays[f"{c}/ids"] = shard.ids
@@ -319,12 +357,16 @@ class InvertedIndex:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | Path, *, schema: Schema | None = None, ranking: RankingConfig | None = None) -> "InvertedIndex":
+    def load(
+        cls, path: str | Path, *, schema: Schema | None = None, ranking: RankingConfig | None = None
+    ) -> InvertedIndex:
         schema = schema or default_schema()
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
             if meta["schema"] != schema.fingerprint:
-                raise ValueError(f"the index snapshot {path} was built with schema {meta['schema']}, this one is {schema.fingerprint}")
+                raise ValueError(
+                    f"the index snapshot {path} was built with schema {meta['schema']}, this one is {schema.fingerprint}"
+                )
             idx = cls(code_bytes=meta["code_bytes"], colour_bins=meta["colour_bins"], schema=schema, ranking=ranking)
             idx.version = meta.get("version")
             for c in meta["categories"]:

@@ -13,7 +13,7 @@ SHARED = ROOT.parent / "shared" / "datasets"
 @pytest.fixture(scope="session")
 def synth_dump(tmp_path_factory) -> Path:
     """A 120-product synthetic catalogue, made once per test session."""
-    from indexer.synth import synthesize
+    from catalogues.synth import synthesize
 
     return synthesize(tmp_path_factory.mktemp("synth"), 120, seed=7, progress=False)
 

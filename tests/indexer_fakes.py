@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attributes.schema import default_schema
+from foundation.schema import default_schema
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,10 @@ class FakePredictor:
             guide = guides[i] if guides is not None else None
             mean = float(np.asarray(im.convert("L").resize((8, 8))).mean())
             cat = guide or self.AUTO[int(mean) % len(self.AUTO)]
-            attrs = {"great_category": (self.schema.great_category(cat), 0.99), "category": (cat, 0.9 if guide is None else 1.0)}
+            attrs = {
+                "great_category": (self.schema.great_category(cat), 0.99),
+                "category": (cat, 0.9 if guide is None else 1.0),
+            }
             cats = [(guide, 1.0)] if guide else [(cat, 0.9), ("bag", 0.05)]
             out.append(FakePrediction(cat, attrs, cats))
         return out
@@ -82,7 +85,7 @@ def fake_models(models_dir, *, image_size=32, seed=0):
     """A models directory holding a randomly initialised appearance model (median from noise)."""
     from PIL import Image
 
-    from indexer.appearance import untrained_coder
+    from appearance.model import untrained_coder
 
     rng = np.random.default_rng(seed)
     calib = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(16)]
@@ -92,7 +95,7 @@ def fake_models(models_dir, *, image_size=32, seed=0):
 
 
 def fake_describer(models_dir):
-    from indexer.appearance import AppearanceCoder
+    from appearance.model import AppearanceCoder
     from indexer.describe import Describer
 
     return Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=AppearanceCoder.load(models_dir))

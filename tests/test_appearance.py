@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.appearance import (CODE_BYTES, DIMS, AppearanceCoder, AppearanceConfig, bit_entropy,
-                                float_vs_binary, load_regions, train_appearance, untrained_coder)
+from appearance.evaluate import bit_entropy, float_vs_binary
+from appearance.model import CODE_BYTES, DIMS, AppearanceCoder, untrained_coder
+from appearance.train import AppearanceConfig, load_regions, train_appearance
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +87,7 @@ def test_binary_codes_keep_the_float_features_retrieval(trained, regions, synth_
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    from attributes.modeldir import ModelError
+    from foundation.modelfiles import ModelError
 
     with pytest.raises(ModelError, match="train appearance"):
         AppearanceCoder.load(tmp_path)
@@ -107,14 +108,14 @@ def test_uncentred_coder_refuses_to_binarize():
 
 
 def test_train_command_names_an_unknown_preset(synth_dump, tmp_path, capsys):
-    from search.cli import main
+    from cli.main import main
 
     assert main(["train", "appearance", "--data", str(synth_dump), "--out", str(tmp_path), "--preset", "huge"]) == 2
     assert "unknown --preset 'huge'" in capsys.readouterr().err
 
 
 def test_imagenet_style_input_transform_survives_save_and_load(regions, tmp_path):
-    from indexer.appearance import GoogLeNetFeatures
+    from appearance.model import GoogLeNetFeatures
 
     images = regions[0][:3]
     coder = AppearanceCoder(GoogLeNetFeatures(transform_input=True), image_size=40)
@@ -128,8 +129,8 @@ def test_imagenet_style_input_transform_survives_save_and_load(regions, tmp_path
 def test_unavailable_imagenet_weights_are_a_clear_error(monkeypatch):
     import torchvision
 
-    from attributes.modeldir import ModelError
-    from indexer.appearance import imagenet_weights
+    from appearance.model import imagenet_weights
+    from foundation.modelfiles import ModelError
 
     def offline(*args, **kwargs):
         raise OSError("no network")

@@ -7,18 +7,19 @@ import urllib.error
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from attributes.data import group_targets, target_tokens
 from attributes.decode import Constraints, beam_decode, category_distribution, greedy_decode
 from attributes.model import AttributeModelConfig, LSTMAttributeModel, build_attribute_model
-from attributes.modeldir import ModelError, save_model
 from attributes.predict import AttributePredictor, load_sequence_model
-from attributes.schema import Schema, default_schema
 from attributes.train import AttributeTrainConfig, baseline_loss, sequence_loss, train_attributes
-from indexer.dump import read_dump
-from indexer.images import load_image
+from foundation.dump import read_dump
+from foundation.images import load_image
+from foundation.modelfiles import ModelError, save_model
+from foundation.schema import Schema, default_schema
 
 SCHEMA = default_schema()
 CONSTRAINTS = Constraints(SCHEMA)
@@ -103,14 +104,20 @@ def test_target_takes_the_category_from_text_when_attributes_lack_it(synth_dump)
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), scale=st.floats(0.5, 30.0),
-       guides=st.lists(st.one_of(st.none(), st.sampled_from(SCHEMA.category_names)), min_size=1, max_size=4),
-       beam=st.integers(1, 3))
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.floats(0.5, 30.0),
+    guides=st.lists(st.one_of(st.none(), st.sampled_from(SCHEMA.category_names)), min_size=1, max_size=4),
+    beam=st.integers(1, 3),
+)
 def test_constrained_decoding_is_schema_valid_and_guided(seed, scale, guides, beam):
     model = tiny_decoder(seed, scale)
     feats = torch.randn(len(guides), 16, generator=torch.Generator().manual_seed(seed))
-    decoded = (greedy_decode(model, feats, CONSTRAINTS, guides) if beam == 1
-               else beam_decode(model, feats, CONSTRAINTS, guides, beam=beam))
+    decoded = (
+        greedy_decode(model, feats, CONSTRAINTS, guides)
+        if beam == 1
+        else beam_decode(model, feats, CONSTRAINTS, guides, beam=beam)
+    )
     for guide, d in zip(guides, decoded):
         assert CONSTRAINTS.is_valid(d.tokens + [CONSTRAINTS.eos]), [SCHEMA.tokens[t] for t in d.tokens]
         attrs = SCHEMA.decode(d.tokens)
@@ -128,8 +135,9 @@ def test_constraints_forbid_what_the_schema_forbids():
     tid = lambda g, v: SCHEMA.token_id(SCHEMA.token(g, v))  # noqa: E731
     assert not c.is_valid([tid("great_category", "bottoms"), tid("category", "pants"), tid("neckline", "collar")])
     assert not c.is_valid([tid("great_category", "tops"), tid("category", "pants")])
-    assert not c.is_valid([tid("great_category", "tops"), tid("category", "shirt"), tid("pattern", "solid"),
-                           tid("colour", "red")])  # out of schema order
+    assert not c.is_valid(
+        [tid("great_category", "tops"), tid("category", "shirt"), tid("pattern", "solid"), tid("colour", "red")]
+    )  # out of schema order
     assert not c.is_valid([tid("great_category", "tops"), c.eos])  # a category must come first
     assert c.is_valid([tid("great_category", "tops"), tid("category", "shirt"), tid("neckline", "collar"), c.eos])
 
@@ -182,9 +190,14 @@ def test_category_distribution_is_a_distribution():
 def test_saved_and_loaded_model_gives_identical_outputs_and_refuses_another_schema(tmp_path):
     cfg = AttributeModelConfig(vocab_size=V, embed_dim=16, hidden_dim=32)
     model = build_attribute_model(cfg, schema=SCHEMA).eval()
-    save_model(tmp_path, "attributes", state_dicts={"model": model.state_dict()},
-               config={"model": cfg.to_dict()}, preprocessing={"image_size": 64, "resize": "squash",
-                                                               "mean": [0.5] * 3, "std": [0.25] * 3}, schema=SCHEMA)
+    save_model(
+        tmp_path,
+        "attributes",
+        state_dicts={"model": model.state_dict()},
+        config={"model": cfg.to_dict()},
+        preprocessing={"image_size": 64, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        schema=SCHEMA,
+    )
     loaded, _ = load_sequence_model(tmp_path)
     images = torch.randn(2, 3, 64, 64)
     tokens = torch.tensor([SCHEMA.encode(SCHEMA.complete({}, "hat"))] * 2)
@@ -199,12 +212,14 @@ def test_saved_and_loaded_model_gives_identical_outputs_and_refuses_another_sche
 
 
 def test_training_resumes_where_it_stopped(synth_dump, tmp_path):
-    config = AttributeTrainConfig.demo(image_size=32, epochs=2, batch_size=60, max_minutes=1e-6,
-                                       resume_checkpoint=True, threads=1)
+    config = AttributeTrainConfig.demo(
+        image_size=32, epochs=2, batch_size=60, max_minutes=1e-6, resume_checkpoint=True, threads=1
+    )
     first = train_attributes(synth_dump, tmp_path, config=config, progress=False)
     assert first["epochs_run"] == 1  # the time budget stopped it after one epoch
-    resumed = train_attributes(synth_dump, tmp_path, config=dataclasses.replace(config, max_minutes=None),
-                               resume=True, progress=False)
+    resumed = train_attributes(
+        synth_dump, tmp_path, config=dataclasses.replace(config, max_minutes=None), resume=True, progress=False
+    )
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == first["history"][0]
     with pytest.raises(ValueError, match="other settings"):
@@ -213,17 +228,19 @@ def test_training_resumes_where_it_stopped(synth_dump, tmp_path):
 
 # -- trained on the synthetic catalogue -------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """The demo settings, at 48 px, on 400 synthetic products (about 20 s on the 2-core CPU)."""
-    from indexer.synth import synthesize
+    from catalogues.synth import synthesize
 
     root = tmp_path_factory.mktemp("attr")
     dump = synthesize(root / "train", 400, seed=11, progress=False)
     models = root / "models"
     # lr and batch as when the floors below were measured (the demo preset's own suit 2,000 products)
-    config = AttributeTrainConfig.demo(image_size=48, epochs=8, lr=3e-3, batch_size=32, max_minutes=None,
-                                       resume_checkpoint=False, threads=1)
+    config = AttributeTrainConfig.demo(
+        image_size=48, epochs=8, lr=3e-3, batch_size=32, max_minutes=None, resume_checkpoint=False, threads=1
+    )
     metrics = train_attributes(dump, models, config=config, progress=False)
     return models, metrics
 
@@ -279,8 +296,9 @@ def test_evaluation_report_has_train_and_val_rows(trained, synth_dump):
     from attributes.evaluate import evaluate_attributes, format_report
 
     models, _ = trained
-    result = evaluate_attributes(synth_dump, models, train_dump=synth_dump, train_limit=20, limit=30,
-                                 baseline=False, progress=False)
+    result = evaluate_attributes(
+        synth_dump, models, train_dump=synth_dump, train_limit=20, limit=30, baseline=False, progress=False
+    )
     assert result["val"]["products"] == 30 and result["train"]["products"] == 20
     text = format_report(result)
     assert "train  lstm" in text and "val    lstm" in text and "category confusion" in text

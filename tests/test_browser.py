@@ -25,8 +25,16 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TOKEN = "browser-test-token"
 SERVER_START_S = 60
 
@@ -86,7 +94,7 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> dict:
                 proc.wait(timeout=0.1)  # the pause between polls, and a check that it still runs
             except subprocess.TimeoutExpired:
                 continue
-            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-2000:]}") from None
     raise RuntimeError(f"the server did not answer /api/health within {SERVER_START_S}s:\n{log.read_text()[-2000:]}")
 
 
@@ -95,8 +103,12 @@ def server(synth_dump, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.webui_fake", str(synth_dump), "--port", str(port),
-                                 "--token", TOKEN], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.webui_fake", str(synth_dump), "--port", str(port), "--token", TOKEN],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         health = _wait_healthy(proc, url, log)
@@ -125,7 +137,10 @@ def page(browser, server):
     problems: list[str] = []
     p.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     # Failed API calls log a resource error by design; anything else (script errors, CSP violations) is a bug.
-    p.on("console", lambda m: problems.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None)
+    p.on(
+        "console",
+        lambda m: problems.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None,
+    )
     p.goto(server)
     p.wait_for_function("document.getElementById('category').options.length > 1")
     yield p
@@ -144,7 +159,9 @@ def _shot(page, name: str) -> None:
 def _drag_box(page, box) -> None:
     """Drag a rectangle over the photo, ``box`` in the photo's pixels."""
     bb = page.locator("#overlay").bounding_box()
-    nw, nh = page.evaluate("[document.getElementById('photo').naturalWidth, document.getElementById('photo').naturalHeight]")
+    nw, nh = page.evaluate(
+        "[document.getElementById('photo').naturalWidth, document.getElementById('photo').naturalHeight]"
+    )
     sx, sy = bb["width"] / nw, bb["height"] / nh
     x0, y0, x1, y1 = box
     page.mouse.move(bb["x"] + x0 * sx + 1, bb["y"] + y0 * sy + 1)
@@ -251,16 +268,22 @@ def test_phone_width(page, rows, synth_dump):
 
 
 def test_titles_are_shown_as_text(page, server, tmp_path):
-    from playwright.sync_api import expect
     from PIL import Image
+    from playwright.sync_api import expect
 
     hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script> Red pants'
     photo = tmp_path / "red.png"
     Image.new("RGB", (120, 200), (200, 30, 35)).save(photo)
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    r = page.request.post(server + "api/products", headers=auth, multipart={
-        "id": "hostile-1", "title": hostile,
-        "image": {"name": "red.png", "mimeType": "image/png", "buffer": photo.read_bytes()}})
+    r = page.request.post(
+        server + "api/products",
+        headers=auth,
+        multipart={
+            "id": "hostile-1",
+            "title": hostile,
+            "image": {"name": "red.png", "mimeType": "image/png", "buffer": photo.read_bytes()},
+        },
+    )
     assert r.status == 201, r.text()
     try:
         page.check("input[name=option][value=guided]")  # no photo yet: nothing is sent
@@ -284,7 +307,11 @@ def test_served_upload_over_the_limit_is_a_json_413(server):
 
     u = urlsplit(server)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    body = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.jpg\"\r\n\r\n" + bytes(17 * 2**20) + b"\r\n--b--\r\n"
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n'
+        + bytes(17 * 2**20)
+        + b"\r\n--b--\r\n"
+    )
     conn.request("POST", "/api/search", body=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
     r = conn.getresponse()
     assert r.status == 413

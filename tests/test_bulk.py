@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -45,8 +44,15 @@ def messy_dump(synth_dump, tmp_path_factory) -> tuple[Path, set[str], dict[str, 
         (out / name).write_bytes(data)
     Image.new("1", (16000, 12000)).save(out / "huge.png")  # 192 Mpixel: over Pillow's bomb guard
     Image.new("RGB", (200, 200), (230, 230, 230)).save(out / "blank.jpg")
-    bad = {"bad-corrupt": "corrupt.jpg", "bad-empty": "empty.jpg", "bad-truncated": "truncated.jpg",
-           "bad-notes": "notes.jpg", "bad-huge": "huge.png", "bad-blank": "blank.jpg", "bad-missing": "nothing.jpg"}
+    bad = {
+        "bad-corrupt": "corrupt.jpg",
+        "bad-empty": "empty.jpg",
+        "bad-truncated": "truncated.jpg",
+        "bad-notes": "notes.jpg",
+        "bad-huge": "huge.png",
+        "bad-blank": "blank.jpg",
+        "bad-missing": "nothing.jpg",
+    }
     extra = [{"id": pid, "image": str(out / name), "title": "red t-shirt"} for pid, name in bad.items()]
     dup_image = {"id": "dup-image", "image": rows[1]["image"], "title": rows[1]["title"]}
     lines = [json.dumps(r) for r in rows[:8]] + [json.dumps(e) for e in extra]
@@ -62,15 +68,25 @@ def _contents(index: Path) -> dict:
         out = {}
         for r in store.iter_records():
             d = r.description
-            out[r.id] = (r.content_hash, r.title, d.category, tuple(d.attributes.items()), d.roi, d.fallback,
-                         d.code.tobytes(), d.colour.tobytes(), store.thumbnail(r.id))
+            out[r.id] = (
+                r.content_hash,
+                r.title,
+                d.category,
+                tuple(d.attributes.items()),
+                d.roi,
+                d.fallback,
+                d.code.tobytes(),
+                d.colour.tobytes(),
+                store.thumbnail(r.id),
+            )
         return out
 
 
 def test_every_good_product_once_and_every_bad_one_reported(messy_dump, models, tmp_path):
     dump, good, bad = messy_dump
-    summary = build_index(dump, models, tmp_path / "index", workers=2, batch_size=8,
-                          describer=fake_describer(models), progress=False)
+    summary = build_index(
+        dump, models, tmp_path / "index", workers=2, batch_size=8, describer=fake_describer(models), progress=False
+    )
     with Store(tmp_path / "index") as store:
         assert {r.id for r in store.iter_records()} == good
         assert store.info()["code_bytes"] == 232 and store.info()["colour_bins"] == 132
@@ -83,8 +99,13 @@ def test_every_good_product_once_and_every_bad_one_reported(messy_dump, models, 
     assert "no image" in reasons["bad-missing"] or "cannot read" in reasons["bad-missing"]
     assert any("duplicate id" in s["reason"] for s in report["skipped"])
     assert any("JSON" in s["reason"] for s in report["skipped"])
-    assert report["duplicates"] == [{"id": "dup-image", "same_image_as": "synth-7-000001",
-                                     "image": json.loads(dump.read_text().splitlines()[1])["image"]}]
+    assert report["duplicates"] == [
+        {
+            "id": "dup-image",
+            "same_image_as": "synth-7-000001",
+            "image": json.loads(dump.read_text().splitlines()[1])["image"],
+        }
+    ]
     assert (tmp_path / "index" / "models" / "appearance.pt").is_file()
 
 
@@ -103,15 +124,17 @@ build_index({dump!r}, {models!r}, {out!r}, workers=2, batch_size=4, describer=fa
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(messy_dump, models, tmp_path):
     dump, good, _bad = messy_dump
-    build_index(dump, models, tmp_path / "whole", workers=0, batch_size=8, describer=fake_describer(models),
-                progress=False)
+    build_index(
+        dump, models, tmp_path / "whole", workers=0, batch_size=8, describer=fake_describer(models), progress=False
+    )
     script = _KILLED_RUN.format(root=str(ROOT), dump=str(dump), models=str(models), out=str(tmp_path / "killed"))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     with Store(tmp_path / "killed") as store:
         assert len(store) == 8  # the two committed batches, nothing of the third
-    summary = build_index(dump, models, tmp_path / "killed", workers=0, batch_size=4,
-                          describer=fake_describer(models), progress=False)
+    summary = build_index(
+        dump, models, tmp_path / "killed", workers=0, batch_size=4, describer=fake_describer(models), progress=False
+    )
     assert summary["unchanged"] == 8 and summary["unchanged"] + summary["indexed"] == len(good)
     assert _contents(tmp_path / "killed") == _contents(tmp_path / "whole")
 
@@ -139,8 +162,16 @@ def test_incremental_add_update_and_delete_missing(synth_dump, models, tmp_path)
     assert after[rows[0]["id"]][1].endswith("(new season)")
     assert after[rows[1]["id"]][6] != before[rows[1]["id"]][6] or after[rows[1]["id"]][7] != before[rows[1]["id"]][7]
     assert all(after[r["id"]] == before[r["id"]] for r in rows[3:8])
-    third = build_index(dump, models, index, workers=0, batch_size=4, describer=fake_describer(models),
-                        delete_missing=True, progress=False)
+    third = build_index(
+        dump,
+        models,
+        index,
+        workers=0,
+        batch_size=4,
+        describer=fake_describer(models),
+        delete_missing=True,
+        progress=False,
+    )
     assert (third["indexed"], third["deleted"], third["products"]) == (0, 1, 9)
     assert rows[2]["id"] not in _contents(index)
 
@@ -155,9 +186,12 @@ def test_bad_arguments_are_named(synth_dump, models, tmp_path):
 
 
 def test_index_command_reports_bad_flags(synth_dump, models, tmp_path, capsys):
-    from search.cli import main
+    from cli.main import main
 
-    assert main(["index", str(synth_dump), "--models", str(models), "--out", str(tmp_path / "i"), "--batch-size", "0"]) == 2
+    assert (
+        main(["index", str(synth_dump), "--models", str(models), "--out", str(tmp_path / "i"), "--batch-size", "0"])
+        == 2
+    )
     assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
     assert main(["index", str(tmp_path / "none.jsonl"), "--models", str(models), "--out", str(tmp_path / "i")]) == 2
     assert "no product dump" in capsys.readouterr().err
@@ -166,8 +200,18 @@ def test_index_command_reports_bad_flags(synth_dump, models, tmp_path, capsys):
 def test_category_from_text_else_labelled_attributes_else_auto(synth_dump, models, tmp_path):
     image = str(synth_dump.parent / "images" / "000000.jpg")
     rows = [
-        {"id": "text", "image": image, "title": "pleated skirt", "attributes": {"great_category": "tops", "category": "shirt"}},
-        {"id": "label", "image": image, "title": "new arrival", "attributes": {"great_category": "bottoms", "category": "skirt"}},
+        {
+            "id": "text",
+            "image": image,
+            "title": "pleated skirt",
+            "attributes": {"great_category": "tops", "category": "shirt"},
+        },
+        {
+            "id": "label",
+            "image": image,
+            "title": "new arrival",
+            "attributes": {"great_category": "bottoms", "category": "skirt"},
+        },
         {"id": "auto", "image": image, "title": "new arrival"},
     ]
     dump = tmp_path / "d.jsonl"

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from search.cli import main
+from cli.main import main
 
 
 def test_help_lists_subcommands(capsys):
@@ -21,7 +21,8 @@ def test_synth_command(tmp_path, capsys):
 
 
 def test_bad_value_is_an_error_not_a_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "search.cli", "synth", str(tmp_path), "--n", "0"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "cli.main", "synth", str(tmp_path), "--n", "0"], capture_output=True, text=True
+    )
     assert r.returncode == 2
     assert "--n must be at least 1, got 0" in r.stderr and "Traceback" not in r.stderr

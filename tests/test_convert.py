@@ -6,18 +6,22 @@ import csv
 
 import pytest
 
-from attributes.schema import default_schema
-from indexer.convert import convert_ccp_crops, convert_clothing, derived_attributes
-from indexer.datasets import ccp_split
-from indexer.dump import DumpReport, read_dump
-from search.cli import main
+from catalogues.convert import convert_clothing, derived_attributes
+from catalogues.datasets import ccp_split
+from cli.main import main
+from foundation.dump import DumpReport, read_dump
+from foundation.schema import default_schema
 
 SCHEMA = default_schema()
 
 
 def test_derived_attributes_follow_the_schema():
     assert derived_attributes("t-shirt", SCHEMA, kids=True) == {
-        "age_group": "kids", "sleeve_length": "short", "category": "t-shirt", "great_category": "tops"}
+        "age_group": "kids",
+        "sleeve_length": "short",
+        "category": "t-shirt",
+        "great_category": "tops",
+    }
     assert "sleeve_length" not in derived_attributes("shirt", SCHEMA)  # shirts come with either
     assert derived_attributes("pants", SCHEMA) == {"category": "pants", "great_category": "bottoms"}
     for cat in SCHEMA.category_names:

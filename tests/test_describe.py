@@ -12,7 +12,7 @@ from tests.indexer_fakes import FakeDetector, FakePredictor, fake_models
 
 @pytest.fixture(scope="module")
 def describer(tmp_path_factory):
-    from indexer.appearance import AppearanceCoder
+    from appearance.model import AppearanceCoder
 
     models = fake_models(tmp_path_factory.mktemp("models"))
     return Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=AppearanceCoder.load(models))
@@ -95,7 +95,7 @@ def test_bad_guides_and_lengths_are_named(describer):
 
 
 def test_load_names_the_missing_model_and_its_command(tmp_path):
-    from attributes.modeldir import ModelError
+    from foundation.modelfiles import ModelError
 
     with pytest.raises(ModelError, match="appearance.pt: train it with `fashion-search train appearance`"):
         Describer.load(tmp_path)
@@ -106,10 +106,10 @@ def test_load_names_the_missing_model_and_its_command(tmp_path):
 @pytest.fixture(scope="module")
 def real_predictor(synth_dump, tmp_path_factory):
     """The real attribute model, one short epoch on the synthetic catalogue (its quality is not the point)."""
+    import json
+
     from attributes.predict import AttributePredictor
     from attributes.train import AttributeTrainConfig, train_attributes
-
-    import json
 
     models = tmp_path_factory.mktemp("attr_models")
     small = models / "small.jsonl"  # 32 products: enough to load and decode, cheap to train
@@ -121,7 +121,7 @@ def real_predictor(synth_dump, tmp_path_factory):
 
 
 def test_describe_with_the_real_attribute_model(real_predictor, describer, synth_dump):
-    from attributes.schema import default_schema
+    from foundation.schema import default_schema
 
     schema = default_schema()
     real = Describer(predictor=real_predictor, detector=FakeDetector(), coder=describer.coder)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from attributes.schema import default_schema
 from detector.model import DetectorConfig, build_detector, class_names
 from detector.predict import ROI, GarmentDetector, select
 from detector.train import DetectorTrainConfig, train_detector
@@ -50,7 +49,9 @@ def test_bad_config_and_guide_are_named():
 @pytest.fixture(scope="session")
 def trained(synth_dump, tmp_path_factory):
     out = tmp_path_factory.mktemp("detector")
-    cfg = DetectorTrainConfig(model=TINY, epochs=1, batch_size=8, warmup_steps=2, workers=0, max_minutes=0.3, eval_limit=8)
+    cfg = DetectorTrainConfig(
+        model=TINY, epochs=1, batch_size=8, warmup_steps=2, workers=0, max_minutes=0.3, eval_limit=8
+    )
     result = train_detector(synth_dump, out, val_dump=synth_dump, config=cfg, progress=False)
     return out, result
 
@@ -61,7 +62,7 @@ def test_training_step_and_checkpoint_round_trip(trained, synth_dump):
     assert set(result["val"]["guided"]) == {f"map@{t}" for t in (0.5, 0.6, 0.7, 0.8, 0.9)}
     detector = GarmentDetector.load(out, score_threshold=0.0)
     from detector.train import LAST
-    from attributes.modeldir import load_model
+    from foundation.modelfiles import load_model
 
     saved = load_model(out, "detector")["state_dicts"]["model"]
     for k, v in detector.model.state_dict().items():

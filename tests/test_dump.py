@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from indexer.dump import DumpReport, read_dump
+from foundation.dump import DumpReport, read_dump
 
 
 @pytest.fixture
@@ -24,8 +24,13 @@ def _write(path, rows):
 
 def test_every_bad_row_reported_once_and_good_rows_read(images):
     rows = [
-        {"id": "a", "image": "good.jpg", "title": "Red t-shirt", "boxes": [[1, 2, 50, 60, "t-shirt"]],
-         "attributes": {"colour": "red", "category": "t-shirt"}},
+        {
+            "id": "a",
+            "image": "good.jpg",
+            "title": "Red t-shirt",
+            "boxes": [[1, 2, 50, 60, "t-shirt"]],
+            "attributes": {"colour": "red", "category": "t-shirt"},
+        },
         {"image": "good.jpg", "title": "no id"},  # 2 missing id
         {"id": "a", "image": "good2.png", "title": "again"},  # 3 duplicate
         {"id": "c", "image": "missing.jpg", "title": "x"},  # 4 missing file
@@ -51,10 +56,21 @@ def test_every_bad_row_reported_once_and_good_rows_read(images):
     by_line = {p.line: p for p in report.problems}
     assert sorted(by_line) == list(range(2, 15))
     assert len(report.problems) == 13
-    expect = {2: ("id", "missing id"), 3: ("id", "duplicate"), 4: ("image", "no image file"),
-              5: ("image", "0 bytes"), 6: ("image", "not an image"), 7: ("boxes", "inverted"),
-              8: ("boxes", "outside"), 9: ("boxes", "unknown category"), 10: ("attributes", "teal"),
-              11: ("row", "JSON"), 12: ("boxes", "must be"), 13: ("price", "number"), 14: ("title", "neither")}
+    expect = {
+        2: ("id", "missing id"),
+        3: ("id", "duplicate"),
+        4: ("image", "no image file"),
+        5: ("image", "0 bytes"),
+        6: ("image", "not an image"),
+        7: ("boxes", "inverted"),
+        8: ("boxes", "outside"),
+        9: ("boxes", "unknown category"),
+        10: ("attributes", "teal"),
+        11: ("row", "JSON"),
+        12: ("boxes", "must be"),
+        13: ("price", "number"),
+        14: ("title", "neither"),
+    }
     for line, (field, words) in expect.items():
         assert by_line[line].field == field, line
         assert words in by_line[line].reason, (line, by_line[line].reason)
@@ -92,7 +108,7 @@ def test_missing_dump_is_clear(tmp_path):
 
 
 def test_decompression_bomb_is_refused(tmp_path):
-    from indexer.images import ImageError, load_image
+    from foundation.images import ImageError, load_image
 
     Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")
     with pytest.raises(ImageError, match="decompression bomb"):
@@ -100,7 +116,7 @@ def test_decompression_bomb_is_refused(tmp_path):
 
 
 def test_truncated_image_is_refused(tmp_path):
-    from indexer.images import ImageError, load_image
+    from foundation.images import ImageError, load_image
 
     Image.new("RGB", (300, 300), (1, 2, 3)).save(tmp_path / "t.jpg")
     data = (tmp_path / "t.jpg").read_bytes()

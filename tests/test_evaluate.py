@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.evaluate import (
+from evaluation.baselines import code_rankings, colour_rankings, float_ranking
+from evaluation.metrics import (
     COLOUR_ONLY,
     SHOP,
     STREET_GARMENT,
@@ -20,17 +21,24 @@ from search.evaluate import (
     Ranking,
     Run,
     cases,
-    code_rankings,
-    colour_rankings,
-    float_ranking,
     precision_at_k,
     recall_at_k,
-    result_tables,
-    street_queries,
     summarise,
     target_rank,
 )
-from search.report import Plot, Report, Strip, Table, Thumb, curve_plot, render_html, thumbnail_jpeg, write_report
+from evaluation.queries import street_queries
+from evaluation.report import (
+    Plot,
+    Report,
+    Strip,
+    Table,
+    Thumb,
+    curve_plot,
+    render_html,
+    thumbnail_jpeg,
+    write_report,
+)
+from evaluation.tables import result_tables
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -133,15 +141,17 @@ def test_float_ranking_keeps_the_category_and_swaps_only_the_appearance_term():
     # With the colour and attribute terms off, the order is the cosine order within the category.
     q = floats["p05"] + 0.01
     got = float_ranking(index, q, colours[5], "pants", {"colour": "red"}, floats, 5)
-    want = sorted((pid for pid, c in zip(ids, cats) if c == "pants"),
-                  key=lambda pid: -float(floats[pid] @ q) / np.linalg.norm(floats[pid]))[:5]
+    want = sorted(
+        (pid for pid, c in zip(ids, cats) if c == "pants"),
+        key=lambda pid: -float(floats[pid] @ q) / np.linalg.norm(floats[pid]),
+    )[:5]
     assert got == want and got[0] == "p05"
     assert float_ranking(index, q, colours[5], "dress", {}, floats, 5) == []
 
 
 # -- street queries -----------------------------------------------------------------------------
 def test_street_queries_keep_mapped_garments_of_usable_size(tmp_path):
-    from indexer.datasets import ccp_split
+    from catalogues.datasets import ccp_split
 
     names = [f"{i:04d}.jpg" for i in range(40)]
     name = next(n for n in names if ccp_split(n) == "val")
@@ -150,12 +160,21 @@ def test_street_queries_keep_mapped_garments_of_usable_size(tmp_path):
     recs = []
     for n in (name, other):
         Image.new("RGB", (100, 150), "white").save(tmp_path / "photos" / n)
-        recs.append({"image": f"photos/{n}", "width": 100, "height": 150, "mask": f"masks/{n[:-4]}.png",
-                     "tags": ["skirt", "heels", "hair", "jacket"],
-                     "boxes": [{"label": "skirt", "box": [10, 60, 70, 120], "pixels": 2500},
-                               {"label": "heels", "box": [20, 130, 60, 150], "pixels": 300},  # too small: photo only
-                               {"label": "hair", "box": [30, 0, 60, 40], "pixels": 900},  # no category
-                               {"label": "jacket", "box": [0, 0, 90, 70], "pixels": 4000}]})  # not in the catalogue
+        recs.append(
+            {
+                "image": f"photos/{n}",
+                "width": 100,
+                "height": 150,
+                "mask": f"masks/{n[:-4]}.png",
+                "tags": ["skirt", "heels", "hair", "jacket"],
+                "boxes": [
+                    {"label": "skirt", "box": [10, 60, 70, 120], "pixels": 2500},
+                    {"label": "heels", "box": [20, 130, 60, 150], "pixels": 300},  # too small: photo only
+                    {"label": "hair", "box": [30, 0, 60, 40], "pixels": 900},  # no category
+                    {"label": "jacket", "box": [0, 0, 90, 70], "pixels": 4000},
+                ],
+            }
+        )  # not in the catalogue
     (tmp_path / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     images = QueryImages()
     qs = street_queries(tmp_path, "val", {"skirt", "shoes", "pants"}, images)
@@ -219,7 +238,9 @@ def test_report_is_self_contained_with_tables_plots_and_strips(tmp_path):
         summary=["one line"],
         tables=[Table("Shop", ["system", "R@1"], [["rectangle", 0.51234], ["colour <only>", None]], note="n")],
         plots=[Plot("recall", png)],
-        strips={"worst": [Strip("q1", Thumb(thumb, "query"), [Thumb(thumb, "1. pants", True), Thumb(None, "2.", False)])]},
+        strips={
+            "worst": [Strip("q1", Thumb(thumb, "query"), [Thumb(thumb, "1. pants", True), Thumb(None, "2.", False)])]
+        },
     )
     path = write_report(report, tmp_path / "out")
     text = path.read_text(encoding="utf-8")
@@ -227,7 +248,7 @@ def test_report_is_self_contained_with_tables_plots_and_strips(tmp_path):
     assert parsed.tables == 1
     assert ["system", "R@1", "rectangle", "0.512", "colour <only>", "–"] == parsed.cells
     assert len(parsed.images) == 3 and all(re.match(r"data:image/(png|jpeg);base64,", s) for s in parsed.images)
-    assert "http" not in text and "src=\"/" not in text  # nothing outside the file
+    assert "http" not in text and 'src="/' not in text  # nothing outside the file
     with pytest.raises(ValueError, match="has 1 cells for 2 columns"):
         render_html(Report("x", tables=[Table("t", ["a", "b"], [["only one"]])]))
     with pytest.raises(ValueError, match="2 points for 3 cut-offs"):
@@ -236,20 +257,34 @@ def test_report_is_self_contained_with_tables_plots_and_strips(tmp_path):
 
 # -- the command --------------------------------------------------------------------------------
 def test_command_refuses_folders_without_the_dataset_layouts(tmp_path, capsys):
-    from search.cli import main
+    from cli.main import main
 
     (tmp_path / "clothing").mkdir()
     (tmp_path / "models").mkdir()
-    rc = main(["evaluate", "retrieval", "--clothing", str(tmp_path / "clothing"), "--ccp", str(tmp_path / "ccp"),
-               "--models", str(tmp_path / "models"), "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "evaluate",
+            "retrieval",
+            "--clothing",
+            str(tmp_path / "clothing"),
+            "--ccp",
+            str(tmp_path / "ccp"),
+            "--models",
+            str(tmp_path / "models"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 2
     assert "does not have the clothing layout: no images.csv" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["evaluate", "retrieval", "--clothing", "c", "--ccp", "c", "--models", "m", "--out", "o", "--split", "test"])
+        main(
+            ["evaluate", "retrieval", "--clothing", "c", "--ccp", "c", "--models", "m", "--out", "o", "--split", "test"]
+        )
 
 
 def test_config_checks_its_values():
-    from search.evaluate import RetrievalEvalConfig
+    from evaluation.retrieval import RetrievalEvalConfig
 
     with pytest.raises(ValueError, match="--queries must be 0 .* got -1"):
         RetrievalEvalConfig(queries=-1)

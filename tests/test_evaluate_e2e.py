@@ -17,15 +17,35 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attributes.schema import default_schema
-from indexer.datasets import ccp_split
-from indexer.synth import draw_scene
+from catalogues.datasets import ccp_split
+from catalogues.synth import draw_scene
+from foundation.schema import default_schema
 
 # Synthetic categories and the labels the real datasets give them.
-CLOTHING_LABELS = {"t-shirt": "T-Shirt", "longsleeve": "Longsleeve", "shirt": "Shirt", "dress": "Dress", "jacket": "Outwear",
-                   "pants": "Pants", "shorts": "Shorts", "skirt": "Skirt", "shoes": "Shoes", "hat": "Hat"}
-CCP_LABELS = {"t-shirt": "t-shirt", "shirt": "shirt", "dress": "dress", "jacket": "jacket", "pants": "pants",
-              "shorts": "shorts", "skirt": "skirt", "shoes": "shoes", "hat": "hat", "bag": "bag"}
+CLOTHING_LABELS = {
+    "t-shirt": "T-Shirt",
+    "longsleeve": "Longsleeve",
+    "shirt": "Shirt",
+    "dress": "Dress",
+    "jacket": "Outwear",
+    "pants": "Pants",
+    "shorts": "Shorts",
+    "skirt": "Skirt",
+    "shoes": "Shoes",
+    "hat": "Hat",
+}
+CCP_LABELS = {
+    "t-shirt": "t-shirt",
+    "shirt": "shirt",
+    "dress": "dress",
+    "jacket": "jacket",
+    "pants": "pants",
+    "shorts": "shorts",
+    "skirt": "skirt",
+    "shoes": "shoes",
+    "hat": "hat",
+    "bag": "bag",
+}
 
 
 def write_clothing_layout(root: Path, n: int, *, seed: int = 0, val_share: float = 0.5) -> Path:
@@ -76,8 +96,16 @@ def write_ccp_layout(root: Path, n_val: int, *, seed: int = 0) -> Path:
             mask[y0:y1, x0:x1] = labels.index(label)
             boxes.append({"label": label, "box": [x0, y0, x1, y1], "pixels": (x1 - x0) * (y1 - y0)})
         Image.fromarray(mask).save(root / "masks" / f"{name}.png")
-        rows.append({"image": f"photos/{name}.jpg", "width": img.width, "height": img.height, "mask": f"masks/{name}.png",
-                     "tags": sorted(b["label"] for b in boxes), "boxes": boxes})
+        rows.append(
+            {
+                "image": f"photos/{name}.jpg",
+                "width": img.width,
+                "height": img.height,
+                "mask": f"masks/{name}.png",
+                "tags": sorted(b["label"] for b in boxes),
+                "boxes": boxes,
+            }
+        )
     (root / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return root
 
@@ -109,9 +137,9 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
     32 px, 14 s) picked the right category for 1 query in 20, so option 1 and 3 recall was 0.05
     and a floor on it would say nothing; the detector's code is not in the repository yet.
     """
-    from indexer.appearance import untrained_coder
+    from appearance.model import untrained_coder
+    from evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval
     from indexer.describe import Describer
-    from search.evaluate import RetrievalEvalConfig, evaluate_retrieval
     from tests.indexer_fakes import FakeDetector, FakePredictor
     from tests.test_evaluate import parse_report
 
@@ -119,14 +147,30 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
     describer = Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=untrained_coder(image_size=32))
     (tmp_path / "models").mkdir()
     out = tmp_path / "report"
-    result = evaluate_retrieval(clothing, ccp, tmp_path / "models", out, describer=describer, compose=_paste_side_by_side,
-                                config=RetrievalEvalConfig(queries=12, batch=8, cases=2), progress=False)
+    result = evaluate_retrieval(
+        clothing,
+        ccp,
+        tmp_path / "models",
+        out,
+        describer=describer,
+        compose=_paste_side_by_side,
+        config=RetrievalEvalConfig(queries=12, batch=8, cases=2),
+        progress=False,
+    )
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"] == json.loads(json.dumps(result["metrics"]))
     assert saved["queries"]["shop"] == 12 and saved["queries"]["street-photo"] == 6
     shop = saved["metrics"]["shop"]["systems"]
-    assert set(shop) == {"auto", "guided", "rectangle", "float auto", "float guided", "float rectangle",
-                         "colour only", "whole-image code"}
+    assert set(shop) == {
+        "auto",
+        "guided",
+        "rectangle",
+        "float auto",
+        "float guided",
+        "float rectangle",
+        "colour only",
+        "whole-image code",
+    }
     # Guided search stays in the true category: every result is right at the category level
     # whenever the category holds at least k products.
     assert shop["guided"]["category_right"] == 1.0
@@ -149,18 +193,23 @@ def _garment_photo(colour, size=(200, 260)) -> Image.Image:
 
     im = Image.new("RGB", size, (250, 250, 250))
     w, h = size
-    ImageDraw.Draw(im).polygon([(w * 0.3, h * 0.1), (w * 0.7, h * 0.1), (w * 0.85, h * 0.9), (w * 0.15, h * 0.9)], fill=colour)
+    ImageDraw.Draw(im).polygon(
+        [(w * 0.3, h * 0.1), (w * 0.7, h * 0.1), (w * 0.85, h * 0.9), (w * 0.15, h * 0.9)], fill=colour
+    )
     return im
 
 
 def test_composer_boxes_are_where_the_pasted_garments_are():
-    scenes = pytest.importorskip("indexer.scenes", reason="the scene composer is not there yet")
+    scenes = pytest.importorskip("catalogues.scenes", reason="the scene composer is not there yet")
     for seed in range(4):
         rng = np.random.default_rng(seed)
         # The target is near-black: the composer's backgrounds (channels 40-250) and the other,
         # saturated garments never are, so near-black pixels mark where the target landed.
         scene, boxes = scenes.compose_for_evaluation(
-            _garment_photo((8, 8, 8)), [_garment_photo((230, 40, 40)), _garment_photo((40, 200, 60))][: 1 + seed % 2], rng)
+            _garment_photo((8, 8, 8)),
+            [_garment_photo((230, 40, 40)), _garment_photo((40, 200, 60))][: 1 + seed % 2],
+            rng,
+        )
         arr = np.asarray(scene).astype(int)
         assert len(boxes) == 2 + seed % 2
         dark = arr.max(axis=2) < 45

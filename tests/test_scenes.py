@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image, ImageDraw
 
-from attributes.schema import default_schema
-from indexer.dump import read_dump
-from indexer.scenes import ccp_instances, compose_for_evaluation, compose_scene, convert_ccp, convert_scenes, garment_mask
+from catalogues.scenes import (
+    ccp_instances,
+    compose_for_evaluation,
+    compose_scene,
+    convert_ccp,
+    convert_scenes,
+    garment_mask,
+)
+from foundation.dump import read_dump
+from foundation.schema import default_schema
 
 
 def test_shoe_pairs_split_and_tiny_parts_dropped():
@@ -21,7 +27,9 @@ def test_shoe_pairs_split_and_tiny_parts_dropped():
     mask[0:5, 190:193] = 1  # stray shoe pixels
     mask[100:140, 0:200] = 3  # skin: left out
     boxes = ccp_instances(mask, labels, default_schema())
-    assert sorted(boxes) == sorted([[20, 150, 60, 180, "shoes"], [120, 150, 170, 180, "shoes"], [40, 10, 140, 100, "jeans"]])
+    assert sorted(boxes) == sorted(
+        [[20, 150, 60, 180, "shoes"], [120, 150, 170, 180, "shoes"], [40, 10, 140, 100, "jeans"]]
+    )
 
 
 def test_garment_mask_finds_a_garment_on_a_plain_background():
@@ -43,7 +51,7 @@ def test_compose_scene_boxes_hold_the_garments():
     arr = np.asarray(scene).astype(int)
     for (x0, y0, x1, y1), _, sid in placed:
         colour = np.array(garments[int(sid[1])][0].getpixel((0, 0)))
-        region = arr[int(y0):int(y1), int(x0):int(x1)]
+        region = arr[int(y0) : int(y1), int(x0) : int(x1)]
         assert np.abs(region - colour).sum(-1).mean() < 10
     scene, boxes = compose_for_evaluation(garments[0][0], [garments[1][0]], rng)
     assert len(boxes) == 2 and all(0 <= b[0] < b[2] <= scene.width and 0 <= b[1] < b[3] <= scene.height for b in boxes)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from attributes.schema import BOS, EOS, Schema, SchemaError, default_schema, load_schema
+from foundation.schema import BOS, EOS, Schema, SchemaError, default_schema, load_schema
 
 
 def test_every_group_has_unique_values_and_category_synonyms():
@@ -16,8 +16,17 @@ def test_every_group_has_unique_values_and_category_synonyms():
 
 def test_required_groups_in_generation_order():
     names = [g.name for g in default_schema().groups]
-    for required in ("great_category", "category", "age_group", "colour", "pattern",
-                     "sleeve_length", "garment_length", "neckline", "fit"):
+    for required in (
+        "great_category",
+        "category",
+        "age_group",
+        "colour",
+        "pattern",
+        "sleeve_length",
+        "garment_length",
+        "neckline",
+        "fit",
+    ):
         assert required in names
     assert names[:2] == ["great_category", "category"]
 

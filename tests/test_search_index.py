@@ -38,7 +38,10 @@ def _index(n=200, seed=0, **ranking):
     idx = InvertedIndex(code_bytes=CODE_BYTES, colour_bins=BINS, ranking=RankingConfig(**ranking))
     cats = rng.choice(["t-shirt", "pants", "dress"], n).tolist()
     ids = [f"p{i:04d}" for i in range(n)]
-    attrs = [{"colour": str(rng.choice(["red", "blue", "black"])), "fit": str(rng.choice(["slim", "loose"]))} for _ in range(n)]
+    attrs = [
+        {"colour": str(rng.choice(["red", "blue", "black"])), "fit": str(rng.choice(["slim", "loose"]))}
+        for _ in range(n)
+    ]
     codes = rng.integers(0, 256, (n, CODE_BYTES), dtype=np.uint8)
     colours = rng.random((n, BINS))
     idx.add(ids, cats, attrs, codes, colours)
@@ -86,8 +89,13 @@ def test_each_ranking_term_moves_results_the_right_way():
     assert [h.id for h in idx.search(base, col, "pants", {}).hits] == ["b", "a"]
     # Shared attributes: same code and colour, more shared attributes first.
     idx, base = _two_product_index()
-    idx.add(["a", "b"], ["pants", "pants"], [{"colour": "blue"}, {"colour": "red", "fit": "slim"}],
-            np.stack([base, base]), np.stack([col, col]))
+    idx.add(
+        ["a", "b"],
+        ["pants", "pants"],
+        [{"colour": "blue"}, {"colour": "red", "fit": "slim"}],
+        np.stack([base, base]),
+        np.stack([col, col]),
+    )
     hits = idx.search(base, col, "pants", {"colour": "red", "fit": "slim"}).hits
     assert [h.id for h in hits] == ["b", "a"]
     assert hits[0].shared_attributes == ("colour=red", "fit=slim") and hits[1].shared_attributes == ()
@@ -116,10 +124,10 @@ def test_add_and_delete_visible_to_next_search():
     assert idx.search(codes[i], colours[i], cats[i], {}, k=1).hits[0].id == ids[i]
     assert idx.delete([ids[i], "never-there"]) == 1
     assert ids[i] not in {h.id for h in idx.search(codes[i], colours[i], cats[i], {}, k=500).hits}
-    idx.add(["new"], ["dress"], [{"colour": "red"}], codes[i:i + 1], colours[i:i + 1])
+    idx.add(["new"], ["dress"], [{"colour": "red"}], codes[i : i + 1], colours[i : i + 1])
     assert idx.search(codes[i], colours[i], "dress", {}, k=1).hits[0].id == "new"
     # Re-adding an id replaces it, even across categories.
-    idx.add(["new"], ["pants"], [{}], codes[i:i + 1], colours[i:i + 1])
+    idx.add(["new"], ["pants"], [{}], codes[i : i + 1], colours[i : i + 1])
     assert "new" not in {h.id for h in idx.search(codes[i], colours[i], "dress", {}, k=500).hits}
     assert len(idx) == 200
 
@@ -149,4 +157,7 @@ def test_snapshot_round_trip(tmp_path):
     back = InvertedIndex.load(tmp_path / "ram.npz")
     assert len(back) == len(idx) and back.category_sizes() == idx.category_sizes()
     for i in range(5, 200, 23):
-        assert back.search(codes[i], colours[i], cats[i], attrs[i]).hits == idx.search(codes[i], colours[i], cats[i], attrs[i]).hits
+        assert (
+            back.search(codes[i], colours[i], cats[i], attrs[i]).hits
+            == idx.search(codes[i], colours[i], cats[i], attrs[i]).hits
+        )

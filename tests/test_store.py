@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.describe import Description
+from indexer.description import Description
 from indexer.store import ProductRecord, Store, make_thumbnail
 
 
@@ -17,7 +17,8 @@ def _record(pid: str, seed: int = 0) -> ProductRecord:
         category="pants",
         attributes={"great_category": ("bottoms", 0.99), "category": ("pants", 1.0), "colour": ("blue", 0.8)},
         categories=[("pants", 1.0)],
-        roi=(1, 2, 30, 40), fallback=False,
+        roi=(1, 2, 30, 40),
+        fallback=False,
         code=rng.integers(0, 256, 232, dtype=np.uint8),
         colour=(colour / colour.sum()).astype(np.float16),
     )
@@ -66,8 +67,11 @@ def test_add_product_describes_and_stores(tmp_path):
 
     describer = fake_describer(fake_models(tmp_path / "models"))
     with Store(tmp_path / "index", readonly=False) as store:
-        record = store.add_product({"id": "p1", "title": "red midi dress", "price": 30.0},
-                                   Image.new("RGB", (80, 100), (200, 30, 35)), describer)
+        record = store.add_product(
+            {"id": "p1", "title": "red midi dress", "price": 30.0},
+            Image.new("RGB", (80, 100), (200, 30, 35)),
+            describer,
+        )
         assert record.description.category == "dress"  # from the title
         meta = store.metadata("p1")
         assert meta["title"] == "red midi dress" and meta["category"] == "dress" and meta["price"] == 30.0

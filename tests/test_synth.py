@@ -1,12 +1,9 @@
-import json
-
 import numpy as np
-from PIL import Image
 
-from attributes.schema import default_schema
-from attributes.text import category_from_text
-from indexer.dump import DumpReport, read_dump
-from indexer.synth import draw_scene, synthesize
+from catalogues.synth import draw_scene, synthesize
+from foundation.dump import DumpReport, read_dump
+from foundation.schema import default_schema
+from foundation.text import category_from_text
 
 
 def test_reproducible_per_seed(tmp_path):
@@ -50,7 +47,7 @@ def test_boxes_are_tight_around_drawn_pixels():
 
 
 def test_drawn_colour_is_the_named_colour():
-    from indexer.synth import COLOURS
+    from catalogues.synth import COLOURS
 
     schema = default_schema()
     for seed in range(10):

@@ -1,6 +1,6 @@
 import pytest
 
-from attributes.text import category_from_text
+from foundation.text import category_from_text
 
 CASES = [
     ("women's clothes/cardigan and knit/round-neck cardigan", "cardigan"),

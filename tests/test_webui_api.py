@@ -90,6 +90,7 @@ def assert_error(response, status: int, *words: str):
 
 # -- the good paths ---------------------------------------------------------------------------
 
+
 def test_health_and_categories(client, engine):
     assert client.get("/api/health").json == {"status": "ok", "products": len(engine)}
     cats = client.get("/api/categories").json["categories"]
@@ -105,8 +106,16 @@ def test_auto_search_returns_query_and_results_with_image_urls(client, photo):
     assert len(q["roi"]) == 4 and isinstance(q["fallback"], bool) and "total" in q["timings_ms"]
     assert 1 <= len(results) <= 5
     for hit in results:
-        assert {"id", "title", "category", "score", "hamming", "colour_distance", "shared_attributes",
-                "image_url"} <= set(hit)
+        assert {
+            "id",
+            "title",
+            "category",
+            "score",
+            "hamming",
+            "colour_distance",
+            "shared_attributes",
+            "image_url",
+        } <= set(hit)
         assert hit["category"] == q["category"]
         image = client.get(hit["image_url"])
         assert image.status_code == 200 and image.mimetype == "image/jpeg"
@@ -124,7 +133,7 @@ def test_rectangle_search_follows_the_box(client, rows, synth_dump):
     row = multi_row(rows)
     image = (synth_dump.parent / row["image"]).read_bytes()
     answers = []
-    for x0, y0, x1, y1, category in row["boxes"]:
+    for x0, y0, x1, y1, _category in row["boxes"]:
         r = search(client, image, option="rectangle", box=f"{x0},{y0},{x1},{y1}")
         assert r.status_code == 200, r.data
         assert r.json["query"]["roi"] == [x0, y0, x1, y1]
@@ -163,8 +172,9 @@ def test_stats_report_searches_per_option(client, photo):
 def test_openapi_describes_every_api_route(client, app):
     doc = client.get("/api/openapi.json").json
     assert doc["openapi"].startswith("3.")
-    documented = {(path, method.upper()) for path, ops in doc["paths"].items()
-                  for method in ops if method != "parameters"}
+    documented = {
+        (path, method.upper()) for path, ops in doc["paths"].items() for method in ops if method != "parameters"
+    }
     served = set()
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/"):
@@ -188,6 +198,7 @@ def test_openapi_describes_every_api_route(client, app):
 
 
 # -- bad requests: every class is a 4xx JSON error naming the problem ---------------------------
+
 
 def truncated(photo: bytes) -> bytes:
     return photo[: len(photo) // 3]
@@ -221,7 +232,9 @@ BAD_SEARCHES = [
 ]
 
 
-@pytest.mark.parametrize("image, fields, status, words", [b[1:] for b in BAD_SEARCHES], ids=[b[0] for b in BAD_SEARCHES])
+@pytest.mark.parametrize(
+    "image, fields, status, words", [b[1:] for b in BAD_SEARCHES], ids=[b[0] for b in BAD_SEARCHES]
+)
 def test_bad_search_is_a_clear_4xx_and_changes_nothing(client, engine, photo, image, fields, status, words):
     image = {"photo": photo, "truncated": truncated(photo), "bomb": bomb_png()}.get(image, image)
     before = search(client, photo, option="auto").json
@@ -261,11 +274,14 @@ def test_engine_failure_is_a_500_json_and_the_server_goes_on(engine, photo):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(box=st.one_of(
-    st.text(alphabet="0123456789,.-e nai", max_size=20),
-    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=3, max_size=5)
-      .map(lambda v: ",".join(str(x) for x in v)),
-))
+@given(
+    box=st.one_of(
+        st.text(alphabet="0123456789,.-e nai", max_size=20),
+        st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=3, max_size=5).map(
+            lambda v: ",".join(str(x) for x in v)
+        ),
+    )
+)
 def test_any_box_is_answered_200_or_400(client, photo, box):
     r = search(client, photo, option="rectangle", box=box)
     assert r.status_code in (200, 400), (box, r.data)
@@ -274,6 +290,7 @@ def test_any_box_is_answered_200_or_400(client, photo, box):
 
 
 # -- product updates ----------------------------------------------------------------------------
+
 
 def add(client, image: bytes | None, token: str | None = TOKEN, **fields):
     data = dict(fields)
@@ -315,16 +332,20 @@ def test_add_search_and_delete_a_product(client, engine, photo):
     assert "new/1" not in [h["id"] for h in found]
 
 
-@pytest.mark.parametrize("image, fields, words", [
-    (None, {"id": "n1", "title": "Red pants"}, ["no image"]),
-    (b"", {"id": "n1", "title": "Red pants"}, ["empty"]),
-    ("png", {"title": "Red pants"}, ["needs an id"]),
-    ("png", {"id": "n1"}, ["title or a category_path"]),
-    ("png", {"id": "n1", "title": "Red pants", "price": "cheap"}, ["price", "'cheap'"]),
-    ("png", {"id": "n1", "title": "Red pants", "price": "-3"}, ["price", "'-3'"]),
-    ("png", {"id": "x" * 300, "title": "Red pants"}, ["id is 300 characters"]),
-    ("png", {"id": "n1", "title": "Lovely thing"}, ["no fashion category"]),
-], ids=["no image", "empty image", "no id", "no text", "price word", "negative price", "long id", "no category"])
+@pytest.mark.parametrize(
+    "image, fields, words",
+    [
+        (None, {"id": "n1", "title": "Red pants"}, ["no image"]),
+        (b"", {"id": "n1", "title": "Red pants"}, ["empty"]),
+        ("png", {"title": "Red pants"}, ["needs an id"]),
+        ("png", {"id": "n1"}, ["title or a category_path"]),
+        ("png", {"id": "n1", "title": "Red pants", "price": "cheap"}, ["price", "'cheap'"]),
+        ("png", {"id": "n1", "title": "Red pants", "price": "-3"}, ["price", "'-3'"]),
+        ("png", {"id": "x" * 300, "title": "Red pants"}, ["id is 300 characters"]),
+        ("png", {"id": "n1", "title": "Lovely thing"}, ["no fashion category"]),
+    ],
+    ids=["no image", "empty image", "no id", "no text", "price word", "negative price", "long id", "no category"],
+)
 def test_bad_product_is_a_clear_400(client, engine, image, fields, words):
     r = add(client, png_bytes() if image == "png" else image, **fields)
     assert_error(r, 400, *words)
@@ -332,6 +353,7 @@ def test_bad_product_is_a_clear_400(client, engine, image, fields, words):
 
 
 # -- the page -----------------------------------------------------------------------------------
+
 
 def test_page_is_served_with_its_assets_and_nothing_from_the_network(client):
     page = client.get("/")
@@ -344,7 +366,9 @@ def test_page_is_served_with_its_assets_and_nothing_from_the_network(client):
         assert client.get(asset).status_code == 200
     for path in [*(WEBUI / "templates").iterdir(), *(WEBUI / "static").iterdir()]:
         text = path.read_text(encoding="utf-8")
-        assert not re.search(r"(?:src|href|url)\s*[=(]\s*[\"']?(?:https?:)?//", text), f"{path.name} loads from the network"
+        assert not re.search(r"(?:src|href|url)\s*[=(]\s*[\"']?(?:https?:)?//", text), (
+            f"{path.name} loads from the network"
+        )
 
 
 def test_page_script_never_writes_html():
@@ -353,6 +377,7 @@ def test_page_script_never_writes_html():
 
 
 # -- start-up -----------------------------------------------------------------------------------
+
 
 def test_create_app_needs_an_engine_or_an_index(tmp_path):
     import webui
@@ -365,7 +390,7 @@ def test_create_app_needs_an_engine_or_an_index(tmp_path):
 
 
 def test_serve_command_refuses_a_missing_index(tmp_path, capsys):
-    from search.cli import main
+    from cli.main import main
 
     assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert "no index at" in capsys.readouterr().err

@@ -44,8 +44,9 @@ def photo(synth_dump) -> bytes:
 
 
 def search(client, image: bytes, **fields):
-    return client.post("/api/search", data={"image": (io.BytesIO(image), "q.jpg"), **fields},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/api/search", data={"image": (io.BytesIO(image), "q.jpg"), **fields}, content_type="multipart/form-data"
+    )
 
 
 def test_the_three_options_answer_as_documented(client, photo):
@@ -54,8 +55,11 @@ def test_the_three_options_answer_as_documented(client, photo):
     query_fields = set(doc["properties"]["query"]["required"])
     # a rectangle with a category: the stand-in model's own pick from the crop may name a category
     # with no product in this 12-product index
-    for fields in ({"option": "auto"}, {"option": "guided", "category": "shoes"},
-                   {"option": "rectangle", "box": "20,30,200,220", "category": "shoes"}):
+    for fields in (
+        {"option": "auto"},
+        {"option": "guided", "category": "shoes"},
+        {"option": "rectangle", "box": "20,30,200,220", "category": "shoes"},
+    ):
         r = search(client, photo, **fields)
         assert r.status_code == 200, r.data
         q = r.json["query"]
@@ -74,8 +78,11 @@ def test_the_three_options_answer_as_documented(client, photo):
 
 def test_bad_requests_leave_the_index_as_it_was(client, photo):
     before = search(client, photo, option="guided", category="shoes").json["results"]
-    for fields in ({"option": "guided", "category": "spacesuit"}, {"option": "rectangle", "box": "0,0,999,999"},
-                   {"option": "auto", "k": "0"}):
+    for fields in (
+        {"option": "guided", "category": "spacesuit"},
+        {"option": "rectangle", "box": "0,0,999,999"},
+        {"option": "auto", "k": "0"},
+    ):
         assert search(client, photo, **fields).status_code == 400
     assert search(client, b"GIF89a", option="auto").status_code == 400
     assert client.get("/api/health").json == {"status": "ok", "products": N_PRODUCTS}
@@ -86,8 +93,12 @@ def test_added_product_is_found_then_deleted(client, photo):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     buf = io.BytesIO()
     Image.new("RGB", (96, 160), (35, 70, 190)).save(buf, "PNG")
-    r = client.post("/api/products", headers=auth, content_type="multipart/form-data",
-                    data={"id": "added-1", "title": "Blue trousers", "image": (io.BytesIO(buf.getvalue()), "p.png")})
+    r = client.post(
+        "/api/products",
+        headers=auth,
+        content_type="multipart/form-data",
+        data={"id": "added-1", "title": "Blue trousers", "image": (io.BytesIO(buf.getvalue()), "p.png")},
+    )
     assert r.status_code == 201, r.data
     assert r.json["category"] == "pants"
     assert client.get("/api/health").json["products"] == N_PRODUCTS + 1

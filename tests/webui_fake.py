@@ -1,6 +1,6 @@
 """A small engine with ``SearchEngine``'s interface, for testing the web layer without models.
 
-It reads a synthetic dump (``indexer.synth``) and ranks the products of a category by the
+It reads a synthetic dump (``catalogues.synth``) and ranks the products of a category by the
 distance between tiny colour thumbnails of their garment boxes: enough for results that depend
 on the option, the category and the box, so the page can be tested end to end. It never stands
 in for the real engine in a figure.
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from attributes.schema import Schema, default_schema
-from attributes.text import category_from_text
+from foundation.schema import Schema, default_schema
+from foundation.text import category_from_text
 from search.engine import check_k, check_option, parse_box
 
 FEATURE = 6  # side of the colour thumbnail compared
@@ -58,16 +58,29 @@ class FakeEngine:
             box = next(b[:4] for b in row["boxes"] if b[4] == attributes["category"])
             self._put(row, attributes, image, box)
 
-    def copy(self) -> "FakeEngine":
+    def copy(self) -> FakeEngine:
         twin = object.__new__(FakeEngine)
         twin.schema, twin._lock, twin._products = self.schema, threading.Lock(), dict(self._products)
         return twin
 
     def _put(self, row: dict, attributes: dict, image: Image.Image, box) -> dict:
-        meta = {"id": row["id"], "title": row.get("title", ""), "category": attributes["category"],
-                "category_path": row.get("category_path", ""), "price": row.get("price"), "url": row.get("url")}
-        entry = {"meta": meta, "attributes": attributes, "box": list(box), "size": image.size,
-                 "whole": _feature(image), "crop": _feature(image, box), "thumbnail": _thumbnail(image)}
+        meta = {
+            "id": row["id"],
+            "title": row.get("title", ""),
+            "category": attributes["category"],
+            "category_path": row.get("category_path", ""),
+            "price": row.get("price"),
+            "url": row.get("url"),
+        }
+        entry = {
+            "meta": meta,
+            "attributes": attributes,
+            "box": list(box),
+            "size": image.size,
+            "whole": _feature(image),
+            "crop": _feature(image, box),
+            "thumbnail": _thumbnail(image),
+        }
         with self._lock:
             self._products[row["id"]] = entry
         return meta
@@ -114,19 +127,31 @@ class FakeEngine:
             if e["meta"]["category"] != cat:
                 continue
             distance = float(np.abs(e["crop"] - query).mean())
-            shared = [f"{g}={v}" for g, v in attributes.items()
-                      if g not in ("category", "great_category") and e["attributes"].get(g) == v]
-            hits.append({**{f: e["meta"][f] for f in ("id", "title", "category", "price", "url")},
-                         "score": round(distance - 0.05 * len(shared), 6), "hamming": int(distance * 512),
-                         "colour_distance": round(distance, 6), "shared_attributes": shared})
+            shared = [
+                f"{g}={v}"
+                for g, v in attributes.items()
+                if g not in ("category", "great_category") and e["attributes"].get(g) == v
+            ]
+            hits.append(
+                {
+                    **{f: e["meta"][f] for f in ("id", "title", "category", "price", "url")},
+                    "score": round(distance - 0.05 * len(shared), 6),
+                    "hamming": int(distance * 512),
+                    "colour_distance": round(distance, 6),
+                    "shared_attributes": shared,
+                }
+            )
         hits.sort(key=lambda h: (h["score"], h["id"]))
         groups = [g.name for g in self.schema.groups]
         return {
             "query": {
-                "option": option, "category": cat,
+                "option": option,
+                "category": cat,
                 "categories": [{"category": cat, "p": 1.0 if category else 0.8}],
                 "attributes": [{"group": g, "value": attributes[g], "p": 0.9} for g in groups if g in attributes],
-                "roi": [int(round(v)) for v in roi], "fallback": False, "note": None,
+                "roi": [int(round(v)) for v in roi],
+                "fallback": False,
+                "note": None,
                 "timings_ms": {"total": 1.0},
             },
             "results": hits[:k],
@@ -143,7 +168,9 @@ class FakeEngine:
         return entry["thumbnail"] if entry else None
 
     def add(self, product: dict, image: Image.Image) -> dict:
-        category = product.get("category") or category_from_text(product.get("title", ""), product.get("category_path", ""))
+        category = product.get("category") or category_from_text(
+            product.get("title", ""), product.get("category_path", "")
+        )
         if category is None:
             raise ValueError(f"product {product['id']!r}: no fashion category in its title or category_path")
         w, h = image.size

@@ -38,8 +38,11 @@ def _require_token() -> None:
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise RequestError("product updates need the header 'Authorization: Bearer <token>' with the "
-                           "token the server was started with", 401)
+        raise RequestError(
+            "product updates need the header 'Authorization: Bearer <token>' with the "
+            "token the server was started with",
+            401,
+        )
 
 
 @bp.errorhandler(RequestError)
@@ -88,8 +91,9 @@ def search():
     response = state.engine.search(q.image, q.option, category=q.category, box=q.box, k=q.k)
     ms = (time.perf_counter() - t0) * 1e3
     state.stats.search(q.option, ms)
-    logger.debug("search %s %s: %d results in %.0f ms", q.option, response["query"].get("category"),
-                 len(response["results"]), ms)
+    logger.debug(
+        "search %s %s: %d results in %.0f ms", q.option, response["query"].get("category"), len(response["results"]), ms
+    )
     response["results"] = [_with_image_url(r) for r in response["results"]]
     return jsonify(response)
 

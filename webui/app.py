@@ -12,9 +12,9 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from flask import Flask, jsonify, request
@@ -72,8 +72,11 @@ class ServerStats:
                     "p99_ms": round(float(np.percentile(ms, 99)), 2),
                     "window": len(ms),
                 }
-            return {"uptime_s": round(time.time() - self.started, 1), "searches": searches,
-                    "refused": dict(self._errors)}
+            return {
+                "uptime_s": round(time.time() - self.started, 1),
+                "searches": searches,
+                "refused": dict(self._errors),
+            }
 
 
 @dataclass
@@ -112,7 +115,9 @@ def create_app(config: Mapping | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = DEFAULT_MAX_UPLOAD
     app.config.update(config)
     if app.config["MAX_CONTENT_LENGTH"] is not None and app.config["MAX_CONTENT_LENGTH"] < 1:
-        raise ValueError(f"MAX_CONTENT_LENGTH must be a positive number of bytes, got {app.config['MAX_CONTENT_LENGTH']!r}")
+        raise ValueError(
+            f"MAX_CONTENT_LENGTH must be a positive number of bytes, got {app.config['MAX_CONTENT_LENGTH']!r}"
+        )
     app.extensions["fashion_search"] = AppState(engine=engine, categories=tuple(engine.categories()), token=token)
 
     from webui.api import bp as api
@@ -198,9 +203,15 @@ def serve_app(app: Flask, config: ServeConfig = ServeConfig()) -> None:
 
     if not _is_loopback(config.host):
         logger.warning("listening on %s: the server is reachable from other machines", config.host)
-    server = create_server(app, host=config.host, port=config.port, threads=config.threads,
-                           # Flask answers uploads over the limit with a JSON 413; waitress only stops the absurd.
-                           max_request_body_size=4 * config.max_upload_bytes, ident="fashion-search")
+    server = create_server(
+        app,
+        host=config.host,
+        port=config.port,
+        threads=config.threads,
+        # Flask answers uploads over the limit with a JSON 413; waitress only stops the absurd.
+        max_request_body_size=4 * config.max_upload_bytes,
+        ident="fashion-search",
+    )
     host, port = server.effective_host, server.effective_port
     shown = f"[{host}]" if ":" in str(host) else host
     products = len(app.extensions["fashion_search"].engine)
@@ -213,11 +224,20 @@ def serve_app(app: Flask, config: ServeConfig = ServeConfig()) -> None:
         server.close()
 
 
-def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          threads: int = 4, max_upload_bytes: int = DEFAULT_MAX_UPLOAD, device: str = "cpu") -> None:
+def serve(
+    index_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    threads: int = 4,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    device: str = "cpu",
+) -> None:
     """Open the index in ``index_dir`` once and serve the page and the API until interrupted."""
-    config = ServeConfig(host=host, port=port, threads=threads, token=token,
-                         max_upload_bytes=max_upload_bytes, device=device)
+    config = ServeConfig(
+        host=host, port=port, threads=threads, token=token, max_upload_bytes=max_upload_bytes, device=device
+    )
     if device == "cpu":
         import torch
 

@@ -8,12 +8,12 @@ engine's own (``search.engine``), so the web layer and the engine cannot disagre
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from PIL import Image
 
-from indexer.images import ImageError, load_image
+from foundation.images import ImageError, load_image
 from search.engine import MAX_K, check_k, check_option, parse_box
 
 DEFAULT_K = 20
@@ -145,5 +145,13 @@ def parse_product(form: Mapping, categories: Sequence[str]) -> dict:
     return product
 
 
-__all__ = ["RequestError", "SearchRequest", "parse_search", "parse_product", "read_image",
-           "parse_option", "parse_k", "parse_category"]
+__all__ = [
+    "RequestError",
+    "SearchRequest",
+    "parse_search",
+    "parse_product",
+    "read_image",
+    "parse_option",
+    "parse_k",
+    "parse_category",
+]

@@ -12,9 +12,9 @@ import functools
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_SCHEMA_PATH = Path(__file__).with_name("schema.toml")
 
@@ -64,9 +64,7 @@ class Schema:
         }
         self.generic_words: frozenset[str] = frozenset(raw.get("generic_words", ()))
         self._group_by_name = {g.name: g for g in self.groups}
-        self.tokens: tuple[str, ...] = SPECIAL_TOKENS + tuple(
-            f"{g.name}={v}" for g in self.groups for v in g.values
-        )
+        self.tokens: tuple[str, ...] = SPECIAL_TOKENS + tuple(f"{g.name}={v}" for g in self.groups for v in g.values)
         self._token_ids = {t: i for i, t in enumerate(self.tokens)}
         self._check()
         canonical = json.dumps(
@@ -206,7 +204,11 @@ class Schema:
         return {
             "version": self.version,
             "groups": [
-                {"name": g.name, "values": list(g.values), **({"applies_to": sorted(g.applies_to)} if g.applies_to else {})}
+                {
+                    "name": g.name,
+                    "values": list(g.values),
+                    **({"applies_to": sorted(g.applies_to)} if g.applies_to else {}),
+                }
                 for g in self.groups
             ],
             "categories": {c.name: {"great": c.great, "synonyms": list(c.synonyms)} for c in self.categories.values()},

@@ -14,12 +14,13 @@ import csv
 import json
 import logging
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple
+from typing import NamedTuple
 
-from attributes.schema import Schema, default_schema
-from indexer.images import ImageError, image_size
+from foundation.images import ImageError, image_size
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 

@@ -11,12 +11,23 @@ def _train(args) -> int:
     from attributes.train import AttributeTrainConfig, train_attributes
 
     base = AttributeTrainConfig.demo() if args.preset == "demo" else AttributeTrainConfig()
-    overrides = {k: v for k, v in {
-        "kind": "binary" if args.baseline else None,
-        "depth": args.depth, "pretrained": args.pretrained, "image_size": args.image_size, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "threads": args.threads,
-        "max_minutes": args.max_minutes, "seed": args.seed,
-    }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "kind": "binary" if args.baseline else None,
+            "depth": args.depth,
+            "pretrained": args.pretrained,
+            "image_size": args.image_size,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "device": args.device,
+            "threads": args.threads,
+            "max_minutes": args.max_minutes,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
     if args.label_weighting:
         overrides["label_weighting"] = True
     if args.no_time_limit:
@@ -30,8 +41,15 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from attributes.evaluate import evaluate_attributes, format_report
 
-    result = evaluate_attributes(args.data, args.models, train_dump=args.train, train_limit=args.train_limit,
-                                 beam=args.beam, baseline=not args.no_baseline, limit=args.limit)
+    result = evaluate_attributes(
+        args.data,
+        args.models,
+        train_dump=args.train,
+        train_limit=args.train_limit,
+        beam=args.beam,
+        baseline=not args.no_baseline,
+        limit=args.limit,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_report(result))
@@ -40,7 +58,7 @@ def _evaluate(args) -> int:
 
 def _convert(which: str):
     def run(args) -> int:
-        from indexer.convert import convert_ccp_crops, convert_clothing
+        from catalogues.convert import convert_ccp_crops, convert_clothing
 
         fn = convert_clothing if which == "clothing" else convert_ccp_crops
         dump, counts = fn(args.dir, args.out, split=args.split)
@@ -55,8 +73,12 @@ def register(commands) -> None:
     p.add_argument("--data", required=True, help="training product dump (attributes and/or seller text)")
     p.add_argument("--val", help="validation dump: early stopping on its NLL")
     p.add_argument("--out", required=True, help="model directory to write attributes.pt into")
-    p.add_argument("--preset", choices=("default", "demo"), default="default",
-                   help="default: real photos within ~20 min of CPU; demo: small and fast")
+    p.add_argument(
+        "--preset",
+        choices=("default", "demo"),
+        default="default",
+        help="default: real photos within ~20 min of CPU; demo: small and fast",
+    )
     p.add_argument("--baseline", action="store_true", help="train the binary-relevance baseline instead")
     p.add_argument("--depth", type=int, help="ResNet depth (18, 34, 50, ...)")
     p.add_argument("--pretrained", choices=("imagenet",), help="start from torchvision's ImageNet weights")
@@ -77,16 +99,23 @@ def register(commands) -> None:
     p.add_argument("--data", required=True, help="dump with known attributes (the validation split)")
     p.add_argument("--models", required=True, help="model directory")
     p.add_argument("--train", help="training dump, for Table 2's train row")
-    p.add_argument("--train-limit", type=int, default=1000, dest="train_limit",
-                   help="products of the training dump to measure (default 1000)")
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        default=1000,
+        dest="train_limit",
+        help="products of the training dump to measure (default 1000)",
+    )
     p.add_argument("--limit", type=int, help="measure only the first N products")
     p.add_argument("--beam", type=int, default=1, help="beam width (1: greedy)")
     p.add_argument("--no-baseline", action="store_true", dest="no_baseline")
     p.add_argument("--json", help="write the figures here as JSON")
     p.set_defaults(func=_evaluate)
 
-    for name, help_ in (("clothing", "single-garment photos -> product dump (images referenced, not copied)"),
-                        ("ccp-crops", "garment boxes of the street photos -> cropped product dump")):
+    for name, help_ in (
+        ("clothing", "single-garment photos -> product dump (images referenced, not copied)"),
+        ("ccp-crops", "garment boxes of the street photos -> cropped product dump"),
+    ):
         p = commands.convert.add_parser(name, help=help_)
         p.add_argument("dir", help="the dataset's folder")
         p.add_argument("--out", required=True, help="output folder (products.jsonl)")

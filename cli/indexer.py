@@ -7,7 +7,7 @@ import time
 
 
 def _synth(args) -> int:
-    from indexer.synth import synthesize
+    from catalogues.synth import synthesize
 
     t0 = time.perf_counter()
     dump = synthesize(args.out, args.n, args.seed)
@@ -19,8 +19,16 @@ def _synth(args) -> int:
 def _index(args) -> int:
     from indexer.bulk import build_index
 
-    summary = build_index(args.dump, args.models, args.out, workers=args.workers, batch_size=args.batch_size,
-                          device=args.device, delete_missing=args.delete_missing, progress=not args.quiet)
+    summary = build_index(
+        args.dump,
+        args.models,
+        args.out,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        device=args.device,
+        delete_missing=args.delete_missing,
+        progress=not args.quiet,
+    )
     print(
         f"indexed {summary['indexed']} products ({summary['added']} new, {summary['updated']} updated, "
         f"{summary['unchanged']} unchanged, {summary['deleted']} deleted) in {summary['seconds']:.1f}s "
@@ -34,13 +42,21 @@ def _index(args) -> int:
 def _train_appearance(args) -> int:
     from dataclasses import replace
 
-    from indexer.appearance import PRESETS, train_appearance
+    from appearance.train import PRESETS, train_appearance
 
     if args.preset not in PRESETS:
         raise ValueError(f"unknown --preset {args.preset!r}; choose from {sorted(PRESETS)}")
     cfg = PRESETS[args.preset]
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("image_size", args.image_size),
-                                   ("max_products", args.max_products), ("weights", args.weights)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("image_size", args.image_size),
+            ("max_products", args.max_products),
+            ("weights", args.weights),
+        )
+        if v is not None
+    }
     cfg = replace(cfg, **overrides)
     metrics = train_appearance(args.data, args.out, config=cfg, progress=not args.quiet)
     print(json.dumps({k: v for k, v in metrics.items() if k != "epochs"}, indent=1))
@@ -55,7 +71,8 @@ def register(commands) -> None:
     p.set_defaults(func=_synth)
 
     p = commands.top.add_parser(
-        "index", help="describe a product dump into an index directory (resumable, incremental)")
+        "index", help="describe a product dump into an index directory (resumable, incremental)"
+    )
     p.add_argument("dump", help="product dump (.jsonl or .csv)")
     p.add_argument("--models", required=True, help="models directory (attributes.pt, detector.pt, appearance.pt)")
     p.add_argument("--out", required=True, help="index directory (created, or updated in place)")
@@ -66,14 +83,19 @@ def register(commands) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_index)
 
-    p = commands.train.add_parser("appearance", help="train the GoogLeNet appearance network on a dump's product regions")
+    p = commands.train.add_parser(
+        "appearance", help="train the GoogLeNet appearance network on a dump's product regions"
+    )
     p.add_argument("--data", required=True, help="training dump (.jsonl or .csv) with categories in text or attributes")
     p.add_argument("--out", required=True, help="models directory (appearance.pt is written there)")
     p.add_argument("--preset", default="default", help="demo or default (default: default)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--image-size", type=int, help="override the preset's input size in pixels")
     p.add_argument("--max-products", type=int, help="train on at most this many regions")
-    p.add_argument("--weights", choices=["imagenet"],
-                   help="use torchvision's ImageNet GoogLeNet (from the torch cache; fit the median only, no training)")
+    p.add_argument(
+        "--weights",
+        choices=["imagenet"],
+        help="use torchvision's ImageNet GoogLeNet (from the torch cache; fit the median only, no training)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_appearance)

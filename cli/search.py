@@ -18,15 +18,17 @@ def _table(response: dict) -> str:
     lines.append(f"{'#':>3}  {'id':<20} {'score':>7} {'hamming':>7} {'colour':>6}  title / shared attributes")
     for i, r in enumerate(response["results"], 1):
         shared = ", ".join(a.split("=", 1)[1] for a in r["shared_attributes"])
-        lines.append(f"{i:>3}  {r['id']:<20} {r['score']:>7.3f} {r['hamming']:>7d} {r['colour_distance']:>6.3f}  {r['title']}"
-                     + (f"  [{shared}]" if shared else ""))
+        lines.append(
+            f"{i:>3}  {r['id']:<20} {r['score']:>7.3f} {r['hamming']:>7d} {r['colour_distance']:>6.3f}  {r['title']}"
+            + (f"  [{shared}]" if shared else "")
+        )
     if not response["results"]:
         lines.append("  (no results)")
     return "\n".join(lines)
 
 
 def _query(args) -> int:
-    from indexer.images import load_image
+    from foundation.images import load_image
     from search.engine import SearchEngine
 
     image = load_image(args.image)
@@ -50,18 +52,26 @@ def register(commands) -> None:
     p.set_defaults(func=_query)
 
     def _retrieval(args) -> int:
-        from search.evaluate import retrieval_command
+        from evaluation.retrieval import retrieval_command
 
         return retrieval_command(args)
 
     p = commands.evaluate.add_parser(
-        "retrieval", help="measure the whole search on real photos, beside baselines; writes metrics.json and an HTML report")
-    p.add_argument("--clothing", required=True, help="a folder in the layout of the clothing dataset (images.csv, images/)")
-    p.add_argument("--ccp", required=True, help="a folder in the layout of the ccp dataset (annotations.jsonl, photos/)")
+        "retrieval",
+        help="measure the whole search on real photos, beside baselines; writes metrics.json and an HTML report",
+    )
+    p.add_argument(
+        "--clothing", required=True, help="a folder in the layout of the clothing dataset (images.csv, images/)"
+    )
+    p.add_argument(
+        "--ccp", required=True, help="a folder in the layout of the ccp dataset (annotations.jsonl, photos/)"
+    )
     p.add_argument("--models", required=True, help="models directory (attributes.pt, detector.pt, appearance.pt)")
     p.add_argument("--out", required=True, help="report folder: metrics.json, index.html and the catalogue index")
     p.add_argument("--seed", type=int, default=0, help="seed of the query scenes (default 0)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="split indexed and queried (default val)")
-    p.add_argument("--queries", type=int, default=300, help="composed shop scenes (default 300; 0: the street set alone)")
+    p.add_argument(
+        "--queries", type=int, default=300, help="composed shop scenes (default 300; 0: the street set alone)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=_retrieval)

@@ -13,11 +13,29 @@ def _train(args) -> int:
     from detector.train import DetectorTrainConfig, train_detector
 
     base = DetectorTrainConfig.demo() if args.preset == "demo" else DetectorTrainConfig()
-    model = {k: v for k, v in {"backbone": args.backbone, "min_size": args.min_size, "max_size": args.max_size,
-                               "pretrained": args.pretrained}.items() if v is not None}
-    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                                   "device": args.device, "threads": args.threads, "seed": args.seed,
-                                   "max_minutes": args.max_minutes}.items() if v is not None}
+    model = {
+        k: v
+        for k, v in {
+            "backbone": args.backbone,
+            "min_size": args.min_size,
+            "max_size": args.max_size,
+            "pretrained": args.pretrained,
+        }.items()
+        if v is not None
+    }
+    overrides = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "device": args.device,
+            "threads": args.threads,
+            "seed": args.seed,
+            "max_minutes": args.max_minutes,
+        }.items()
+        if v is not None
+    }
     if args.no_time_limit:
         overrides["max_minutes"] = None
     config = replace(base, model=DetectorConfig(**{**base.model.to_dict(), **model}), **overrides)
@@ -37,7 +55,7 @@ def _evaluate(args) -> int:
 
 
 def _convert_ccp(args) -> int:
-    from indexer.scenes import convert_ccp
+    from catalogues.scenes import convert_ccp
 
     dump, counts = convert_ccp(args.dir, args.out, split=args.split)
     print(f"wrote {counts['products']} photos with {counts['boxes']} boxes to {dump}")
@@ -45,7 +63,7 @@ def _convert_ccp(args) -> int:
 
 
 def _convert_scenes(args) -> int:
-    from indexer.scenes import convert_scenes
+    from catalogues.scenes import convert_scenes
 
     dump, counts = convert_scenes(args.dir, args.out, n=args.n, seed=args.seed, split=args.split)
     print(f"wrote {counts['products']} scenes with {counts['boxes']} boxes to {dump}")

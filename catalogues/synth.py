@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from attributes.schema import Schema, default_schema
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,33 @@ COLOURS = {
 PATTERNS = ("solid", "striped", "dotted", "checked")
 # Drawable categories: (aspect w/h of the garment's box, the attribute choices it draws).
 KINDS = {
-    "t-shirt": (1.0, {"sleeve_length": ["short"], "neckline": ["round", "v-neck"], "fit": ["slim", "regular", "loose"]}),
-    "longsleeve": (1.0, {"sleeve_length": ["long"], "neckline": ["round", "v-neck", "hooded"], "fit": ["slim", "regular", "loose"]}),
+    "t-shirt": (
+        1.0,
+        {"sleeve_length": ["short"], "neckline": ["round", "v-neck"], "fit": ["slim", "regular", "loose"]},
+    ),
+    "longsleeve": (
+        1.0,
+        {"sleeve_length": ["long"], "neckline": ["round", "v-neck", "hooded"], "fit": ["slim", "regular", "loose"]},
+    ),
     "shirt": (0.95, {"sleeve_length": ["short", "long"], "neckline": ["collar"], "fit": ["slim", "regular", "loose"]}),
-    "dress": (0.6, {"sleeve_length": ["sleeveless", "short", "long"], "garment_length": ["short", "knee", "long"], "neckline": ["round", "v-neck"], "fit": ["slim", "regular", "loose"]}),
-    "jacket": (0.9, {"sleeve_length": ["long"], "garment_length": ["short", "knee"], "neckline": ["collar", "hooded"], "fit": ["slim", "regular", "loose"]}),
+    "dress": (
+        0.6,
+        {
+            "sleeve_length": ["sleeveless", "short", "long"],
+            "garment_length": ["short", "knee", "long"],
+            "neckline": ["round", "v-neck"],
+            "fit": ["slim", "regular", "loose"],
+        },
+    ),
+    "jacket": (
+        0.9,
+        {
+            "sleeve_length": ["long"],
+            "garment_length": ["short", "knee"],
+            "neckline": ["collar", "hooded"],
+            "fit": ["slim", "regular", "loose"],
+        },
+    ),
     "pants": (0.6, {"garment_length": ["long"], "fit": ["slim", "regular", "loose"]}),
     "shorts": (1.0, {"garment_length": ["short"], "fit": ["slim", "regular", "loose"]}),
     "skirt": (0.85, {"garment_length": ["short", "knee", "long"], "fit": ["slim", "regular", "loose"]}),
@@ -71,8 +93,15 @@ _SELLER_WORDS = {
     "bag": ["bag", "handbag", "tote bag"],
     "hat": ["hat", "cap", "bucket hat"],
 }
-_GREAT_PATH = {"tops": "tops", "bottoms": "bottoms", "dresses": "dresses", "outerwear": "outerwear",
-               "shoes": "shoes", "bags": "bags", "hats": "accessories"}
+_GREAT_PATH = {
+    "tops": "tops",
+    "bottoms": "bottoms",
+    "dresses": "dresses",
+    "outerwear": "outerwear",
+    "shoes": "shoes",
+    "bags": "bags",
+    "hats": "accessories",
+}
 
 
 @dataclass(frozen=True)
@@ -93,9 +122,25 @@ def _top_mask(d: ImageDraw.ImageDraw, w: int, h: int, a: dict, torso_len: float 
         for side in (-1, 1):
             sx = x0 if side < 0 else x1
             ex = sx + side * w * (0.15 if sleeve == "short" else 0.2)
-            d.polygon([(sx, h * 0.1), (ex, h * 0.1 + h * reach), (ex + side * w * 0.1 - side * w * 0.02, h * 0.1 + h * reach - h * 0.02),
-                       (ex + side * w * 0.1, h * 0.1 + h * reach), (sx, h * 0.35)], fill=255)
-            d.polygon([(sx, h * 0.1), (sx + side * w * 0.08, h * 0.1), (ex + side * w * 0.1, h * 0.1 + h * reach), (ex, h * 0.1 + h * reach)], fill=255)
+            d.polygon(
+                [
+                    (sx, h * 0.1),
+                    (ex, h * 0.1 + h * reach),
+                    (ex + side * w * 0.1 - side * w * 0.02, h * 0.1 + h * reach - h * 0.02),
+                    (ex + side * w * 0.1, h * 0.1 + h * reach),
+                    (sx, h * 0.35),
+                ],
+                fill=255,
+            )
+            d.polygon(
+                [
+                    (sx, h * 0.1),
+                    (sx + side * w * 0.08, h * 0.1),
+                    (ex + side * w * 0.1, h * 0.1 + h * reach),
+                    (ex, h * 0.1 + h * reach),
+                ],
+                fill=255,
+            )
     neck = a.get("neckline")
     cx = w / 2
     if neck == "round":
@@ -105,7 +150,16 @@ def _top_mask(d: ImageDraw.ImageDraw, w: int, h: int, a: dict, torso_len: float 
     elif neck == "hooded":
         d.ellipse([cx - w * 0.13, 0, cx + w * 0.13, h * 0.22], fill=255)
     elif neck == "collar":
-        d.polygon([(cx - w * 0.12, h * 0.1), (cx, h * 0.2), (cx + w * 0.12, h * 0.1), (cx + w * 0.14, h * 0.02), (cx - w * 0.14, h * 0.02)], fill=255)
+        d.polygon(
+            [
+                (cx - w * 0.12, h * 0.1),
+                (cx, h * 0.2),
+                (cx + w * 0.12, h * 0.1),
+                (cx + w * 0.14, h * 0.02),
+                (cx - w * 0.14, h * 0.02),
+            ],
+            fill=255,
+        )
         d.polygon([(cx - w * 0.05, h * 0.1), (cx + w * 0.05, h * 0.1), (cx, h * 0.18)], fill=0)
 
 
@@ -124,8 +178,15 @@ def _draw_mask(category: str, w: int, h: int, a: dict) -> np.ndarray:
         length = {"short": 0.55, "knee": 0.78, "long": 1.0}[a["garment_length"]]
         _top_mask(d, w, h * 0.5, a, torso_len=0.8)
         flare = 0.25 * fit
-        d.polygon([(w * (0.5 - 0.18 * fit), h * 0.38), (w * (0.5 + 0.18 * fit), h * 0.38),
-                   (w * (0.5 + 0.18 + flare), h * length), (w * (0.5 - 0.18 - flare), h * length)], fill=255)
+        d.polygon(
+            [
+                (w * (0.5 - 0.18 * fit), h * 0.38),
+                (w * (0.5 + 0.18 * fit), h * 0.38),
+                (w * (0.5 + 0.18 + flare), h * length),
+                (w * (0.5 - 0.18 - flare), h * length),
+            ],
+            fill=255,
+        )
     elif category in ("pants", "shorts"):
         length = 1.0 if category == "pants" else 0.45
         half = 0.2 * fit
@@ -133,14 +194,43 @@ def _draw_mask(category: str, w: int, h: int, a: dict) -> np.ndarray:
         for side in (-1, 1):
             inner, outer = w * 0.5 + side * w * 0.015, w * 0.5 + side * w * (half + 0.05)
             hem_out = w * 0.5 + side * w * (half + 0.05 + (0.04 if category == "shorts" else 0.0))
-            d.polygon([(inner, h * 0.12), (outer, 0), (hem_out, h * length), (w * 0.5 + side * w * 0.05, h * length)], fill=255)
-        d.polygon([(w * 0.5 - w * 0.05, h * 0.12), (w * 0.5 + w * 0.05, h * 0.12), (w * 0.5 + w * 0.05, h * length), (w * 0.5 - w * 0.05, h * length)], fill=0)
+            d.polygon(
+                [(inner, h * 0.12), (outer, 0), (hem_out, h * length), (w * 0.5 + side * w * 0.05, h * length)],
+                fill=255,
+            )
+        d.polygon(
+            [
+                (w * 0.5 - w * 0.05, h * 0.12),
+                (w * 0.5 + w * 0.05, h * 0.12),
+                (w * 0.5 + w * 0.05, h * length),
+                (w * 0.5 - w * 0.05, h * length),
+            ],
+            fill=0,
+        )
         d.rectangle([w * (0.5 - half - 0.05), 0, w * (0.5 + half + 0.05), h * 0.2], fill=255)
     elif category == "skirt":
         length = {"short": 0.45, "knee": 0.72, "long": 1.0}[a["garment_length"]]
-        d.polygon([(w * (0.5 - 0.2 * fit), 0), (w * (0.5 + 0.2 * fit), 0), (w * (0.5 + 0.2 + 0.22 * fit), h * length), (w * (0.5 - 0.2 - 0.22 * fit), h * length)], fill=255)
+        d.polygon(
+            [
+                (w * (0.5 - 0.2 * fit), 0),
+                (w * (0.5 + 0.2 * fit), 0),
+                (w * (0.5 + 0.2 + 0.22 * fit), h * length),
+                (w * (0.5 - 0.2 - 0.22 * fit), h * length),
+            ],
+            fill=255,
+        )
     elif category == "shoes":
-        d.polygon([(w * 0.05, h * 0.2), (w * 0.35, h * 0.2), (w * 0.45, h * 0.5), (w * 0.95, h * 0.65), (w * 0.95, h * 0.95), (w * 0.05, h * 0.95)], fill=255)
+        d.polygon(
+            [
+                (w * 0.05, h * 0.2),
+                (w * 0.35, h * 0.2),
+                (w * 0.45, h * 0.5),
+                (w * 0.95, h * 0.65),
+                (w * 0.95, h * 0.95),
+                (w * 0.05, h * 0.95),
+            ],
+            fill=255,
+        )
     elif category == "bag":
         d.rectangle([w * 0.1, h * 0.35, w * 0.9, h * 0.98], fill=255)
         d.arc([w * 0.28, h * 0.02, w * 0.72, h * 0.6], 180, 360, fill=255, width=max(2, w // 14))
@@ -152,12 +242,16 @@ def _draw_mask(category: str, w: int, h: int, a: dict) -> np.ndarray:
     return np.asarray(im) > 127
 
 
-def _texture(h: int, w: int, colour: np.ndarray, second: np.ndarray, pattern: str, rng: np.random.Generator) -> np.ndarray:
+def _texture(
+    h: int, w: int, colour: np.ndarray, second: np.ndarray, pattern: str, rng: np.random.Generator
+) -> np.ndarray:
     tex = np.broadcast_to(colour, (h, w, 3)).copy()
     period = int(rng.integers(8, 16))
     yy, xx = np.ogrid[0:h, 0:w]
     if pattern == "striped":
-        sel = np.broadcast_to((yy % period) < period // 2.5 if rng.random() < 0.7 else (xx % period) < period // 2.5, (h, w))
+        sel = np.broadcast_to(
+            (yy % period) < period // 2.5 if rng.random() < 0.7 else (xx % period) < period // 2.5, (h, w)
+        )
     elif pattern == "dotted":
         r = period / 4.5
         sel = ((yy % period - period / 2) ** 2 + (xx % period - period / 2) ** 2) < r * r
@@ -223,7 +317,9 @@ def draw_scene(categories: list[str], schema: Schema, rng: np.random.Generator) 
         oy = ry0 + int(rng.integers(0, max(1, rh - h + 1)))
         mask = _draw_mask(category, w, h, a)
         colour = np.clip(np.array(COLOURS[a["colour"]], np.float32) + rng.normal(0, 8, 3), 0, 255)
-        second = np.array((245, 245, 245) if a["colour"] not in ("white", "beige", "yellow") else (30, 30, 30), np.float32)
+        second = np.array(
+            (245, 245, 245) if a["colour"] not in ("white", "beige", "yellow") else (30, 30, 30), np.float32
+        )
         tex = _texture(h, w, colour, second, a["pattern"], rng)
         shade = (1.0 - 0.12 * np.linspace(0, 1, h, dtype=np.float32))[:, None, None]
         region = canvas[oy : oy + h, ox : ox + w]
@@ -252,7 +348,11 @@ def seller_text(category: str, a: dict, rng: np.random.Generator) -> tuple[str, 
     words.append(str(rng.choice(_SELLER_WORDS[category])))
     title = " ".join(words)
     title = title[0].upper() + title[1:]
-    who = "kids" if a.get("age_group") == "kids" else str(rng.choice(["women's clothes", "men's clothes", "women", "men"]))
+    who = (
+        "kids"
+        if a.get("age_group") == "kids"
+        else str(rng.choice(["women's clothes", "men's clothes", "women", "men"]))
+    )
     path = f"{who}/{_GREAT_PATH[a['great_category']]}" if rng.random() < 0.8 else ""
     return title, path
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CCP_VAL_SHARE = 0.2
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-COMMAND_MODULES = ("indexer.commands", "attributes.commands", "detector.commands", "search.commands", "webui.commands")
+COMMAND_MODULES = ("cli.indexer", "cli.attributes", "cli.detector", "cli.search", "cli.webui")
 
 
 @dataclass

@@ -26,21 +26,30 @@ def _step(name: str, done: bool, run) -> None:
 
 def prepare(home: Path, *, n: int = 2000, seed: int = 0, progress: bool = True) -> Path:
     """Build (or reuse) everything the demo serves; returns the index directory."""
+    from appearance.train import AppearanceTrainConfig, train_appearance
     from attributes.train import AttributeTrainConfig, train_attributes
+    from catalogues.synth import synthesize
     from detector.train import DetectorTrainConfig, train_detector
-    from indexer.appearance import AppearanceTrainConfig, train_appearance
-    from indexer.synth import synthesize
 
     home.mkdir(parents=True, exist_ok=True)
     catalogue, models, index = home / "catalogue", home / "models", home / "index"
     dump = catalogue / "products.jsonl"
     _step("synthetic catalogue", dump.is_file(), lambda: synthesize(catalogue, n, seed, progress=progress))
-    _step("attribute model", (models / "attributes.pt").is_file(),
-          lambda: train_attributes(dump, models, config=AttributeTrainConfig.demo(), progress=progress))
-    _step("detector", (models / "detector.pt").is_file(),
-          lambda: train_detector(dump, models, config=DetectorTrainConfig.demo(), progress=progress))
-    _step("appearance model", (models / "appearance.pt").is_file(),
-          lambda: train_appearance(dump, models, config=AppearanceTrainConfig.demo(), progress=progress))
+    _step(
+        "attribute model",
+        (models / "attributes.pt").is_file(),
+        lambda: train_attributes(dump, models, config=AttributeTrainConfig.demo(), progress=progress),
+    )
+    _step(
+        "detector",
+        (models / "detector.pt").is_file(),
+        lambda: train_detector(dump, models, config=DetectorTrainConfig.demo(), progress=progress),
+    )
+    _step(
+        "appearance model",
+        (models / "appearance.pt").is_file(),
+        lambda: train_appearance(dump, models, config=AppearanceTrainConfig.demo(), progress=progress),
+    )
     _step("index", (index / "DONE").is_file(), lambda: _index(dump, models, index, progress))
     return index
 

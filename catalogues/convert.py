@@ -19,7 +19,7 @@ maps to a schema category and whose box is large enough to show the garment (at 
 ``MIN_SIDE`` pixels a side and ``MIN_PIXELS`` mask pixels). The crop, with a 5 % margin, is
 written as a JPEG under ``OUT/images``. Attributes: ``category``/``great_category`` from the
 label as above and ``sleeve_length`` where implied; no age group (the photos do not say) and no
-colour. The split is ``indexer.datasets.ccp_split`` (fixed by file name).
+colour. The split is ``catalogues.datasets.ccp_split`` (fixed by file name).
 """
 
 from __future__ import annotations
@@ -31,14 +31,21 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from attributes.schema import Schema, default_schema
-from indexer.datasets import ccp_rows, clothing_rows
+from catalogues.datasets import ccp_rows, clothing_rows
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
 SLEEVES_IMPLIED = {
-    "t-shirt": "short", "polo": "short", "longsleeve": "long", "hoodie": "long", "sweater": "long",
-    "blazer": "long", "jacket": "long", "coat": "long", "undershirt": "sleeveless",
+    "t-shirt": "short",
+    "polo": "short",
+    "longsleeve": "long",
+    "hoodie": "long",
+    "sweater": "long",
+    "blazer": "long",
+    "jacket": "long",
+    "coat": "long",
+    "undershirt": "sleeveless",
 }
 MIN_SIDE = 32
 MIN_PIXELS = 1500
@@ -72,8 +79,9 @@ def _write(rows: list[dict], out: Path) -> Path:
     return dump
 
 
-def convert_clothing(root: str | Path, out: str | Path, *, split: str | None = None,
-                     schema: Schema | None = None, progress: bool = True) -> tuple[Path, dict]:
+def convert_clothing(
+    root: str | Path, out: str | Path, *, split: str | None = None, schema: Schema | None = None, progress: bool = True
+) -> tuple[Path, dict]:
     """Write ``OUT/products.jsonl`` from the clothing photos; returns the dump and counts."""
     _check_split(split)
     schema = schema or default_schema()
@@ -84,19 +92,22 @@ def convert_clothing(root: str | Path, out: str | Path, *, split: str | None = N
             counts["left_out"] += 1
             continue
         title = ("Kids " if r["kids"] else "") + r["label"]
-        rows.append({
-            "id": f"clothing-{r['image']}",
-            "image": str(Path(r["path"]).resolve()),
-            "title": title,
-            "category_path": "kids" if r["kids"] else "clothes",
-            "attributes": derived_attributes(category, schema, kids=r["kids"]),
-        })
+        rows.append(
+            {
+                "id": f"clothing-{r['image']}",
+                "image": str(Path(r["path"]).resolve()),
+                "title": title,
+                "category_path": "kids" if r["kids"] else "clothes",
+                "attributes": derived_attributes(category, schema, kids=r["kids"]),
+            }
+        )
         counts["products"] += 1
     return _write(rows, Path(out)), counts
 
 
-def convert_ccp_crops(root: str | Path, out: str | Path, *, split: str | None = None,
-                      schema: Schema | None = None, progress: bool = True) -> tuple[Path, dict]:
+def convert_ccp_crops(
+    root: str | Path, out: str | Path, *, split: str | None = None, schema: Schema | None = None, progress: bool = True
+) -> tuple[Path, dict]:
     """Write garment crops of the street photos and ``OUT/products.jsonl``; returns the dump and counts."""
     _check_split(split)
     schema = schema or default_schema()
@@ -115,16 +126,22 @@ def convert_ccp_crops(root: str | Path, out: str | Path, *, split: str | None = 
                 counts["left_out"] += 1
                 continue
             mx, my = MARGIN * (x1 - x0), MARGIN * (y1 - y0)
-            crop_box = (max(0, int(x0 - mx)), max(0, int(y0 - my)),
-                        min(photo.width, int(x1 + mx + 1)), min(photo.height, int(y1 + my + 1)))
+            crop_box = (
+                max(0, int(x0 - mx)),
+                max(0, int(y0 - my)),
+                min(photo.width, int(x1 + mx + 1)),
+                min(photo.height, int(y1 + my + 1)),
+            )
             name = f"images/{stem}-{k:02d}-{b['label']}.jpg"
             photo.crop(crop_box).save(out / name, quality=92)
-            rows.append({
-                "id": f"ccp-{stem}-{k:02d}",
-                "image": name,
-                "title": b["label"],
-                "category_path": "street",
-                "attributes": derived_attributes(category, schema),
-            })
+            rows.append(
+                {
+                    "id": f"ccp-{stem}-{k:02d}",
+                    "image": name,
+                    "title": b["label"],
+                    "category_path": "street",
+                    "attributes": derived_attributes(category, schema),
+                }
+            )
             counts["products"] += 1
     return _write(rows, out), counts

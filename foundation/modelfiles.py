@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from attributes.schema import Schema, default_schema
+from foundation.schema import Schema, default_schema
 
 MANIFEST = "manifest.json"
 

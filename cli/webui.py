@@ -9,7 +9,7 @@ TOKEN_ENV = "FASHION_SEARCH_TOKEN"
 
 
 def _demo(args) -> int:
-    from webui.demo import run_demo
+    from cli.demo import run_demo
 
     return run_demo(Path(args.home), args.n, args.seed, host=args.host, port=args.port)
 
@@ -19,8 +19,15 @@ def _serve(args) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
-    serve(Path(args.index), host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
-          threads=args.threads, max_upload_bytes=int(args.max_upload_mb * 2**20), device=args.device)
+    serve(
+        Path(args.index),
+        host=args.host,
+        port=args.port,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        threads=args.threads,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        device=args.device,
+    )
     return 0
 
 
@@ -33,14 +40,20 @@ def register(commands) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=_demo)
 
-    p = commands.top.add_parser("serve", help="serve an index: the search page and the REST API",
-                                description="Load INDEX once and answer the search page and the REST API "
-                                            "(described at /api/openapi.json) under waitress.")
+    p = commands.top.add_parser(
+        "serve",
+        help="serve an index: the search page and the REST API",
+        description="Load INDEX once and answer the search page and the REST API "
+        "(described at /api/openapi.json) under waitress.",
+    )
     p.add_argument("index", help="index directory written by `fashion-search index`")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--token", help=f"token that POST/DELETE /api/products require (or ${TOKEN_ENV}); "
-                                   "without one, product updates are disabled")
+    p.add_argument(
+        "--token",
+        help=f"token that POST/DELETE /api/products require (or ${TOKEN_ENV}); "
+        "without one, product updates are disabled",
+    )
     p.add_argument("--threads", type=int, default=4, help="request threads (default 4)")
     p.add_argument("--max-upload-mb", type=float, default=16, help="largest upload accepted, in MiB (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

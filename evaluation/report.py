@@ -11,9 +11,9 @@ import base64
 import html
 import io
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from PIL import Image
 
@@ -124,14 +124,19 @@ def _table(t: Table) -> str:
         cells = "".join(f"<td>{_cell(v)}</td>" for v in row)
         body.append(f"<tr>{cells}</tr>")
     note = f'<p class="note">{html.escape(t.note)}</p>' if t.note else ""
-    return (f"<h2>{html.escape(t.title)}</h2>\n<table>\n<thead><tr>{head}</tr></thead>\n"
-            f"<tbody>\n{chr(10).join(body)}\n</tbody>\n</table>\n{note}")
+    return (
+        f"<h2>{html.escape(t.title)}</h2>\n<table>\n<thead><tr>{head}</tr></thead>\n"
+        f"<tbody>\n{chr(10).join(body)}\n</tbody>\n</table>\n{note}"
+    )
 
 
 def _thumb(t: Thumb) -> str:
     cls = "query" if t.right is None else ("right" if t.right else "wrong")
-    img = (f'<img src="{_uri(t.image, "image/jpeg")}" alt="{html.escape(t.caption)}">' if t.image
-           else '<div class="missing">no image</div>')
+    img = (
+        f'<img src="{_uri(t.image, "image/jpeg")}" alt="{html.escape(t.caption)}">'
+        if t.image
+        else '<div class="missing">no image</div>'
+    )
     return f'<figure class="{cls}">{img}<figcaption>{html.escape(t.caption)}</figcaption></figure>'
 
 
@@ -175,8 +180,10 @@ def render_html(report: Report) -> str:
     if report.plots:
         parts.append('<h2>Curves</h2><div class="plots">')
         for p in report.plots:
-            parts.append(f'<figure class="plot"><img src="{_uri(p.png, "image/png")}" alt="{html.escape(p.caption)}">'
-                         f"<figcaption>{html.escape(p.caption)}</figcaption></figure>")
+            parts.append(
+                f'<figure class="plot"><img src="{_uri(p.png, "image/png")}" alt="{html.escape(p.caption)}">'
+                f"<figcaption>{html.escape(p.caption)}</figcaption></figure>"
+            )
         parts.append("</div>")
     for heading, strips in report.strips.items():
         parts.append(f"<h2>{html.escape(heading)}</h2>")

@@ -7,7 +7,7 @@ mask: for footwear (``shoes``, ``boots``: two shoes share one label) each connec
 (8-connected) of the label's pixels is its own instance; for every other category the box of
 all the label's pixels is one instance (a strap or an arm splitting a jacket must not make two
 jackets). Components below ``MIN_PIXELS`` pixels or ``MIN_SIDE`` pixels a side are dropped
-(stray pixels at a garment's edge). Split: ``indexer.datasets.ccp_split``.
+(stray pixels at a garment's edge). Split: ``catalogues.datasets.ccp_split``.
 
 **composed scenes** (``convert_scenes``, ``compose_scene``): garments cut from the single-garment
 clothing photos and pasted, 1-4 per canvas, onto a synthetic background. The cut-out mask
@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
-from attributes.schema import Schema, default_schema
-from indexer.datasets import ccp_rows, clothing_rows
+from catalogues.datasets import ccp_rows, clothing_rows
+from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ def ccp_instances(mask: np.ndarray, labels: list[str], schema: Schema) -> list[l
     return boxes
 
 
-def convert_ccp(root: str | Path, out: str | Path, *, split: str | None = None, schema: Schema | None = None,
-                progress: bool = True) -> tuple[Path, dict]:
+def convert_ccp(
+    root: str | Path, out: str | Path, *, split: str | None = None, schema: Schema | None = None, progress: bool = True
+) -> tuple[Path, dict]:
     """Street photos with per-instance boxes -> ``OUT/products.jsonl``; returns the dump and counts."""
     _check_split(split)
     schema = schema or default_schema()
@@ -93,9 +94,15 @@ def convert_ccp(root: str | Path, out: str | Path, *, split: str | None = None, 
         if not boxes:
             counts["left_out"] += 1
             continue
-        rows.append({"id": f"ccp-{Path(rec['image']).stem}", "image": str(Path(rec["photo"]).resolve()),
-                     "title": " ".join(rec.get("tags", [])) or "street photo", "category_path": "street",
-                     "boxes": boxes})
+        rows.append(
+            {
+                "id": f"ccp-{Path(rec['image']).stem}",
+                "image": str(Path(rec["photo"]).resolve()),
+                "title": " ".join(rec.get("tags", [])) or "street photo",
+                "category_path": "street",
+                "boxes": boxes,
+            }
+        )
         counts["products"] += 1
         counts["boxes"] += len(boxes)
     return write_dump(rows, out), counts
@@ -112,8 +119,15 @@ def garment_mask(image: Image.Image, *, border: float = 0.04, iterations: int = 
     rect = (bx, by, sw - 2 * bx, sh - 2 * by)
     m = np.zeros((sh, sw), np.uint8)
     try:
-        cv2.grabCut(cv2.cvtColor(small, cv2.COLOR_RGB2BGR), m, rect, np.zeros((1, 65)), np.zeros((1, 65)),
-                    iterations, cv2.GC_INIT_WITH_RECT)
+        cv2.grabCut(
+            cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
+            m,
+            rect,
+            np.zeros((1, 65)),
+            np.zeros((1, 65)),
+            iterations,
+            cv2.GC_INIT_WITH_RECT,
+        )
         fg = np.isin(m, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
     except cv2.error:
         fg = np.zeros((sh, sw), np.uint8)
@@ -126,7 +140,7 @@ def garment_mask(image: Image.Image, *, border: float = 0.04, iterations: int = 
         fg = (flood[1:-1, 1:-1] != 2).astype(np.uint8)
     if fg.mean() < 0.05:
         fg = np.zeros((sh, sw), np.uint8)
-        fg[by:sh - by, bx:sw - bx] = 1
+        fg[by : sh - by, bx : sw - bx] = 1
     return np.asarray(Image.fromarray(fg * 255).resize((w, h), Image.NEAREST)) > 127
 
 
@@ -143,7 +157,11 @@ def _slots(n: int, size: tuple[int, int], rng: np.random.Generator) -> list[tupl
     w, h = size
     cols = 1 if n == 1 else 2
     rows = -(-n // cols)
-    cells = [(c * w // cols, r * h // rows, (c + 1) * w // cols, (r + 1) * h // rows) for r in range(rows) for c in range(cols)]
+    cells = [
+        (c * w // cols, r * h // rows, (c + 1) * w // cols, (r + 1) * h // rows)
+        for r in range(rows)
+        for c in range(cols)
+    ]
     order = rng.permutation(len(cells))
     return [cells[i] for i in order[:n]]
 
@@ -157,14 +175,22 @@ def _transform(image: Image.Image, mask: np.ndarray, rng: np.random.Generator) -
     angle = float(rng.uniform(-8, 8))
     image = image.rotate(angle, resample=Image.BILINEAR, expand=True)
     alpha = alpha.rotate(angle, resample=Image.NEAREST, expand=True)
-    for enhance, lo, hi in ((ImageEnhance.Brightness, 0.75, 1.25), (ImageEnhance.Contrast, 0.75, 1.25),
-                            (ImageEnhance.Color, 0.7, 1.3)):
+    for enhance, lo, hi in (
+        (ImageEnhance.Brightness, 0.75, 1.25),
+        (ImageEnhance.Contrast, 0.75, 1.25),
+        (ImageEnhance.Color, 0.7, 1.3),
+    ):
         image = enhance(image).enhance(float(rng.uniform(lo, hi)))
     return image, alpha
 
 
-def compose_scene(garments: list[tuple], rng: np.random.Generator, *, canvas_size: tuple[int, int] = (448, 448),
-                  transform: bool = True) -> tuple[Image.Image, list[tuple]]:
+def compose_scene(
+    garments: list[tuple],
+    rng: np.random.Generator,
+    *,
+    canvas_size: tuple[int, int] = (448, 448),
+    transform: bool = True,
+) -> tuple[Image.Image, list[tuple]]:
     """Paste garments onto a background; returns the scene and, per garment in order, ``(box, category, source_id)``.
 
     Args:
@@ -178,7 +204,9 @@ def compose_scene(garments: list[tuple], rng: np.random.Generator, *, canvas_siz
         raise ValueError(f"compose_scene takes 1 to 4 garments, got {len(garments)}")
     canvas = _background(canvas_size, rng)
     placed = []
-    for (image, mask, category, source_id), (sx0, sy0, sx1, sy1) in zip(garments, _slots(len(garments), canvas_size, rng)):
+    for (image, mask, category, source_id), (sx0, sy0, sx1, sy1) in zip(
+        garments, _slots(len(garments), canvas_size, rng)
+    ):
         image = image.convert("RGB")
         if mask is None:
             mask = garment_mask(image)
@@ -215,9 +243,17 @@ def compose_for_evaluation(target: Image.Image, others: list[Image.Image], rng: 
     return scene, [box for box, _, _ in placed]
 
 
-def convert_scenes(clothing_dir: str | Path, out: str | Path, *, n: int, seed: int = 0, split: str | None = None,
-                   schema: Schema | None = None, canvas_size: tuple[int, int] = (448, 448),
-                   progress: bool = True) -> tuple[Path, dict]:
+def convert_scenes(
+    clothing_dir: str | Path,
+    out: str | Path,
+    *,
+    n: int,
+    seed: int = 0,
+    split: str | None = None,
+    schema: Schema | None = None,
+    canvas_size: tuple[int, int] = (448, 448),
+    progress: bool = True,
+) -> tuple[Path, dict]:
     """``n`` composed scenes of clothing photos (1-4 garments each) -> ``OUT/products.jsonl`` + ``OUT/images``."""
     _check_split(split)
     if n < 1:
@@ -249,6 +285,17 @@ def convert_scenes(clothing_dir: str | Path, out: str | Path, *, n: int, seed: i
         scene, placed = compose_scene(garments, rng, canvas_size=canvas_size)
         name = f"images/scene-{seed}-{i:06d}.jpg"
         scene.save(out / name, quality=92)
-        rows.append({"id": f"scene-{seed}-{i:06d}", "image": name, "title": " ".join(c for _, c, _ in placed),
-                     "category_path": "composed", "boxes": [[*box, c] for box, c, _ in placed]})
-    return write_dump(rows, out), {"products": len(rows), "boxes": sum(len(r["boxes"]) for r in rows), "sources": len(masks)}
+        rows.append(
+            {
+                "id": f"scene-{seed}-{i:06d}",
+                "image": name,
+                "title": " ".join(c for _, c, _ in placed),
+                "category_path": "composed",
+                "boxes": [[*box, c] for box, c, _ in placed],
+            }
+        )
+    return write_dump(rows, out), {
+        "products": len(rows),
+        "boxes": sum(len(r["boxes"]) for r in rows),
+        "sources": len(masks),
+    }

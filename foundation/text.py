@@ -18,11 +18,13 @@ from __future__ import annotations
 import functools
 import re
 
-from attributes.schema import Schema, default_schema
+from foundation.schema import Schema, default_schema
 
 _SEGMENT_SPLIT = re.compile(r"\s*(?:/|>|\||»|›)\s*")
 _WORD = re.compile(r"[a-z0-9]+")
-_SECONDARY = re.compile(r"\b(?:with|without|for|to match|matching|and matching|goes with|pairs with|plus|incl|including)\b")
+_SECONDARY = re.compile(
+    r"\b(?:with|without|for|to match|matching|and matching|goes with|pairs with|plus|incl|including)\b"
+)
 # Plurals that the synonym list need not spell out.
 _IRREGULAR_PLURALS = {"dress": "dresses", "gloves": "gloves", "jeans": "jeans", "pants": "pants"}
 
@@ -74,7 +76,7 @@ def category_from_text(*texts: str | None, schema: Schema | None = None) -> str 
     for seg_index, segment in enumerate(segments):
         lowered = segment.lower()
         cut = _SECONDARY.search(lowered)
-        parts = [(1, lowered[: cut.start()]), (0, lowered[cut.start():])] if cut else [(1, lowered)]
+        parts = [(1, lowered[: cut.start()]), (0, lowered[cut.start() :])] if cut else [(1, lowered)]
         for primary, part in parts:
             words = _words(part)
             for start in range(len(words)):

@@ -1,0 +1,1 @@
+"""The appearance network whose activations are binarized into a garment's appearance code."""

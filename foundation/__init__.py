@@ -1,0 +1,1 @@
+"""The bottom layer: the attribute schema, products and dumps, images, model files, atomic writes."""

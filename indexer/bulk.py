@@ -4,7 +4,8 @@ Reader, decoder, describer and writer are separate stages; the runner (:func:`bu
 takes an optional ``describer`` so that tests pass small fakes.
 
 Restart-safety: every batch is written in one LMDB transaction, and a product whose id and
-content hash (image bytes, seller's text, price, url and the models' signature) are already in
+content hash (``indexer.prepare.content_hash``: image bytes, the product's fields and the models'
+signature) are already in
 the store is skipped without decoding. A run killed at any moment and started again with the
 same command therefore resumes where its last commit left off and ends with every good product
 exactly once; a changed dump adds new and updates changed products, and ``delete_missing``
@@ -13,38 +14,34 @@ removes products that are no longer in it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from foundation import modelfiles
+from foundation.atomic import atomic_copy, atomic_write_text
 from foundation.dump import DumpReport, Product, read_dump
-from foundation.images import ImageError, load_image
+from foundation.images import ImageError
 from foundation.schema import Schema, default_schema
-from foundation.text import category_from_text
+from indexer.describe import MODEL_NAMES, Described, describe_items, models_signature
+from indexer.prepare import ImageLimits, Prepared, bytes_hash, content_hash, prepare_image
+from indexer.products import product_fields, product_item, product_record
+from indexer.store import MODELS_DIR, REPORT_JSON, Store
 
 logger = logging.getLogger(__name__)
-
-MODEL_NAMES = ("attributes", "detector", "appearance")
-BLANK_STD = 2.0  # per-channel standard deviation (0-255) below which an image is a blank placeholder
 
 
 @dataclass(frozen=True)
 class BulkConfig:
     workers: int = 2
     batch_size: int = 32
-    max_side: int = 640  # images are shrunk to this before the models (the ROI is mapped back)
-    thumb_size: int = 256
+    limits: ImageLimits = ImageLimits()  # noqa: B008 - frozen
     device: str = "cpu"
     delete_missing: bool = False
 
@@ -53,10 +50,8 @@ class BulkConfig:
             raise ValueError(f"--workers must be 0 or more, got {self.workers}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.max_side < 32:
-            raise ValueError(f"max_side must be at least 32 pixels, got {self.max_side}")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass
@@ -65,59 +60,48 @@ class Decoded:
 
     product: Product
     content_hash: str
-    bytes_hash: str = ""
-    image: Image.Image | None = None
-    scale: float = 1.0  # original pixels per pixel of ``image``
-    thumbnail: bytes = b""
+    image_hash: str = ""
+    prepared: Prepared | None = None
     error: str | None = None
     blank: bool = False
     unchanged: bool = False
     decode_s: float = 0.0
 
 
-def content_hash(image_bytes: bytes, product: Product, signature: str) -> tuple[str, str]:
-    """(content hash, image-bytes hash): what decides whether a stored product is current."""
-    ib = hashlib.sha256(image_bytes).hexdigest()
-    h = hashlib.sha256(ib.encode())
-    h.update(json.dumps([product.title, product.category_path, product.price, product.url, signature]).encode())
-    return h.hexdigest()[:32], ib[:32]
-
-
-def _decode(job: tuple[Product, str | None, str, int, int]) -> Decoded:
-    """Worker: read bytes, hash, and (unless unchanged) decode, check, shrink and thumbnail."""
-    from indexer.store import make_thumbnail
-
-    product, old_hash, signature, max_side, thumb_size = job
+def _decode(job: tuple[Product, str | None, str, ImageLimits]) -> Decoded:
+    """Worker: read bytes, hash, and (unless unchanged) prepare: decode, orient, shrink, check, thumbnail."""
+    product, old_hash, signature, limits = job
     t0 = time.perf_counter()
     try:
         data = Path(product.image).read_bytes()
     except OSError as exc:
         return Decoded(product, "", error=f"cannot read the image: {exc.strerror or exc}")
-    chash, bhash = content_hash(data, product, signature)
+    ihash = bytes_hash(data)
+    chash = content_hash(ihash, product_fields(product), signature)
     if chash == old_hash:
-        return Decoded(product, chash, bhash, unchanged=True, decode_s=time.perf_counter() - t0)
+        return Decoded(product, chash, ihash, unchanged=True, decode_s=time.perf_counter() - t0)
     try:
-        image = load_image(data)
+        prepared = prepare_image(data, limits=limits)
     except ImageError as exc:
-        return Decoded(product, chash, bhash, error=str(exc), decode_s=time.perf_counter() - t0)
-    small = image.copy()
-    small.thumbnail((64, 64))
-    # per channel: a red garment on a teal ground can have one uniform grey level
-    if float(np.asarray(small, np.float32).reshape(-1, 3).std(0).max()) < BLANK_STD:
-        return Decoded(product, chash, bhash, blank=True, decode_s=time.perf_counter() - t0)
-    scale = 1.0
-    if max(image.size) > max_side:
-        scale = max(image.size) / max_side
-        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    thumb = make_thumbnail(image, thumb_size)
-    return Decoded(product, chash, bhash, image=image, scale=scale, thumbnail=thumb, decode_s=time.perf_counter() - t0)
+        blank = str(exc).startswith("blank")
+        return Decoded(product, chash, ihash, error=str(exc), blank=blank, decode_s=time.perf_counter() - t0)
+    return Decoded(product, chash, ihash, prepared=prepared, decode_s=time.perf_counter() - t0)
 
 
-def models_signature(models_dir: Path) -> str:
-    """A short hash of the models' manifest entries: new models mean every product is re-described."""
-    manifest = modelfiles.read_manifest(models_dir)
-    entries = {k: manifest["models"][k] for k in sorted(manifest.get("models", {})) if k in MODEL_NAMES}
-    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
+def _describe_batch(describer, batch: list[Decoded], skip) -> list[tuple[Decoded, Described]]:
+    """Describe a batch; when it fails, one product at a time, so one bad product is reported and skipped."""
+    items = [product_item(d.product, d.prepared) for d in batch]
+    try:
+        return list(zip(batch, describe_items(describer, items)))
+    except Exception:  # noqa: BLE001 - any failure: find the product behind it, keep the rest
+        logger.warning("a batch of %d failed to describe; describing its products one by one", len(batch))
+    out = []
+    for d, item in zip(batch, items):
+        try:
+            out.extend(zip([d], describe_items(describer, [item])))
+        except Exception as exc:  # noqa: BLE001
+            skip(d, f"cannot describe: {exc.__class__.__name__}: {str(exc)[:200]}", "image")
+    return out
 
 
 def _copy_models(models_dir: Path, dest: Path) -> None:
@@ -134,9 +118,7 @@ def _copy_models(models_dir: Path, dest: Path) -> None:
             and modelfiles.file_hash(target) == modelfiles.file_hash(src)
         ):
             continue
-        tmp = dest / f".{name}.tmp"
-        shutil.copyfile(src, tmp)
-        tmp.replace(target)
+        atomic_copy(src, target)
 
 
 def _count_rows(dump: Path) -> int:
@@ -178,7 +160,7 @@ def build_index(
     progress: bool = True,
     describer=None,
     schema: Schema | None = None,
-    max_side: int = 640,
+    limits: ImageLimits | None = None,
     on_batch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Index (or update) ``dump`` into the index directory ``out_dir``; returns the summary.
@@ -192,16 +174,12 @@ def build_index(
             models.
         on_batch: called with the running summary after each committed batch.
     """
-    from indexer.store import (
-        MODELS_DIR,
-        REPORT_JSON,
-        ProductRecord,
-        Store,
-        _atomic_write_text,
-    )
-
     cfg = BulkConfig(
-        workers=workers, batch_size=batch_size, max_side=max_side, device=device, delete_missing=delete_missing
+        workers=workers,
+        batch_size=batch_size,
+        limits=limits or ImageLimits(),
+        device=device,
+        delete_missing=delete_missing,
     )
     dump, models_dir, out_dir = Path(dump), Path(models_dir), Path(out_dir)
     if not dump.is_file():
@@ -219,7 +197,9 @@ def build_index(
 
         torch.set_num_threads(min(2, torch.get_num_threads()))
         describer = Describer.load(models_dir, device=cfg.device, schema=schema)
-    signature = models_signature(models_dir)
+    if not describer.signature:  # a describer built in memory: sign with the models it stands for
+        describer.signature = models_signature(models_dir)
+    signature = describer.signature
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_models(models_dir, out_dir / MODELS_DIR)
     store = Store(out_dir, readonly=False)
@@ -234,7 +214,8 @@ def build_index(
             "models_signature": signature,
             "dump": str(dump.resolve()),
             "schema_fingerprint": schema.fingerprint,
-            "thumb_size": BulkConfig.thumb_size,
+            "thumb_size": cfg.limits.thumb_size,
+            "working_side": cfg.limits.working_side,
         }
     )
     old = store.hashes()
@@ -263,26 +244,15 @@ def build_index(
     def flush() -> None:
         if not batch:
             return
-        # the seller's text, else the row's labelled category, else the model decides (auto)
-        guides = [
-            category_from_text(d.product.category_path, d.product.title, schema=schema)
-            or d.product.attributes.get("category")
-            for d in batch
-        ]
-        descs = describer.describe([d.image for d in batch], guides=guides)
+        described = _describe_batch(describer, batch, skip)
         records, thumbs = [], {}
-        for d, desc in zip(batch, descs):
+        for d, out in described:
+            desc = out.description
             for k in ("attributes", "detector", "appearance", "colour"):
                 stages[k] += desc.timings_ms.get(k, 0.0) / 1e3
-            if d.scale != 1.0:  # back to the original image's pixels
-                desc.roi = tuple(int(round(v * d.scale)) for v in desc.roi)
-            desc.timings_ms = {}
-            p = d.product
-            records.append(
-                ProductRecord(p.id, p.title, p.category_path, p.price, p.url, str(p.image), desc, d.content_hash)
-            )
-            thumbs[p.id] = d.thumbnail
-            counts["updated" if p.id in old else "added"] += 1
+            records.append(product_record(d.product, out))
+            thumbs[d.product.id] = out.prepared.thumbnail
+            counts["updated" if d.product.id in old else "added"] += 1
         t0 = time.perf_counter()
         store.put(records, thumbs)
         stages["write"] += time.perf_counter() - t0
@@ -293,7 +263,7 @@ def build_index(
 
     def jobs():
         for p in read_dump(dump, schema=schema, report=report, check_images=False):
-            yield p, old.get(p.id), signature, cfg.max_side, cfg.thumb_size
+            yield p, old.get(p.id), signature, cfg.limits
 
     total = _count_rows(dump)
     bar = tqdm(total=total, desc="index", unit="img", disable=not progress, smoothing=0.05)
@@ -301,19 +271,19 @@ def build_index(
         for d in _decoded_stream(jobs(), cfg.workers):
             stages["decode"] += d.decode_s
             bar.update(1)
-            if d.error:
+            if d.error and not d.blank:
                 skip(d, d.error)
                 continue
-            if d.bytes_hash in first_of_bytes:
+            if d.image_hash in first_of_bytes:
                 counts["duplicates"] += 1
                 duplicates.append(
-                    {"id": d.product.id, "same_image_as": first_of_bytes[d.bytes_hash], "image": str(d.product.image)}
+                    {"id": d.product.id, "same_image_as": first_of_bytes[d.image_hash], "image": str(d.product.image)}
                 )
             else:
-                first_of_bytes[d.bytes_hash] = d.product.id
+                first_of_bytes[d.image_hash] = d.product.id
             if d.blank:
                 counts["blank"] += 1
-                skip(d, "blank or placeholder image (near-uniform)")
+                skip(d, d.error or "blank or placeholder image")
                 continue
             good_ids.add(d.product.id)
             if d.unchanged:
@@ -353,7 +323,7 @@ def build_index(
         + skipped,
         "duplicates": duplicates,
     }
-    _atomic_write_text(out_dir / REPORT_JSON, json.dumps(full_report, indent=1) + "\n")
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(full_report, indent=1) + "\n")
     store.close()
     logger.info(
         "indexed %d products (%d unchanged, %d skipped, %d bad rows) in %.1fs",
@@ -366,4 +336,4 @@ def build_index(
     return summary
 
 
-__all__ = ["BulkConfig", "build_index", "content_hash", "models_signature"]
+__all__ = ["BulkConfig", "build_index"]

@@ -1,6 +1,9 @@
 """describe(): image (+ category guide, + rectangle) -> attributes, ROI, appearance code, colour.
 
-One code path for indexing and for queries, batched for throughput:
+``describe_items`` is the one entry point that bulk indexing, the API's product add and every
+search call: it prepares each photo (``indexer.prepare``: hash, EXIF, shrink, blank check),
+picks the guiding category by the one precedence, describes the batch at the working size and
+maps the ROI back to the photo's own pixels. ``Describer.describe`` is the batched core:
 
 1. category: the guide (the seller's text at indexing, the shopper's pick at query time), else
    the attribute model's most likely category (auto);
@@ -13,22 +16,35 @@ One code path for indexing and for queries, batched for throughput:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
 from appearance.model import AppearanceCoder
+from foundation import modelfiles
 from foundation.schema import Schema, default_schema
 from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
+from indexer.prepare import ImageLimits, Prepared, content_hash, guide_category, prepare_image
 
 logger = logging.getLogger(__name__)
 
 Box = tuple[float, float, float, float]
+MODEL_NAMES = ("attributes", "detector", "appearance")
+
+
+def models_signature(models_dir: str | Path) -> str:
+    """A short hash of the models' manifest entries: new models mean every product is re-described."""
+    manifest = modelfiles.read_manifest(models_dir)
+    entries = {k: manifest["models"][k] for k in sorted(manifest.get("models", {})) if k in MODEL_NAMES}
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _int_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -60,12 +76,14 @@ class Describer:
         coder: AppearanceCoder,
         colour: ColourConfig | None = None,
         schema: Schema | None = None,
+        signature: str = "",
     ):
         self.predictor = predictor
         self.detector = detector
         self.coder = coder
         self.colour = colour or ColourConfig()
         self.schema = schema or default_schema()
+        self.signature = signature  # of the model files: part of every content hash
 
     @classmethod
     def load(
@@ -88,7 +106,14 @@ class Describer:
         from detector.predict import GarmentDetector
 
         detector = GarmentDetector.load(models_dir, device=device, schema=schema)
-        return cls(predictor=predictor, detector=detector, coder=coder, colour=colour or ColourConfig(), schema=schema)
+        return cls(
+            predictor=predictor,
+            detector=detector,
+            coder=coder,
+            colour=colour or ColourConfig(),
+            schema=schema,
+            signature=models_signature(models_dir),
+        )
 
     @property
     def code_bytes(self) -> int:
@@ -166,3 +191,55 @@ class Describer:
                 )
             )
         return out
+
+
+@dataclass
+class Item:
+    """One photo to describe, with what is known of it.
+
+    Args:
+        source: the photo's bytes (or path), or an already prepared photo (bulk decode workers).
+        category: the shopper's or seller's explicit category.
+        texts: the seller's text, general first (category path, then title).
+        label: a labelled category (training dumps).
+        box: the drawn rectangle ``[x0, y0, x1, y1]`` in the photo's own pixels.
+        fields: the product's own fields, hashed into the content hash.
+    """
+
+    source: bytes | str | Path | Image.Image | Prepared
+    category: str | None = None
+    texts: tuple[str, ...] = ()
+    label: str | None = None
+    box: Box | None = None
+    fields: tuple = field(default_factory=tuple)
+
+
+@dataclass
+class Described:
+    description: Description  # ROI in the photo's own pixels
+    prepared: Prepared
+    content_hash: str
+
+
+def describe_items(
+    describer: Describer, items: Sequence[Item], *, limits: ImageLimits | None = None
+) -> list[Described]:
+    """Prepare, guide and describe a batch of photos: the same path offline and online.
+
+    Raises:
+        foundation.images.ImageError: a photo that cannot be used (the whole call fails; bulk
+            prepares in its workers first, so one bad photo never reaches a batch).
+        ValueError: an unknown category or a box outside the photo.
+    """
+    limits = limits or ImageLimits()
+    prepared = [
+        it.source if isinstance(it.source, Prepared) else prepare_image(it.source, limits=limits) for it in items
+    ]
+    guides = [guide_category(describer.schema, explicit=it.category, texts=it.texts, label=it.label) for it in items]
+    boxes = [p.to_working(it.box) if it.box is not None else None for it, p in zip(items, prepared)]
+    descs = describer.describe([p.image for p in prepared], guides=guides, boxes=boxes)
+    out = []
+    for it, p, d in zip(items, prepared, descs):
+        d.roi = p.to_original(d.roi)
+        out.append(Described(d, p, content_hash(p.image_hash, it.fields, describer.signature)))
+    return out

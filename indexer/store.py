@@ -14,11 +14,8 @@ process leaves the store as it was after its last commit.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,8 +23,8 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-from PIL import Image
 
+from foundation.atomic import atomic_write_text
 from indexer.description import Description
 
 logger = logging.getLogger(__name__)
@@ -120,21 +117,6 @@ class ProductRecord:
             desc,
             head["hash"],
         )
-
-
-def make_thumbnail(image: Image.Image, size: int = THUMB_SIZE) -> bytes:
-    """A JPEG of the image, at most ``size`` pixels a side, for the web page."""
-    im = image.convert("RGB")
-    im.thumbnail((size, size), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=80)
-    return buf.getvalue()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class Store:
@@ -271,34 +253,6 @@ class Store:
 
     def write_info(self, info: dict) -> None:
         self._check_writable()
-        _atomic_write_text(
+        atomic_write_text(
             self.path / INDEX_JSON, json.dumps({"format": FORMAT, **info}, indent=1, sort_keys=True) + "\n"
         )
-
-    def add_product(self, product: dict, image: Image.Image, describer) -> ProductRecord:
-        """Describe one product (a dict with ``id``, ``title``/``category_path``, ...) and store it."""
-        from foundation.text import category_from_text
-
-        pid = str(product.get("id") or "").strip()
-        if not pid:
-            raise ValueError("a product needs a non-empty id")
-        title = str(product.get("title") or "")
-        path = str(product.get("category_path") or "")
-        guide = product.get("category") or category_from_text(path, title, schema=describer.schema)
-        (desc,) = describer.describe([image], guides=[guide])
-        desc.timings_ms = {}
-        rgb = image.convert("RGB")
-        h = hashlib.sha256(rgb.tobytes())
-        h.update(json.dumps([title, path, product.get("price"), product.get("url")]).encode())
-        record = ProductRecord(
-            pid,
-            title,
-            path,
-            product.get("price"),
-            product.get("url"),
-            str(product.get("image") or ""),
-            desc,
-            h.hexdigest()[:32],
-        )
-        self.put([record], {pid: make_thumbnail(rgb)})
-        return record

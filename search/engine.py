@@ -5,8 +5,9 @@ Options:
     guided     the shopper picks the fashion category;
     rectangle  the shopper draws a box around the garment.
 
-Every option goes through the indexer's ``describe()``, the same code path that indexed the
-catalogue, then through the in-RAM inverted index (``search.index``). The engine opens an index
+Every option goes through the indexer's ``describe_items()``, the same code path that indexed
+the catalogue (the photo oriented, shrunk to the working size and checked before any model
+runs), then through the in-RAM inverted index (``search.index``). The engine opens an index
 directory written by ``fashion-search index`` and needs nothing else.
 """
 
@@ -23,6 +24,9 @@ import numpy as np
 from PIL import Image
 
 from foundation.schema import Schema, default_schema
+from indexer.describe import Item, describe_items
+from indexer.prepare import prepare_image
+from indexer.products import add_products, product_from_fields
 from search.index import InvertedIndex, RankingConfig
 
 logger = logging.getLogger(__name__)
@@ -164,10 +168,16 @@ class SearchEngine:
         return list(self.schema.category_names)
 
     # -- search ---------------------------------------------------------------------------
-    def search(self, image: Image.Image, option: str, *, category: str | None = None, box=None, k: int = 20) -> dict:
+    def search(
+        self, image: bytes | Path | Image.Image, option: str, *, category: str | None = None, box=None, k: int = 20
+    ) -> dict:
+        """Search with a photo (its bytes as sent, or a decoded image) and one of the three options.
+
+        ``box`` is ``x0,y0,x1,y1`` in the upright photo's own pixels.
+        """
         check_option(option)
         k = check_k(k)
-        guide, roi_box = None, None
+        guide = None
         if option == "guided":
             if not category:
                 raise ValueError("the guided option needs a category")
@@ -175,11 +185,13 @@ class SearchEngine:
         elif option == "rectangle":
             if box is None:
                 raise ValueError("the rectangle option needs a box x0,y0,x1,y1")
-            roi_box = parse_box(box, image.size)
             if category:
                 guide = self.schema.check_category(category)
         t0 = time.perf_counter()
-        (desc,) = self.describer.describe([image], guides=[guide], boxes=[roi_box])
+        prepared = prepare_image(image, thumbnail=False)
+        roi_box = parse_box(box, prepared.original_size) if option == "rectangle" else None
+        (described,) = describe_items(self.describer, [Item(prepared, category=guide, box=roi_box)])
+        desc = described.description
         t1 = time.perf_counter()
         with self._read_lock:
             result = self.index.search(desc.code, desc.colour, desc.category, _attributes_of(desc), k=k)
@@ -228,10 +240,12 @@ class SearchEngine:
     def thumbnail(self, product_id: str) -> bytes | None:
         return self.store.thumbnail(product_id)
 
-    def add(self, product: dict, image: Image.Image) -> dict:
-        """Describe, store and index one product; replaces a product with the same id."""
+    def add(self, product: dict, image: bytes | Image.Image) -> dict:
+        """Describe, store and index one product (its photo's bytes as sent); replaces one with the same id."""
+        item = product_from_fields(product)
+        prepared = prepare_image(image)  # a bad photo is refused before the write lock is taken
         with self._write_lock:
-            record = self.store.add_product(product, image, self.describer)
+            (record,) = add_products(self.store, self.describer, [(item, prepared)])
             d = record.description
             with self._read_lock:
                 self.index.add([record.id], [d.category], [_attributes_of(d)], d.code[None], d.colour[None])

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from foundation.atomic import atomic_write
 from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
@@ -351,10 +351,12 @@ class InvertedIndex:
             arrays[f"{c}/values"] = shard.values
             arrays[f"{c}/ids"] = shard.ids
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+        atomic_write(path, write)
 
     @classmethod
     def load(

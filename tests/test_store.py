@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from foundation.images import make_thumbnail
 from indexer.description import Description
-from indexer.store import ProductRecord, Store, make_thumbnail
+from indexer.store import ProductRecord, Store
 
 
 def _record(pid: str, seed: int = 0) -> ProductRecord:
@@ -62,19 +63,19 @@ def test_a_missing_index_is_a_clear_error(tmp_path):
         Store(tmp_path / "nothing")
 
 
-def test_add_product_describes_and_stores(tmp_path):
+def test_add_products_describes_and_stores(tmp_path):
+    from indexer.products import add_products, product_from_fields
     from tests.indexer_fakes import fake_describer, fake_models
 
     describer = fake_describer(fake_models(tmp_path / "models"))
+    photo = Image.new("RGB", (80, 100), (200, 30, 35))
+    photo.paste((20, 20, 200), (20, 20, 60, 80))
     with Store(tmp_path / "index", readonly=False) as store:
-        record = store.add_product(
-            {"id": "p1", "title": "red midi dress", "price": 30.0},
-            Image.new("RGB", (80, 100), (200, 30, 35)),
-            describer,
-        )
+        product = product_from_fields({"id": "p1", "title": "red midi dress", "price": 30.0})
+        (record,) = add_products(store, describer, [(product, photo)])
         assert record.description.category == "dress"  # from the title
         meta = store.metadata("p1")
         assert meta["title"] == "red midi dress" and meta["category"] == "dress" and meta["price"] == 30.0
         assert store.thumbnail("p1")
         with pytest.raises(ValueError, match="id"):
-            store.add_product({"title": "dress"}, Image.new("RGB", (80, 100)), describer)
+            product_from_fields({"title": "dress"})

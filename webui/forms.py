@@ -11,9 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from PIL import Image
-
-from foundation.images import ImageError, load_image
+from foundation.images import ImageError, upright_size
+from foundation.text import category_from_text
 from search.engine import MAX_K, check_k, check_option, parse_box
 
 DEFAULT_K = 20
@@ -31,24 +30,31 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class SearchRequest:
-    image: Image.Image
+    image: bytes  # as uploaded: the engine's one describe path decodes, orients and shrinks it
     option: str
     category: str | None
     box: tuple[float, float, float, float] | None
     k: int
 
 
-def read_image(files: Mapping, field: str = "image") -> Image.Image:
-    """The uploaded photo in ``field``, decoded; empty, truncated, non-image and bomb files refused."""
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    size: tuple[int, int]  # upright (width, height), from the header
+
+
+def read_image(files: Mapping, field: str = "image") -> Upload:
+    """The uploaded photo in ``field``, its header checked without decoding the pixels: empty,
+    non-image and bomb files are refused here, truncated ones when the engine decodes them."""
     upload = files.get(field)
     if upload is None:
         raise RequestError(f"no image: send the photo as the multipart file field {field!r}")
     data = upload.read()
     name = upload.filename or field
     try:
-        return load_image(data)
+        return Upload(data, upright_size(data))
     except ImageError as exc:
-        raise RequestError(f"{field} {name!r}: {exc}") from None
+        raise RequestError(f"{field} {name[:100]!r}: {exc}") from None
 
 
 def parse_option(value: str | None) -> str:
@@ -96,14 +102,14 @@ def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> Se
         raise RequestError("the rectangle option needs a box x0,y0,x1,y1 in the photo's pixels")
     if option != "rectangle" and box_text:
         raise RequestError(f"a box ({box_text!r}) is only for option=rectangle, not {option!r}")
-    image = read_image(files)
+    upload = read_image(files)
     box = None
     if option == "rectangle":
         try:
-            box = parse_box(box_text, image.size)
+            box = parse_box(box_text, upload.size)
         except ValueError as exc:
             raise RequestError(str(exc)) from None
-    return SearchRequest(image=image, option=option, category=category, box=box, k=k)
+    return SearchRequest(image=upload.data, option=option, category=category, box=box, k=k)
 
 
 def _text(form: Mapping, name: str, *, limit: int = MAX_TEXT) -> str | None:
@@ -134,6 +140,12 @@ def parse_product(form: Mapping, categories: Sequence[str]) -> dict:
         product["category"] = category
     if "title" not in product and "category_path" not in product:
         raise RequestError(f"product {pid!r} needs a title or a category_path to tell its category")
+    if category is None and category_from_text(product.get("category_path"), product.get("title")) is None:
+        # As documented: the category is read from the text unless `category` is given; the engine
+        # would otherwise let its model guess one, which the seller never said.
+        raise RequestError(
+            f"product {pid!r}: no fashion category in its title or category_path; name one in the field 'category'"
+        )
     price = _text(form, "price", limit=32)
     if price is not None:
         try:

@@ -1,0 +1,106 @@
+"""One describe path: bulk indexing, the API's product add and a search see a photo identically."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import search.engine as engine_module
+from foundation.images import ImageError
+from indexer.bulk import build_index
+from indexer.describe import describe_items
+from indexer.prepare import WORKING_SIDE, guide_category, prepare_image
+from indexer.store import Store
+from search.engine import SearchEngine, load_ram_index
+from tests.indexer_fakes import fake_describer, fake_models
+
+
+def _rotated_photo() -> bytes:
+    """A 1600x900 JPEG stored sideways with EXIF orientation 6: upright it is 900x1600."""
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 255, (900, 1600, 3), dtype=np.uint8)
+    arr[200:700, 400:1200] = (180, 40, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("path")
+    models = fake_models(root / "models")
+    photo = _rotated_photo()
+    (root / "p1.jpg").write_bytes(photo)
+    row = {"id": "p1", "image": "p1.jpg", "title": "red midi dress", "price": 30.0, "url": "https://shop/p1"}
+    (root / "dump.jsonl").write_text(json.dumps(row) + "\n")
+    build_index(
+        root / "dump.jsonl", models, root / "index", workers=0, describer=fake_describer(models), progress=False
+    )
+    with Store(root / "index") as store:
+        bulk = store.get("p1")
+    return root, photo, row, bulk
+
+
+def test_bulk_api_add_and_search_give_byte_identical_descriptions(indexed, monkeypatch):
+    root, photo, row, bulk = indexed
+    describer = fake_describer(root / "index" / "models")
+    index = load_ram_index(root / "index")
+    store = Store(root / "index", readonly=False)
+    engine = SearchEngine(describer=describer, store=store, index=index)
+    # the engine signs with the models the index was built with, as bulk did
+    describer.signature = json.loads((root / "index" / "index.json").read_text())["models_signature"]
+    try:
+        seen = []
+        monkeypatch.setattr(
+            engine_module,
+            "describe_items",
+            lambda d, items: seen.extend(describe_items(d, items)) or seen[-len(items) :],
+        )
+        engine.add({k: v for k, v in row.items() if k != "image"} | {"id": "p2"}, photo)
+        added = store.get("p2")
+        response = engine.search(photo, "guided", category="dress", k=5)
+    finally:
+        store.close()
+    query = seen[-1]
+    assert bulk.description.roi == added.description.roi == query.description.roi
+    assert bulk.description.roi[3] > 900  # in the upright photo's own pixels (900x1600)
+    for other in (added.description, query.description):
+        assert other.code.tobytes() == bulk.description.code.tobytes()
+        assert other.colour.tobytes() == bulk.description.colour.tobytes()
+    assert added.content_hash == bulk.content_hash  # same bytes, same fields, same models
+    assert response["results"][0]["hamming"] == 0
+    assert response["query"]["roi"] == list(bulk.description.roi)
+
+
+def test_the_working_size_bounds_what_the_models_see():
+    prepared = prepare_image(_rotated_photo())
+    assert prepared.original_size == (900, 1600)
+    assert max(prepared.image.size) == WORKING_SIDE and prepared.image.size[0] < prepared.image.size[1]
+    assert prepared.to_original((0, 0, *prepared.image.size)) == (0, 0, 900, 1600)
+
+
+def test_blank_and_strip_photos_are_refused_before_any_model():
+    with pytest.raises(ImageError, match="blank"):
+        prepare_image(Image.new("RGB", (300, 200), (120, 120, 120)))
+    strip = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 2600, 3), dtype=np.uint8)).save(strip, "PNG")
+    with pytest.raises(ImageError, match="aspect ratio"):
+        prepare_image(strip.getvalue())
+
+
+def test_category_precedence_explicit_then_text_then_label(indexed):
+    from foundation.schema import default_schema
+
+    schema = default_schema()
+    assert guide_category(schema, explicit="pants", texts=("dresses",), label="skirt") == "pants"
+    assert guide_category(schema, texts=("women/dresses", "red midi dress"), label="skirt") == "dress"
+    assert guide_category(schema, texts=("new arrival",), label="skirt") == "skirt"
+    assert guide_category(schema, texts=("new arrival",)) is None
+    with pytest.raises(ValueError, match="robe"):
+        guide_category(schema, explicit="robe")

@@ -93,27 +93,77 @@ class DumpReport:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
 
 
-class _Bad(Exception):
+MAX_ID_CHARS = 200
+MAX_ID_BYTES = 511  # LMDB's key limit
+MAX_TEXT = 1000  # characters in a title or category path
+MAX_URL = 2000
+ECHO = 100  # characters of a bad value said back in an error
+
+
+class ProductError(ValueError):
+    """A product field that cannot be used: ``field`` names it, the message says why."""
+
     def __init__(self, field_: str, reason: str):
+        super().__init__(f"{field_}: {reason}")
         self.field, self.reason = field_, reason
+
+
+_Bad = ProductError
+
+
+def echo(value, limit: int = ECHO) -> str:
+    """``repr`` of a value cut to ``limit`` characters, so an error never says back megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
+def check_id(value) -> str:
+    """A product id: 1 to 200 characters and at most 511 bytes, no control characters, no ``/``,
+    not ``.`` or ``..``, so that it is an LMDB key and one URL path segment."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ProductError("id", "missing id")
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ProductError("id", f"must be a string, got {type(value).__name__}")
+    pid = str(value).strip()
+    if len(pid) > MAX_ID_CHARS:
+        raise ProductError("id", f"{echo(pid)} is {len(pid)} characters long; the limit is {MAX_ID_CHARS}")
+    if len(pid.encode("utf-8")) > MAX_ID_BYTES:
+        raise ProductError("id", f"{echo(pid)} is {len(pid.encode())} bytes in UTF-8; the limit is {MAX_ID_BYTES}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in pid):
+        raise ProductError("id", f"{echo(pid)} holds control characters")
+    if "/" in pid or "\\" in pid or pid in (".", ".."):
+        raise ProductError("id", f"{echo(pid)} holds '/' or '\\' or is a dot segment; ids are one URL path segment")
+    return pid
+
+
+def check_text(name: str, value, limit: int = MAX_TEXT) -> str:
+    """A free-text field: at most ``limit`` characters, no control characters but tab."""
+    if value is None:
+        return ""
+    text = str(value).strip()
+    if len(text) > limit:
+        raise ProductError(name, f"is {len(text)} characters long; the limit is {limit}")
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
+        raise ProductError(name, f"{echo(text)} holds control characters")
+    return text
 
 
 def _raw_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, row dict or None, parse error) for each non-empty row."""
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             for row in reader:
                 yield reader.line_num, {k: v for k, v in row.items() if k is not None and v not in ("", None)}, None
         return
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for n, text in enumerate(fh, 1):
             if not text.strip():
                 continue
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield n, None, f"not valid JSON: {exc.msg} at column {exc.colno}"
+                yield n, None, f"not valid JSON: {exc.msg} at character {exc.colno} of the line"
                 continue
             if not isinstance(row, dict):
                 yield n, None, "a row must be a JSON object"
@@ -133,20 +183,24 @@ def _json_field(row: dict, name: str, kind: type):
     return value
 
 
-def _parse_row(row: dict, base: Path, schema: Schema, check_images: bool) -> Product:
-    pid = row.get("id")
-    if pid is None or str(pid).strip() == "":
-        raise _Bad("id", "missing id")
-    pid = str(pid).strip()
-    title = str(row.get("title") or "").strip()
-    category_path = str(row.get("category_path") or "").strip()
+def check_product(
+    row: Mapping, *, schema: Schema, base: Path | None = None, check_images: bool = False, image_required: bool = True
+) -> Product:
+    """One product's fields checked, for a dump row and a product added through the API alike.
+
+    Raises:
+        ProductError: the first bad field, named, with the reason.
+    """
+    pid = check_id(row.get("id"))
+    title = check_text("title", row.get("title"))
+    category_path = check_text("category_path", row.get("category_path"))
     if not title and not category_path:
         raise _Bad("title", "neither title nor category_path is given")
     image = row.get("image")
-    if not isinstance(image, str) or not image.strip():
+    if image_required and (not isinstance(image, str) or not image.strip()):
         raise _Bad("image", "missing image path")
-    image_path = Path(image)
-    if not image_path.is_absolute():
+    image_path = Path(str(image or "").strip())
+    if base is not None and str(image_path) not in ("", ".") and not image_path.is_absolute():
         image_path = base / image_path
     size = None
     if check_images:
@@ -162,10 +216,12 @@ def _parse_row(row: dict, base: Path, schema: Schema, check_images: bool) -> Pro
             raise _Bad("price", f"not a number: {price!r}") from None
         if not math.isfinite(price) or price < 0:
             raise _Bad("price", f"must be a non-negative number, got {price!r}")
-    url = row.get("url")
+    url = check_text("url", row.get("url"), MAX_URL) or None
+    if url and not url.lower().startswith(("http://", "https://", "/")):
+        raise _Bad("url", f"{echo(url)} is not an http(s) address")
     category = str(row.get("category") or "").strip() or None
     if category is not None and category not in schema.categories:
-        raise _Bad("category", f"unknown category {category[:100]!r}")
+        raise _Bad("category", f"unknown category {echo(category)}")
     attributes = _json_field(row, "attributes", dict) or {}
     attributes = {str(k): str(v) for k, v in attributes.items()}
     errors = schema.attribute_errors(attributes)
@@ -174,30 +230,40 @@ def _parse_row(row: dict, base: Path, schema: Schema, check_images: bool) -> Pro
     boxes = []
     for i, raw in enumerate(_json_field(row, "boxes", list) or []):
         if not (isinstance(raw, (list, tuple)) and len(raw) == 5):
-            raise _Bad("boxes", f"box {i} must be [x0, y0, x1, y1, category], got {raw!r}")
+            raise _Bad("boxes", f"box {i} must be [x0, y0, x1, y1, category], got {echo(raw)}")
         *coords, category = raw
         if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in coords):
-            raise _Bad("boxes", f"box {i} has non-numeric coordinates {coords!r}")
+            raise _Bad("boxes", f"box {i} has non-numeric coordinates {echo(coords)}")
         x0, y0, x1, y1 = (float(c) for c in coords)
         if not (x1 > x0 and y1 > y0):
             raise _Bad("boxes", f"box {i} is empty or inverted: {coords!r}")
-        if x0 < 0 or y0 < 0 or (size and (x1 > size[0] or y1 > size[1])):
-            raise _Bad("boxes", f"box {i} {coords!r} lies outside the image {size}")
+        if x0 < 0 or y0 < 0:
+            raise _Bad("boxes", f"box {i} {coords!r} has negative coordinates")
         if category not in schema.categories:
-            raise _Bad("boxes", f"box {i} has unknown category {category!r}")
+            raise _Bad("boxes", f"box {i} has unknown category {echo(category)}")
         boxes.append(Box(x0, y0, x1, y1, category))
+    if size is not None:
+        check_boxes(boxes, size)
     return Product(
         id=pid,
         image=image_path,
         title=title,
         category_path=category_path,
         price=price,
-        url=str(url) if url else None,
+        url=url,
         attributes=attributes,
         boxes=tuple(boxes),
         size=size,
         category=category,
     )
+
+
+def check_boxes(boxes, size: tuple[int, int], *, slack: float = 1.0) -> None:
+    """Every box inside an image of ``size`` (width, height), give or take ``slack`` pixels."""
+    w, h = size
+    for i, b in enumerate(boxes):
+        if b[2] > w + slack or b[3] > h + slack:
+            raise _Bad("boxes", f"box {i} {list(b[:4])} lies outside the {w}x{h} image")
 
 
 def read_dump(
@@ -228,7 +294,7 @@ def read_dump(
             report.add(line, None, "row", error)
             continue
         try:
-            product = _parse_row(row, base, schema, check_images)
+            product = check_product(row, schema=schema, base=base, check_images=check_images)
         except _Bad as bad:
             report.add(line, str(row.get("id")) if row.get("id") is not None else None, bad.field, bad.reason)
             continue

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from foundation import modelfiles
 from foundation.atomic import atomic_copy, atomic_write_text
-from foundation.dump import DumpReport, Product, read_dump
+from foundation.dump import DumpReport, Product, ProductError, check_boxes, read_dump
 from foundation.images import ImageError
 from foundation.schema import Schema, default_schema
 from indexer.describe import MODEL_NAMES, Described, describe_items, models_signature
@@ -63,6 +63,7 @@ class Decoded:
     image_hash: str = ""
     prepared: Prepared | None = None
     error: str | None = None
+    field: str = "image"  # the dump field the error is about
     blank: bool = False
     unchanged: bool = False
     decode_s: float = 0.0
@@ -82,9 +83,12 @@ def _decode(job: tuple[Product, str | None, str, ImageLimits]) -> Decoded:
         return Decoded(product, chash, ihash, unchanged=True, decode_s=time.perf_counter() - t0)
     try:
         prepared = prepare_image(data, limits=limits)
+        check_boxes(product.boxes, prepared.original_size)
     except ImageError as exc:
         blank = str(exc).startswith("blank")
         return Decoded(product, chash, ihash, error=str(exc), blank=blank, decode_s=time.perf_counter() - t0)
+    except ProductError as exc:
+        return Decoded(product, chash, ihash, error=exc.reason, field=exc.field, decode_s=time.perf_counter() - t0)
     return Decoded(product, chash, ihash, prepared=prepared, decode_s=time.perf_counter() - t0)
 
 
@@ -272,7 +276,7 @@ def build_index(
             stages["decode"] += d.decode_s
             bar.update(1)
             if d.error and not d.blank:
-                skip(d, d.error)
+                skip(d, d.error, d.field)
                 continue
             if d.image_hash in first_of_bytes:
                 counts["duplicates"] += 1

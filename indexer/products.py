@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from pathlib import Path
 
-from foundation.dump import Product
+from foundation.dump import Product, check_product
+from foundation.schema import Schema, default_schema
 from indexer.describe import Described, Describer, Item, describe_items
 from indexer.store import ProductRecord, Store
 
@@ -41,24 +40,10 @@ def product_record(product: Product, described: Described) -> ProductRecord:
     )
 
 
-def product_from_fields(fields: Mapping) -> Product:
-    """A product from the API's checked fields (``id``, ``title``, ``category_path``, ``price``, ``url``,
-    ``category``); the web layer has already refused what is malformed."""
-    pid = str(fields.get("id") or "").strip()
-    if not pid:
-        raise ValueError("a product needs a non-empty id")
-    price = fields.get("price")
-    if price is not None and (not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0):
-        raise ValueError(f"price must be a non-negative number, got {price!r}")
-    return Product(
-        id=pid,
-        image=Path(""),
-        title=str(fields.get("title") or ""),
-        category_path=str(fields.get("category_path") or ""),
-        price=None if price is None else float(price),
-        url=str(fields["url"]) if fields.get("url") else None,
-        category=fields.get("category") or None,
-    )
+def product_from_fields(fields: Mapping, schema: Schema | None = None) -> Product:
+    """A product added through the API, checked by the same rules as a dump row (no image path:
+    its photo comes with the request)."""
+    return check_product(fields, schema=schema or default_schema(), image_required=False)
 
 
 def add_products(store: Store, describer: Describer, products: list[tuple[Product, object]]) -> list[ProductRecord]:

@@ -104,3 +104,56 @@ def test_category_precedence_explicit_then_text_then_label(indexed):
     assert guide_category(schema, texts=("new arrival",)) is None
     with pytest.raises(ValueError, match="robe"):
         guide_category(schema, explicit="robe")
+
+
+def test_one_product_validation_for_dump_rows_and_api_adds(tmp_path):
+    from foundation.dump import ProductError, read_dump
+    from foundation.schema import default_schema
+    from indexer.products import product_from_fields
+
+    schema = default_schema()
+    bad = {
+        "emoji": ({"id": "\U0001f457" * 200, "title": "dress"}, "bytes in UTF-8"),
+        "slash": ({"id": "qa-4/image", "title": "dress"}, "one URL path segment"),
+        "dots": ({"id": "..", "title": "dress"}, "dot segment"),
+        "control": ({"id": "a\x07b", "title": "dress"}, "control characters"),
+        "long title": ({"id": "t", "title": "x" * 5_000_000}, "5000000 characters long; the limit is 1000"),
+        "category": ({"id": "c", "title": "dress", "category": "r" * 300_000}, "unknown category"),
+    }
+    for name, (fields, words) in bad.items():
+        with pytest.raises(ProductError, match=words) as err:
+            product_from_fields(fields, schema)
+        assert len(str(err.value)) < 300, name  # the bad value is not echoed back whole
+    rows = [{**fields, "image": "p.jpg"} for fields, _ in bad.values()]
+    rows.append({"id": "good", "image": "p.jpg", "title": "dress"})
+    dump = tmp_path / "dump.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "broken", "title": }\n')
+    from foundation.dump import DumpReport
+
+    report = DumpReport()
+    assert [p.id for p in read_dump(dump, schema=schema, report=report, check_images=False)] == ["good"]
+    reasons = [p.reason for p in report.problems]
+    assert len(reasons) == len(bad) + 1
+    assert reasons[-1] == "not valid JSON: Expecting value at character 27 of the line"
+    assert all(len(r) < 300 for r in reasons)
+
+
+def test_a_bulk_run_skips_strips_and_boxes_outside_the_photo(tmp_path):
+    models = fake_models(tmp_path / "models")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (8, 2600, 3), dtype=np.uint8)).save(tmp_path / "strip.png")
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
+    rows = [
+        {"id": "strip", "image": "strip.png", "title": "scarf"},
+        {"id": "box", "image": "ok.png", "title": "dress", "boxes": [[0, 0, 5000, 5000, "dress"]]},
+        {"id": "ok", "image": "ok.png", "title": "dress"},
+    ]
+    (tmp_path / "dump.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = build_index(
+        tmp_path / "dump.jsonl", models, tmp_path / "index", workers=0, describer=fake_describer(models), progress=False
+    )
+    assert summary["indexed"] == 1 and summary["skipped"] == 2
+    report = json.loads((tmp_path / "index" / "report.json").read_text())
+    why = {s["id"]: (s["field"], s["reason"]) for s in report["skipped"]}
+    assert why["strip"][0] == "image" and "aspect ratio" in why["strip"][1]
+    assert why["box"] == ("boxes", "box 0 [0.0, 0.0, 5000.0, 5000.0] lies outside the 256x256 image")

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from foundation.echo import echo
 from foundation.images import ImageError, image_size
 from foundation.schema import Schema, default_schema
 
@@ -97,7 +98,6 @@ MAX_ID_CHARS = 200
 MAX_ID_BYTES = 511  # LMDB's key limit
 MAX_TEXT = 1000  # characters in a title or category path
 MAX_URL = 2000
-ECHO = 100  # characters of a bad value said back in an error
 
 
 class ProductError(ValueError):
@@ -109,12 +109,6 @@ class ProductError(ValueError):
 
 
 _Bad = ProductError
-
-
-def echo(value, limit: int = ECHO) -> str:
-    """``repr`` of a value cut to ``limit`` characters, so an error never says back megabytes."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
 
 
 def check_id(value) -> str:

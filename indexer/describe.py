@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from PIL import Image
 
 from appearance.model import AppearanceCoder
 from foundation import modelfiles
+from foundation.boxes import pixel_box
 from foundation.schema import Schema, default_schema
 from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
@@ -45,24 +45,6 @@ def models_signature(models_dir: str | Path) -> str:
     manifest = modelfiles.read_manifest(models_dir)
     entries = {k: manifest["models"][k] for k in sorted(manifest.get("models", {})) if k in MODEL_NAMES}
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _int_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The pixel box covering ``box``, clamped to the image and at least one pixel wide."""
-    w, h = size
-    try:
-        x0, y0, x1, y1 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise ValueError(f"a box must be four numbers x0, y0, x1, y1, got {box!r}") from None
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise ValueError(f"a box must hold finite numbers, got {box!r}")
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box {box!r} is empty or inverted: it needs x1 > x0 and y1 > y0")
-    ix0 = min(max(int(math.floor(x0)), 0), w - 1)
-    iy0 = min(max(int(math.floor(y0)), 0), h - 1)
-    ix1 = max(min(int(math.ceil(x1)), w), ix0 + 1)
-    iy1 = max(min(int(math.ceil(y1)), h), iy0 + 1)
-    return ix0, iy0, ix1, iy1
 
 
 class Describer:
@@ -146,7 +128,7 @@ class Describer:
         rois: list = [None] * n
         for i, b in enumerate(boxes):
             if b is not None:
-                rois[i] = _int_box(b, images[i].size)
+                rois[i] = pixel_box(b, images[i].size)
 
         # 1-2. category and attributes (of the rectangle when one is drawn: it says which garment)
         t0 = time.perf_counter()
@@ -162,7 +144,7 @@ class Describer:
         if need:
             for i, det in zip(need, self.detector.detect([images[i] for i in need], [categories[i] for i in need])):
                 fallback[i] = bool(det.fallback)
-                rois[i] = _int_box(det.box, images[i].size) if not det.fallback else (0, 0, *images[i].size)
+                rois[i] = pixel_box(det.box, images[i].size) if not det.fallback else (0, 0, *images[i].size)
         crops = [seen[i] if boxes[i] is not None else images[i].crop(rois[i]) for i in range(n)]
         t["detector"] = time.perf_counter() - t0
 

@@ -14,15 +14,14 @@ directory written by ``fashion-search index`` and needs nothing else.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from foundation.boxes import parse_box
 from foundation.schema import Schema, default_schema
 from indexer.describe import Item, describe_items
 from indexer.prepare import prepare_image
@@ -46,32 +45,6 @@ def check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     return int(k)
-
-
-def parse_box(box, size: tuple[int, int], *, min_side: float = 4) -> tuple[float, float, float, float]:
-    """A rectangle ``x0,y0,x1,y1`` (string or sequence) checked against an image of ``size``."""
-    if isinstance(box, str):
-        parts = box.replace(" ", "").split(",")
-    elif isinstance(box, Sequence):
-        parts = list(box)
-    else:
-        raise ValueError(f"box must be x0,y0,x1,y1, got {box!r}")
-    if len(parts) != 4:
-        raise ValueError(f"box must have 4 numbers x0,y0,x1,y1, got {box!r}")
-    try:
-        x0, y0, x1, y1 = (float(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ValueError(f"box must hold numbers, got {box!r}") from None
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise ValueError(f"box must hold finite numbers, got {box!r}")
-    w, h = size
-    if x1 - x0 < min_side or y1 - y0 < min_side:
-        raise ValueError(
-            f"box {box!r} is degenerate: it needs x1 > x0 and y1 > y0, at least {min_side:g} pixels each way"
-        )
-    if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-        raise ValueError(f"box {box!r} lies outside the {w}x{h} image")
-    return x0, y0, x1, y1
 
 
 def _attributes_of(desc) -> dict[str, str]:

@@ -37,6 +37,7 @@ def product_record(product: Product, described: Described) -> ProductRecord:
         str(product.image) if str(product.image) not in ("", ".") else "",
         described.description,
         described.content_hash,
+        described.prepared.image_hash,
     )
 
 

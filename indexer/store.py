@@ -49,6 +49,7 @@ class ProductRecord:
     image: str
     description: Description  # timings_ms left empty
     content_hash: str
+    image_hash: str = ""  # sha256 prefix of the photo's bytes: a query with the same bytes finds it
 
     def metadata(self) -> dict:
         d = self.description
@@ -77,6 +78,7 @@ class ProductRecord:
             "url": self.url,
             "image": self.image,
             "hash": self.content_hash,
+            "image_hash": self.image_hash,
             "category": d.category,
             "attributes": [[g, v, round(p, 5)] for g, (v, p) in d.attributes.items()],
             "categories": [[c, round(p, 5)] for c, p in d.categories],
@@ -116,6 +118,7 @@ class ProductRecord:
             head["image"],
             desc,
             head["hash"],
+            head.get("image_hash", ""),
         )
 
 

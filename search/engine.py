@@ -26,7 +26,7 @@ from foundation.schema import Schema, default_schema
 from indexer.describe import Item, describe_items
 from indexer.prepare import prepare_image
 from indexer.products import add_products, product_from_fields
-from search.index import InvertedIndex, RankingConfig
+from search.index import InvertedIndex, RankingConfig, photo_key
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,24 @@ def check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     return int(k)
+
+
+HEDGE_MASS = 0.8  # auto searches the likeliest categories until they hold this much probability
+HEDGE_MAX = 3
+HEDGE_MIN_P = 0.05  # a category less likely than this is never worth a search
+
+
+def hedge_categories(categories) -> list[tuple[str, float]]:
+    """The categories auto mode searches: likeliest first, until ``HEDGE_MASS`` of the probability,
+    at most ``HEDGE_MAX``; the first is always searched."""
+    ranked = sorted(((str(c), float(p)) for c, p in categories), key=lambda cp: -cp[1])
+    out, mass = [], 0.0
+    for c, p in ranked:
+        if out and (mass >= HEDGE_MASS or len(out) >= HEDGE_MAX or p < HEDGE_MIN_P):
+            break
+        out.append((c, p))
+        mass += p
+    return out
 
 
 def _attributes_of(desc) -> dict[str, str]:
@@ -88,6 +106,7 @@ def load_ram_index(
                 [_attributes_of(r.description) for r in batch],
                 np.stack([r.description.code for r in batch]),
                 np.stack([r.description.colour for r in batch]),
+                [photo_key(r.image_hash) for r in batch],
             )
             batch.clear()
 
@@ -165,12 +184,28 @@ class SearchEngine:
         roi_box = parse_box(box, prepared.original_size) if option == "rectangle" else None
         (described,) = describe_items(self.describer, [Item(prepared, category=guide, box=roi_box)])
         desc = described.description
+        # auto hedges: the other likely categories are described (their own ROI) and searched too
+        hedge = hedge_categories(desc.categories) if option == "auto" else [(desc.category, 1.0)]
+        descs = [desc]
+        extra = [c for c, _p in hedge if c != desc.category]
+        if extra:
+            descs += [
+                d.description for d in describe_items(self.describer, [Item(prepared, category=c) for c in extra])
+            ]
         t1 = time.perf_counter()
         with self._read_lock:
-            result = self.index.search(desc.code, desc.colour, desc.category, _attributes_of(desc), k=k)
+            results = [self.index.search(d.code, d.colour, d.category, _attributes_of(d), k=k) for d in descs]
+            same = [pid for pid, _c in self.index.same_photo(photo_key(prepared.image_hash))]
+            pinned = self.index.hits_for(same, desc.code, desc.colour, _attributes_of(desc)) if same else []
+        merged = sorted((h for r in results for h in r.hits), key=lambda h: (h.score, h.id))
+        seen: set[str] = set()
+        ranked = [h for h in [*pinned, *merged] if not (h.id in seen or seen.add(h.id))][:k]
+        notes = [r.note for r in results if r.note]
+        if pinned:
+            notes.insert(0, f"the same photo as product {pinned[0].id!r}")
         t2 = time.perf_counter()
         hits = []
-        for h in result.hits:
+        for h in ranked:
             meta = self.store.metadata(h.id) or {}
             hits.append(
                 {
@@ -199,8 +234,9 @@ class SearchEngine:
                 ],
                 "roi": [int(round(v)) for v in desc.roi],
                 "fallback": bool(desc.fallback),
-                "candidates": result.candidates,
-                "note": result.note,
+                "searched": [{"category": c, "p": round(float(p), 4)} for c, p in hedge],
+                "candidates": sum(r.candidates for r in results),
+                "note": "; ".join(notes) or None,
                 "timings_ms": timings,
             },
             "results": hits,
@@ -221,7 +257,14 @@ class SearchEngine:
             (record,) = add_products(self.store, self.describer, [(item, prepared)])
             d = record.description
             with self._read_lock:
-                self.index.add([record.id], [d.category], [_attributes_of(d)], d.code[None], d.colour[None])
+                self.index.add(
+                    [record.id],
+                    [d.category],
+                    [_attributes_of(d)],
+                    d.code[None],
+                    d.colour[None],
+                    [photo_key(record.image_hash)],
+                )
             return self.store.metadata(record.id)
 
     def delete(self, product_id: str) -> bool:

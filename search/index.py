@@ -85,6 +85,18 @@ class _Shard:
     ids: np.ndarray  # (n,) UTF-8 bytes: a few bytes each instead of a Python str and a dict entry
     colours: np.ndarray | None  # (n, bins)
     values: np.ndarray  # (n, groups) uint8 value indices
+    photos: np.ndarray  # (n,) uint64 key of each product photo's bytes (0: unknown)
+
+
+SNAPSHOT_FORMAT = 2  # 2: each shard keeps its products' photo keys
+
+
+def photo_key(image_hash: str) -> int:
+    """A 64-bit key of a photo's bytes hash (0 when there is none)."""
+    try:
+        return int(image_hash[:16], 16) if image_hash else 0
+    except ValueError:
+        return 0
 
 
 def _decode_ids(ids: np.ndarray) -> list[str]:
@@ -167,6 +179,7 @@ class InvertedIndex:
                 _encode_ids([]),
                 None,
                 np.empty((0, len(self._groups)), np.uint8),
+                np.empty(0, np.uint64),
             )
             self._shards[category] = shard
         return shard
@@ -178,11 +191,14 @@ class InvertedIndex:
         attributes: Sequence[Mapping[str, str]],
         codes: np.ndarray,
         colours: np.ndarray,
+        photos: Sequence[int] | None = None,
     ) -> None:
-        """Add (or replace) products. ``codes``: (n, code_bytes) uint8; ``colours``: (n, bins)."""
+        """Add (or replace) products. ``codes``: (n, code_bytes) uint8; ``colours``: (n, bins);
+        ``photos``: each photo's :func:`photo_key` (0 or None: unknown)."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         colours = np.asarray(colours)
         n = len(ids)
+        photos = np.zeros(n, np.uint64) if photos is None else np.asarray(photos, np.uint64).reshape(-1)
         if not (len(categories) == len(attributes) == n == codes.shape[0] == colours.shape[0]):
             raise ValueError("ids, categories, attributes, codes and colours must have the same length")
         if codes.shape[1] != self.code_bytes or colours.shape[1] != self.colour_bins:
@@ -207,6 +223,7 @@ class InvertedIndex:
                 part if shard.colours is None else np.concatenate([shard.colours, part.astype(shard.colours.dtype)])
             )
             shard.values = np.concatenate([shard.values, np.stack([self._encode_values(attributes[i]) for i in sel])])
+            shard.photos = np.concatenate([shard.photos, photos[sel]])
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove products; returns how many were there."""
@@ -221,8 +238,19 @@ class InvertedIndex:
             shard.index.remove_ids(np.nonzero(hit)[0].astype(np.int64))  # compacts, keeping order
             keep = ~hit
             shard.ids, shard.colours, shard.values = shard.ids[keep], shard.colours[keep], shard.values[keep]
+            shard.photos = shard.photos[keep]
             removed += int(hit.sum())
         return removed
+
+    def same_photo(self, key: int) -> list[tuple[str, str]]:
+        """(id, category) of every product whose photo has these bytes: one compare per product."""
+        if not key:
+            return []
+        out = []
+        for c, shard in self._shards.items():
+            for row in np.nonzero(shard.photos == np.uint64(key))[0]:
+                out.append((shard.ids[row].decode("utf-8"), c))
+        return sorted(out)
 
     def postings(self, key: str, category: str | None = None) -> list[str]:
         """Product ids holding attribute ``group=value`` (within one category when given)."""
@@ -297,6 +325,14 @@ class InvertedIndex:
         rows, ham = hamming_topk(index, ids, code, max(r.shortlist, k))
         if rows_map is not None:
             rows = rows_map[rows]
+        hits = self._hits(shard, rows, ham, colour, attributes)
+        # Rounding keeps float noise from breaking ties that should go to the id.
+        hits.sort(key=lambda h: (h.score, h.id))
+        return SearchResult(hits[:k], candidates, candidates * self.code_bytes, note)
+
+    def _hits(self, shard: _Shard, rows: np.ndarray, ham: np.ndarray, colour, attributes) -> list[Hit]:
+        """Scored hits for ``rows`` of ``shard`` at Hamming distances ``ham`` (module docstring)."""
+        r = self.ranking
         q_colour = np.asarray(colour, np.float32).reshape(-1)
         q_colour = q_colour / max(float(q_colour.sum()), 1e-12)
         cand_colour = shard.colours[rows].astype(np.float32)
@@ -306,15 +342,14 @@ class InvertedIndex:
         known = q_values != UNKNOWN
         shared = (shard.values[rows] == q_values) & known
         n_query = max(int(known.sum()), 1)
-        score = (
+        score = np.round(
             r.w_appearance * ham / (self.code_bytes * 8)
             + r.w_colour * colour_dist
-            - r.w_shared * shared.sum(1) / n_query
+            - r.w_shared * shared.sum(1) / n_query,
+            9,
         )
-        # Rounding keeps float noise from breaking ties that should go to the id.
-        order = np.lexsort((shard.ids[rows], np.round(score, 9)))[:k]
         names = [g.name for g in self._groups]
-        hits = [
+        return [
             Hit(
                 id=shard.ids[rows[i]].decode("utf-8"),
                 score=round(float(score[i]), 6),
@@ -324,9 +359,22 @@ class InvertedIndex:
                     f"{names[j]}={self._groups[j].values[q_values[j]]}" for j in np.nonzero(shared[i])[0]
                 ),
             )
-            for i in order
+            for i in range(len(rows))
         ]
-        return SearchResult(hits, candidates, candidates * self.code_bytes, note)
+
+    def hits_for(self, ids: Sequence[str], code: np.ndarray, colour, attributes) -> list[Hit]:
+        """Scored hits for named products, in any category (the same photo found whatever the guess)."""
+        code = np.asarray(code, np.uint8).reshape(-1)
+        out = []
+        for shard in self._shards.values():
+            rows = np.nonzero(np.isin(shard.ids, _encode_ids(list(ids))))[0]
+            if rows.size == 0:
+                continue
+            n = shard.index.ntotal
+            codes = faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes)[rows]
+            ham = np.unpackbits(codes ^ code, axis=1).sum(1).astype(np.int32)
+            out.extend(self._hits(shard, rows, ham, colour, attributes))
+        return out
 
     # -- snapshot -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -339,6 +387,7 @@ class InvertedIndex:
             "schema": self.schema.fingerprint,
             "categories": sorted(self._shards),
             "version": self.version,
+            "format": SNAPSHOT_FORMAT,
         }
         for c, shard in self._shards.items():
             n = shard.index.ntotal
@@ -350,6 +399,7 @@ class InvertedIndex:
             arrays[f"{c}/colours"] = shard.colours
             arrays[f"{c}/values"] = shard.values
             arrays[f"{c}/ids"] = shard.ids
+            arrays[f"{c}/photos"] = shard.photos
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
 
         def write(tmp: Path) -> None:
@@ -365,6 +415,10 @@ class InvertedIndex:
         schema = schema or default_schema()
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes())
+            if meta.get("format", 1) != SNAPSHOT_FORMAT:
+                raise ValueError(
+                    f"the index snapshot {path} is of format {meta.get('format', 1)}, not {SNAPSHOT_FORMAT}"
+                )
             if meta["schema"] != schema.fingerprint:
                 raise ValueError(
                     f"the index snapshot {path} was built with schema {meta['schema']}, this one is {schema.fingerprint}"
@@ -377,4 +431,5 @@ class InvertedIndex:
                 shard.ids = z[f"{c}/ids"]
                 shard.colours = z[f"{c}/colours"]
                 shard.values = z[f"{c}/values"]
+                shard.photos = z[f"{c}/photos"]
         return idx

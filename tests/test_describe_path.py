@@ -157,3 +157,31 @@ def test_a_bulk_run_skips_strips_and_boxes_outside_the_photo(tmp_path):
     why = {s["id"]: (s["field"], s["reason"]) for s in report["skipped"]}
     assert why["strip"][0] == "image" and "aspect ratio" in why["strip"][1]
     assert why["box"] == ("boxes", "box 0 [0.0, 0.0, 5000.0, 5000.0] lies outside the 256x256 image")
+
+
+def test_auto_hedges_across_the_likeliest_categories():
+    from search.engine import hedge_categories
+
+    assert hedge_categories([("dress", 0.5), ("skirt", 0.2), ("coat", 0.15), ("hat", 0.1)]) == [
+        ("dress", 0.5),
+        ("skirt", 0.2),
+        ("coat", 0.15),
+    ]
+    assert hedge_categories([("dress", 0.85), ("skirt", 0.1)]) == [("dress", 0.85)]
+    assert hedge_categories([("dress", 0.6), ("skirt", 0.03)]) == [("dress", 0.6)]  # too unlikely to search
+
+
+def test_a_catalogue_photo_is_found_whatever_the_category_guess(indexed):
+    root, photo, _row, _bulk = indexed
+    index = load_ram_index(root / "index")
+    store = Store(root / "index", readonly=False)
+    engine = SearchEngine(describer=fake_describer(root / "index" / "models"), store=store, index=index)
+    try:
+        for option, category in (("guided", "pants"), ("guided", "hat"), ("auto", None)):
+            response = engine.search(photo, option, category=category, k=3)
+            assert response["results"][0]["id"] == "p1", (option, category)
+            assert "the same photo as product 'p1'" in response["query"]["note"]
+        auto = engine.search(photo, "auto", k=3)["query"]
+        assert auto["searched"][0]["category"] == auto["category"]
+    finally:
+        store.close()

@@ -310,9 +310,11 @@
     els.recognised.hidden = false;
     const how = { auto: "found by the model", guided: "the category you picked", rectangle: "in the box you drew" }[q.option] || "";
     const best = (q.categories || []).find((c) => c.category === q.category);
+    const also = (q.searched || []).filter((c) => c.category !== q.category);
     els.seen.replaceChildren(
       el("span", "Looking for "), el("strong", niceName(q.category || "anything")),
-      el("span", best && q.option === "auto" ? ` (${pct(best.p)} sure)` : how ? ` — ${how}` : ""));
+      el("span", best && q.option === "auto" ? ` (${pct(best.p)} sure)` : how ? ` — ${how}` : ""),
+      ...(also.length ? [el("span", `; also searched ${also.map((c) => `${niceName(c.category)} (${pct(c.p)})`).join(", ")}`)] : []));
     els.seen.dataset.option = q.option;
     els.seen.dataset.category = q.category || "";
     els.attributes.replaceChildren(...(q.attributes || [])

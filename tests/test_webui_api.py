@@ -1,10 +1,18 @@
-"""The REST API through Flask's test client, on a fake engine that follows SearchEngine's interface."""
+"""The REST API through Flask's test client, on the real SearchEngine and on the browser test's fake.
+
+Every test runs twice: on ``search.engine.SearchEngine`` over a 120-product index built with the
+model stand-ins of ``tests/webui_fake.py`` (LMDB store, RAM index, describe(); no trained model),
+and on ``FakeEngine``, which serves the browser test. Every response either receives is checked
+against ``webui/openapi.json`` (``checked_client`` in conftest.py).
+"""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -14,7 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.webui_fake import FakeEngine
+from search.engine import SearchEngine
+from search.protocol import ENGINE_METHODS, Engine
+from tests.webui_fake import FakeEngine, build_standin_index, open_standin_engine, standin_describer
 from webui.app import create_app
 
 TOKEN = "s3cret-token"
@@ -22,14 +32,28 @@ WEBUI = Path(__file__).resolve().parents[1] / "webui"
 
 
 @pytest.fixture(scope="session")
-def base_engine(synth_dump):
+def standin_index(synth_dump, tmp_path_factory):
+    """The synthetic catalogue indexed once with the stand-ins; each test searches a copy."""
+    describer = standin_describer()
+    return build_standin_index(synth_dump, tmp_path_factory.mktemp("standin") / "index", describer), describer
+
+
+@pytest.fixture(scope="session")
+def fake_engine(synth_dump):
     return FakeEngine(synth_dump)
 
 
-@pytest.fixture
-def engine(base_engine):
-    """A fresh copy per test: updates made by one test stay out of the others."""
-    return base_engine.copy()
+@pytest.fixture(params=["SearchEngine", "FakeEngine"])
+def engine(request, tmp_path):
+    """A fresh engine per test: updates made by one test stay out of the others."""
+    if request.param == "FakeEngine":
+        yield request.getfixturevalue("fake_engine").copy()
+        return
+    index_dir, describer = request.getfixturevalue("standin_index")
+    shutil.copytree(index_dir, tmp_path / "index")
+    engine = open_standin_engine(tmp_path / "index", describer)
+    yield engine
+    engine.store.close()
 
 
 @pytest.fixture
@@ -38,8 +62,8 @@ def app(engine):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def client(app, checked_client):
+    return checked_client(app)
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +90,12 @@ def search(client, image: bytes | None, **fields):
 
 
 def png_bytes(size=(64, 48), colour=(200, 30, 35)) -> bytes:
+    """A product shot: a block of ``colour`` on a white ground (a uniform image is refused as blank)."""
+    w, h = size
+    im = Image.new("RGB", size, (250, 250, 250))
+    im.paste(colour, (w // 4, h // 4, w - w // 4, h - h // 4))
     out = io.BytesIO()
-    Image.new("RGB", size, colour).save(out, "PNG")
+    im.save(out, "PNG")
     return out.getvalue()
 
 
@@ -78,6 +106,28 @@ def bomb_png(width=30_000, height=30_000) -> bytes:
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
+
+
+def searched_categories(query: dict) -> set[str]:
+    """The categories a search looked in: ``searched`` (auto may hedge over a few), else its category."""
+    return {s["category"] for s in query.get("searched") or [{"category": query["category"]}]}
+
+
+def same_photo(query: dict) -> str | None:
+    """The product whose very photo the query is, when the engine says so in the note."""
+    found = re.search(r"the same photo as product '([^']*)'", query.get("note") or "")
+    return found.group(1) if found else None
+
+
+def assert_in_searched_categories(query: dict, results: list[dict]) -> None:
+    """Every result is of a category the query searched, except the product whose very photo the
+    query is: the engine finds that one whatever the category, and ranks it first."""
+    pinned = same_photo(query)
+    if pinned is not None:
+        assert results and results[0]["id"] == pinned, (pinned, results[:1])
+        results = results[1:]
+    searched = searched_categories(query)
+    assert all(h["category"] in searched for h in results), (searched, [h["category"] for h in results])
 
 
 def assert_error(response, status: int, *words: str):
@@ -105,6 +155,8 @@ def test_auto_search_returns_query_and_results_with_image_urls(client, photo):
     assert {"group", "value", "p"} <= set(q["attributes"][0])
     assert len(q["roi"]) == 4 and isinstance(q["fallback"], bool) and "total" in q["timings_ms"]
     assert 1 <= len(results) <= 5
+    assert_in_searched_categories(q, results)
+    assert q["category"] in searched_categories(q)
     for hit in results:
         assert {
             "id",
@@ -116,7 +168,6 @@ def test_auto_search_returns_query_and_results_with_image_urls(client, photo):
             "shared_attributes",
             "image_url",
         } <= set(hit)
-        assert hit["category"] == q["category"]
         image = client.get(hit["image_url"])
         assert image.status_code == 200 and image.mimetype == "image/jpeg"
         Image.open(io.BytesIO(image.data)).verify()
@@ -125,8 +176,9 @@ def test_auto_search_returns_query_and_results_with_image_urls(client, photo):
 def test_guided_search_keeps_to_the_category(client, photo):
     r = search(client, photo, option="guided", category="pants")
     assert r.status_code == 200, r.data
-    assert r.json["query"]["category"] == "pants"
-    assert r.json["results"] and all(h["category"] == "pants" for h in r.json["results"])
+    assert r.json["query"]["category"] == "pants" and searched_categories(r.json["query"]) == {"pants"}
+    assert r.json["results"]
+    assert_in_searched_categories(r.json["query"], r.json["results"])
 
 
 def test_rectangle_search_follows_the_box(client, rows, synth_dump):
@@ -243,8 +295,8 @@ def test_bad_search_is_a_clear_4xx_and_changes_nothing(client, engine, photo, im
     assert search(client, photo, option="auto").json["results"] == before["results"]
 
 
-def test_upload_over_the_limit_is_413(engine, photo):
-    client = create_app({"ENGINE": engine, "MAX_CONTENT_LENGTH": 20_000, "TESTING": True}).test_client()
+def test_upload_over_the_limit_is_413(engine, photo, checked_client):
+    client = checked_client(create_app({"ENGINE": engine, "MAX_CONTENT_LENGTH": 20_000, "TESTING": True}))
     big = png_bytes((400, 400)) + bytes(30_000)
     assert_error(search(client, big, option="auto"), 413, "larger than", "limit")
     assert client.get("/api/health").status_code == 200
@@ -260,14 +312,25 @@ def test_unknown_endpoint_and_method_are_json(client):
     assert_error(client.get("/api/search"), 405, "GET")
 
 
-def test_engine_failure_is_a_500_json_and_the_server_goes_on(engine, photo):
-    class Broken(FakeEngine):
-        def search(self, *args, **kwargs):
-            raise RuntimeError("model exploded")
+class Broken:
+    """The engine under test, except that its search fails."""
 
-    broken = Broken.__new__(Broken)
-    broken.__dict__.update(engine.__dict__)
-    client = create_app({"ENGINE": broken}).test_client()
+    def __init__(self, engine):
+        self.engine = engine
+
+    def search(self, image, option, *, category=None, box=None, k=20):
+        raise RuntimeError("model exploded")
+
+    def __len__(self) -> int:
+        return len(self.engine)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def test_engine_failure_is_a_500_json_and_the_server_goes_on(engine, photo, checked_client):
+    # webui/openapi.json lists no 500 for /api/search: its body is checked against Error alone
+    client = checked_client(create_app({"ENGINE": Broken(engine)}), undocumented=[500])
     r = search(client, photo, option="auto")
     assert r.status_code == 500 and "internal error" in r.json["error"] and "exploded" not in r.json["error"]
     assert client.get("/api/health").json["status"] == "ok"
@@ -300,36 +363,43 @@ def add(client, image: bytes | None, token: str | None = TOKEN, **fields):
     return client.post("/api/products", data=data, headers=headers, content_type="multipart/form-data")
 
 
-def test_updates_need_the_token(client, engine):
+def test_updates_need_the_token(client, engine, rows):
     image = png_bytes()
     assert_error(add(client, image, token=None, id="new-1", title="Red pants"), 401, "token")
     assert_error(add(client, image, token="wrong", id="new-1", title="Red pants"), 401, "token")
-    assert_error(client.delete("/api/products/" + next(iter(engine._products))), 401, "token")
-    assert len(engine) == 120 and engine.product("new-1") is None
+    assert_error(client.delete("/api/products/" + rows[0]["id"]), 401, "token")
+    assert len(engine) == 120 and engine.product("new-1") is None and engine.product(rows[0]["id"]) is not None
 
 
-def test_updates_are_off_without_a_start_up_token(engine):
-    client = create_app({"ENGINE": engine}).test_client()
+def test_updates_are_off_without_a_start_up_token(engine, checked_client):
+    client = checked_client(create_app({"ENGINE": engine}))
     assert_error(add(client, png_bytes(), token="anything", id="x", title="Red pants"), 403, "--token")
 
 
 def test_add_search_and_delete_a_product(client, engine, photo):
     hostile = "<script>alert(1)</script> Red pants"
-    r = add(client, png_bytes((120, 200)), id="new/1", title=hostile, price="19.5", url="https://shop/new1")
+    r = add(client, png_bytes((120, 200)), id="new 1", title=hostile, price="19.5", url="https://shop/new1")
     assert r.status_code == 201, r.data
-    assert r.json["id"] == "new/1" and r.json["title"] == hostile and r.json["image_url"] == "/api/products/new/1/image"
+    assert r.json["id"] == "new 1" and r.json["title"] == hostile
+    assert r.json["image_url"] == "/api/products/new%201/image"
     assert client.get("/api/health").json["products"] == 121
-    assert client.get("/api/products/new/1").json["price"] == 19.5
-    assert client.get("/api/products/new/1/image").status_code == 200
+    assert client.get("/api/products/new 1").json["price"] == 19.5
+    assert client.get(r.json["image_url"]).status_code == 200
     found = search(client, png_bytes((120, 200)), option="guided", category="pants", k=200).json["results"]
     assert hostile in [h["title"] for h in found]
 
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    assert client.delete("/api/products/new/1", headers=headers).json == {"deleted": "new/1"}
-    assert_error(client.delete("/api/products/new/1", headers=headers), 404, "new/1")
-    assert_error(client.get("/api/products/new/1"), 404)
+    assert client.delete("/api/products/new 1", headers=headers).json == {"deleted": "new 1"}
+    assert_error(client.delete("/api/products/new 1", headers=headers), 404, "new 1")
+    assert_error(client.get("/api/products/new 1"), 404)
     found = search(client, png_bytes((120, 200)), option="guided", category="pants", k=200).json["results"]
-    assert "new/1" not in [h["id"] for h in found]
+    assert "new 1" not in [h["id"] for h in found]
+
+
+def test_an_id_is_one_url_path_segment(client, engine):
+    for pid in ("new/1", "..", "a\\b"):
+        assert_error(add(client, png_bytes(), id=pid, title="Red pants"), 400, repr(pid), "path segment")
+    assert len(engine) == 120
 
 
 @pytest.mark.parametrize(
@@ -400,3 +470,32 @@ def test_product_category_field_is_checked_and_used(client, engine):
     assert_error(add(client, png_bytes(), id="n2", title="Lovely thing", category="spacesuit"), 400, "'spacesuit'")
     r = add(client, png_bytes(), id="n2", title="Lovely thing", category="skirt")
     assert r.status_code == 201 and r.json["category"] == "skirt"
+
+
+# -- the engine protocol ------------------------------------------------------------------------
+
+
+def test_the_protocol_declares_the_methods_create_app_checks():
+    declared = {n for n, v in vars(Engine).items() if inspect.isfunction(v) and v.__qualname__ == f"Engine.{n}"}
+    assert declared == set(ENGINE_METHODS)
+
+
+@pytest.mark.parametrize("cls", [SearchEngine, FakeEngine])
+@pytest.mark.parametrize("name", ENGINE_METHODS)
+def test_engines_have_the_protocols_signatures(cls, name):
+    want = inspect.signature(getattr(Engine, name), eval_str=True)
+    assert inspect.signature(getattr(cls, name), eval_str=True) == want
+
+
+def test_both_engines_are_engines_and_anything_else_is_refused(engine):
+    assert isinstance(engine, Engine)
+
+    class Half:
+        def __len__(self) -> int:
+            return 0
+
+        def categories(self) -> list[str]:
+            return []
+
+    with pytest.raises(TypeError, match="Half is not a search engine: it has no search, product, thumbnail, add, del"):
+        create_app({"ENGINE": Half()})

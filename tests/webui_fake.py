@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import logging
 import threading
@@ -27,7 +28,10 @@ from PIL import Image
 
 from foundation.schema import Schema, default_schema
 from foundation.text import category_from_text
+from indexer.prepare import prepare_image
+from indexer.products import product_from_fields
 from search.engine import check_k, check_option, parse_box
+from search.protocol import Engine
 
 FEATURE = 6  # side of the colour thumbnail compared
 
@@ -46,6 +50,8 @@ def _thumbnail(image: Image.Image) -> bytes:
 
 
 class FakeEngine:
+    """A ``search.protocol.Engine``: ``SearchEngine``'s methods with its signatures (tests check both)."""
+
     def __init__(self, dump: str | Path, *, schema: Schema | None = None):
         self.schema = schema or default_schema()
         self._lock = threading.Lock()
@@ -63,7 +69,7 @@ class FakeEngine:
         twin.schema, twin._lock, twin._products = self.schema, threading.Lock(), dict(self._products)
         return twin
 
-    def _put(self, row: dict, attributes: dict, image: Image.Image, box) -> dict:
+    def _put(self, row: dict, attributes: dict, image: Image.Image, box, thumbnail: bytes | None = None) -> dict:
         meta = {
             "id": row["id"],
             "title": row.get("title", ""),
@@ -79,7 +85,7 @@ class FakeEngine:
             "size": image.size,
             "whole": _feature(image),
             "crop": _feature(image, box),
-            "thumbnail": _thumbnail(image),
+            "thumbnail": thumbnail or _thumbnail(image),
         }
         with self._lock:
             self._products[row["id"]] = entry
@@ -89,14 +95,16 @@ class FakeEngine:
         with self._lock:
             return list(self._products.values())
 
-    # -- SearchEngine's interface --------------------------------------------------------------
+    # -- search.protocol.Engine --------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._products)
 
     def categories(self) -> list[str]:
         return list(self.schema.category_names)
 
-    def search(self, image, option, *, category=None, box=None, k=20) -> dict:
+    def search(
+        self, image: bytes | Path | Image.Image, option: str, *, category: str | None = None, box=None, k: int = 20
+    ) -> dict:
         check_option(option)
         k = check_k(k)
         if category is not None:
@@ -104,22 +112,25 @@ class FakeEngine:
         entries = self._entries()
         if option == "guided" and category is None:
             raise ValueError("the guided option needs a category")
+        if option == "rectangle" and box is None:
+            raise ValueError("the rectangle option needs a box x0,y0,x1,y1")
+        prepared = prepare_image(image, thumbnail=False)  # the engine's own decoding and checks
+        picture = prepared.image
         if option == "rectangle":
-            if box is None:
-                raise ValueError("the rectangle option needs a box x0,y0,x1,y1")
-            roi = parse_box(box, image.size)
-            query = _feature(image, roi)
+            roi = parse_box(box, prepared.original_size)
+            query = _feature(picture, prepared.to_working(roi))
             pool = [e for e in entries if category is None or e["meta"]["category"] == category] or entries
             seen = min(pool, key=lambda e: float(np.abs(e["crop"] - query).sum()))
         else:
             # The "recognised" garment: the catalogue photo nearest to the query, its box rescaled.
-            whole = _feature(image)
+            whole = _feature(picture)
             pool = [e for e in entries if category is None or e["meta"]["category"] == category] or entries
             seen = min(pool, key=lambda e: float(np.abs(e["whole"] - whole).sum()))
-            sx, sy = image.size[0] / seen["size"][0], image.size[1] / seen["size"][1]
+            sx, sy = picture.size[0] / seen["size"][0], picture.size[1] / seen["size"][1]
             b = seen["box"]
-            roi = (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)
-            query = _feature(image, roi)
+            working = (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy)
+            query = _feature(picture, working)
+            roi = prepared.to_original(working)
         cat = category or seen["meta"]["category"]
         attributes = {**seen["attributes"], "category": cat, "great_category": self.schema.great_category(cat)}
         hits = []
@@ -151,6 +162,7 @@ class FakeEngine:
                 "attributes": [{"group": g, "value": attributes[g], "p": 0.9} for g in groups if g in attributes],
                 "roi": [int(round(v)) for v in roi],
                 "fallback": False,
+                "searched": [{"category": cat, "p": 1.0 if category else 0.8}],
                 "note": None,
                 "timings_ms": {"total": 1.0},
             },
@@ -167,14 +179,17 @@ class FakeEngine:
             entry = self._products.get(product_id)
         return entry["thumbnail"] if entry else None
 
-    def add(self, product: dict, image: Image.Image) -> dict:
-        category = product.get("category") or category_from_text(
-            product.get("title", ""), product.get("category_path", "")
-        )
+    def add(self, product: dict, image: bytes | Image.Image) -> dict:
+        item = product_from_fields(product, self.schema)  # the engine's own rules for the fields
+        prepared = prepare_image(image)  # and for the photo
+        category = item.category or category_from_text(item.category_path, item.title, schema=self.schema)
         if category is None:
-            raise ValueError(f"product {product['id']!r}: no fashion category in its title or category_path")
-        w, h = image.size
-        return self._put(product, {"category": category}, image, (0, 0, w, h))
+            raise ValueError(f"product {item.id!r}: no fashion category in its title or category_path")
+        row = {"id": item.id, "title": item.title, "category_path": item.category_path, "price": item.price}
+        w, h = prepared.image.size
+        return self._put(
+            {**row, "url": item.url}, {"category": category}, prepared.image, (0, 0, w, h), prepared.thumbnail
+        )
 
     def delete(self, product_id: str) -> bool:
         with self._lock:
@@ -197,25 +212,46 @@ class HashCoder:
         return np.stack([np.packbits((g > g.mean()).reshape(-1)) for g in grey])
 
 
-def standin_engine(dump: str | Path, out: str | Path, *, n: int | None = None):
-    """The real SearchEngine over the first ``n`` products of ``dump``, indexed into ``out`` with stand-ins."""
+def standin_describer():
+    """The indexer's ``Describer`` with the stand-ins: fake attribute model and detector, average-hash codes."""
     from indexer.describe import Describer
-    from indexer.store import Store
-    from search.engine import SearchEngine, load_ram_index
     from tests.indexer_fakes import FakeDetector, FakePredictor
 
-    dump, out = Path(dump), Path(out)
-    describer = Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=HashCoder())
+    return Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=HashCoder())
+
+
+def build_standin_index(dump: str | Path, out: str | Path, describer, *, n: int | None = None) -> Path:
+    """Index the first ``n`` products of ``dump`` into the index directory ``out`` with ``describer``,
+    through the indexer's own per-product path (``indexer.products.add_products``)."""
+    from foundation.dump import read_dump
+    from indexer.products import add_products
+    from indexer.store import Store
+    from search.engine import load_ram_index
+
+    products = list(itertools.islice(read_dump(dump, check_images=False), n))
     store = Store(out, readonly=False)
     try:
-        for line in dump.read_text(encoding="utf-8").splitlines()[:n]:
-            row = json.loads(line)
-            store.add_product(row, Image.open(dump.parent / row["image"]).convert("RGB"), describer)
+        add_products(store, describer, [(p, p.image) for p in products])
         store.write_info({"code_bytes": describer.code_bytes, "colour_bins": int(describer.colour.bins)})
     finally:
         store.close()
-    index = load_ram_index(out)
-    return SearchEngine(describer=describer, store=Store(out, readonly=False), index=index)
+    load_ram_index(out)  # writes the RAM snapshot, so each opening of the index is quick
+    return Path(out)
+
+
+def open_standin_engine(index_dir: str | Path, describer):
+    """The real SearchEngine over an index directory written by ``build_standin_index``."""
+    from indexer.store import Store
+    from search.engine import SearchEngine, load_ram_index
+
+    index = load_ram_index(index_dir)  # before the store opens: LMDB opens an environment once per process
+    return SearchEngine(describer=describer, store=Store(index_dir, readonly=False), index=index)
+
+
+def standin_engine(dump: str | Path, out: str | Path, *, n: int | None = None):
+    """The real SearchEngine over the first ``n`` products of ``dump``, indexed into ``out`` with stand-ins."""
+    describer = standin_describer()
+    return open_standin_engine(build_standin_index(dump, out, describer, n=n), describer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, help="with --standin: index the first N products only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = standin_engine(args.dump, args.standin, n=args.n) if args.standin else FakeEngine(args.dump)
+    engine: Engine = standin_engine(args.dump, args.standin, n=args.n) if args.standin else FakeEngine(args.dump)
     app = create_app({"ENGINE": engine, "TOKEN": args.token})
     serve_app(app, ServeConfig(host=args.host, port=args.port, threads=args.threads, token=args.token))
     return 0

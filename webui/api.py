@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from webui.app import AppState
 from webui.forms import RequestError, parse_product, parse_search, read_image
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ OPENAPI = Path(__file__).with_name("openapi.json")
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 
-def _state():
+def _state() -> AppState:
     return current_app.extensions["fashion_search"]
 
 
@@ -123,8 +124,8 @@ def add_product():
     _require_token()
     state = _state()
     product = parse_product(request.form, state.categories)
-    image = read_image(request.files)
-    added = state.engine.add(product, image)
+    upload = read_image(request.files)
+    added = state.engine.add(product, upload.data)
     logger.info("added product %r", product["id"])
     return jsonify(_with_image_url(added)), 201
 

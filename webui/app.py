@@ -21,6 +21,8 @@ from flask import Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
+from search.protocol import ENGINE_METHODS, Engine
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD = 16 * 1024 * 1024
@@ -81,7 +83,7 @@ class ServerStats:
 
 @dataclass
 class AppState:
-    engine: object
+    engine: Engine
     categories: tuple[str, ...]
     token: str | None
     stats: ServerStats = field(default_factory=ServerStats)
@@ -90,13 +92,13 @@ class AppState:
 def create_app(config: Mapping | None = None) -> Flask:
     """The web application.
 
-    Config keys: ``ENGINE`` (an object with ``SearchEngine``'s interface) or ``INDEX`` (an index
-    directory, opened with ``SearchEngine.open`` on ``DEVICE``, default cpu); ``TOKEN`` (needed by
-    the product update endpoints; without it they are disabled); ``MAX_CONTENT_LENGTH`` (bytes an
-    upload may have, default 16 MiB); any other Flask setting.
+    Config keys: ``ENGINE`` (a ``search.protocol.Engine``: a ``SearchEngine``, or an object with its
+    methods) or ``INDEX`` (an index directory, opened with ``SearchEngine.open`` on ``DEVICE``,
+    default cpu); ``TOKEN`` (needed by the product update endpoints; without it they are disabled);
+    ``MAX_CONTENT_LENGTH`` (bytes an upload may have, default 16 MiB); any other Flask setting.
     """
     config = dict(config or {})
-    engine = config.pop("ENGINE", None)
+    engine: Engine | None = config.pop("ENGINE", None)
     index = config.pop("INDEX", None)
     device = config.pop("DEVICE", "cpu")
     if engine is None:
@@ -107,6 +109,9 @@ def create_app(config: Mapping | None = None) -> Flask:
         from search.engine import SearchEngine
 
         engine = SearchEngine.open(index, device=device)
+    if not isinstance(engine, Engine):
+        missing = [m for m in ENGINE_METHODS if not callable(getattr(engine, m, None))]
+        raise TypeError(f"ENGINE {type(engine).__name__} is not a search engine: it has no {', '.join(missing)}")
     token = config.pop("TOKEN", None) or None
 
     app = Flask(__name__)

@@ -1,0 +1,47 @@
+"""What the web layer needs of a search engine: ``SearchEngine``'s public methods, as a typed Protocol.
+
+``webui`` is written against ``Engine``, so anything with these methods serves the page and the
+API: the real ``search.engine.SearchEngine``, or the tests' ``FakeEngine``. The signatures are
+``SearchEngine``'s own, parameter for parameter; ``tests/test_webui_api.py`` checks that both
+engines match them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+ENGINE_METHODS = ("__len__", "categories", "search", "product", "thumbnail", "add", "delete", "stats")
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A catalogue searched by photo, and updated one product at a time.
+
+    ``search`` and ``add`` take the photo as sent (its bytes) or decoded. ``search`` answers
+    ``{"query": {...}, "results": [...]}`` as ``webui/openapi.json`` describes (without each
+    result's ``image_url``, which the web layer adds) and raises ``ValueError`` for an option,
+    category, box, k or photo it cannot use. ``product`` and ``add`` answer a product's metadata
+    (``id``, ``title``, ``category``, ...); ``product``, ``thumbnail`` and ``delete`` answer None or
+    False for an unknown id.
+    """
+
+    def __len__(self) -> int: ...
+
+    def categories(self) -> list[str]: ...
+
+    def search(
+        self, image: bytes | Path | Image.Image, option: str, *, category: str | None = None, box=None, k: int = 20
+    ) -> dict: ...
+
+    def product(self, product_id: str) -> dict | None: ...
+
+    def thumbnail(self, product_id: str) -> bytes | None: ...
+
+    def add(self, product: dict, image: bytes | Image.Image) -> dict: ...
+
+    def delete(self, product_id: str) -> bool: ...
+
+    def stats(self) -> dict: ...

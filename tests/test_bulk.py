@@ -122,6 +122,7 @@ build_index({dump!r}, {models!r}, {out!r}, workers=2, batch_size=4, describer=fa
 """
 
 
+@pytest.mark.slow  # a second process killed mid-run, then two whole index builds: ~3 s
 def test_kill_9_then_resume_equals_an_uninterrupted_run(messy_dump, models, tmp_path):
     dump, good, _bad = messy_dump
     build_index(

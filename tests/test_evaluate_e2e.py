@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from catalogues.datasets import ccp_split
+from catalogues.scenes import compose_for_evaluation
 from catalogues.synth import draw_scene
 from foundation.schema import default_schema
 
@@ -129,6 +130,7 @@ def _paste_side_by_side(target, others, rng):
     return canvas, boxes
 
 
+@pytest.mark.slow  # the whole retrieval evaluation, report and plots included: ~2.5 s
 def test_evaluation_runs_end_to_end(layouts, tmp_path):
     """The orchestration, metrics.json and the report, with the indexer tests' stand-ins for the attribute
     model and the detector and an untrained GoogLeNet coder.
@@ -200,12 +202,11 @@ def _garment_photo(colour, size=(200, 260)) -> Image.Image:
 
 
 def test_composer_boxes_are_where_the_pasted_garments_are():
-    scenes = pytest.importorskip("catalogues.scenes", reason="the scene composer is not there yet")
     for seed in range(4):
         rng = np.random.default_rng(seed)
         # The target is near-black: the composer's backgrounds (channels 40-250) and the other,
         # saturated garments never are, so near-black pixels mark where the target landed.
-        scene, boxes = scenes.compose_for_evaluation(
+        scene, boxes = compose_for_evaluation(
             _garment_photo((8, 8, 8)),
             [_garment_photo((230, 40, 40)), _garment_photo((40, 200, 60))][: 1 + seed % 2],
             rng,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from catalogues.scenes import (
@@ -57,6 +58,7 @@ def test_compose_scene_boxes_hold_the_garments():
     assert len(boxes) == 2 and all(0 <= b[0] < b[2] <= scene.width and 0 <= b[1] < b[3] <= scene.height for b in boxes)
 
 
+@pytest.mark.slow  # converts the shared ccp val split (its size, not a fixed one): ~2 s
 def test_convert_ccp_and_scenes(ccp_dir, clothing_dir, tmp_path):
     dump, counts = convert_ccp(ccp_dir, tmp_path / "ccp", split="val", progress=False)
     products = list(read_dump(dump))

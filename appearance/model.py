@@ -15,6 +15,7 @@ centred features together (augmentation invariance).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,14 +26,18 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from foundation import modelfiles
+from foundation.devices import parse_device
+from foundation.modelfiles import Preprocess
 from foundation.schema import Schema
 
 logger = logging.getLogger(__name__)
 
 NAME = "appearance"
-FEATURE_DIMS = (832, 1024)  # inception4e, inception5b
+LAYERS = ("inception4e", "inception5b")
+FEATURE_DIMS = (832, 1024)  # their channels
 DIMS = sum(FEATURE_DIMS)
 CODE_BYTES = (DIMS + 7) // 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,6 +47,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class GoogLeNetFeatures(nn.Module):
     """GoogLeNet up to ``inception5b``; returns the pooled 4e and 5b activations, concatenated.
 
+    The two taps come from torchvision's ``create_feature_extractor``; ``net`` keeps GoogLeNet's
+    submodule names, so the state_dict keys (``net.conv1...``) are those of the GoogLeNet it wraps.
+
     Args:
         num_classes: categories of the training head (0: no head, for ImageNet features).
         weights: ``None`` (from scratch) or a torchvision ``GoogLeNet_Weights`` value.
@@ -50,26 +58,30 @@ class GoogLeNetFeatures(nn.Module):
     def __init__(self, *, num_classes: int = 0, weights=None, transform_input: bool = False):
         super().__init__()
         if weights is None:
-            self.net = torchvision.models.googlenet(
+            googlenet = torchvision.models.googlenet(
                 weights=None, aux_logits=False, init_weights=True, transform_input=transform_input
             )
         else:
-            self.net = torchvision.models.googlenet(weights=weights, aux_logits=False)
-        self.net.fc = nn.Identity()  # the ImageNet classifier is not part of the code
+            googlenet = torchvision.models.googlenet(weights=weights, aux_logits=False)
+        self.net = create_feature_extractor(googlenet, return_nodes={layer: layer for layer in LAYERS})
+        self.net.transform_input = googlenet.transform_input  # traced into the graph; saved with the preprocessing
         self.head = nn.Linear(DIMS, num_classes) if num_classes else None
+
+    def __deepcopy__(self, memo):
+        # torchvision's DualGraphModule comes out of a deepcopy in training mode and without the
+        # attributes set on it: give every module back its mode, and the flag its value
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        for ours, theirs in zip(self.modules(), clone.modules()):
+            theirs.training = ours.training
+        clone.net.transform_input = self.net.transform_input
+        return clone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (N, 3, H, W) normalised images -> (N, 1856) pooled activations (>= 0)."""
-        n = self.net
-        x = n._transform_input(x)
-        x = n.maxpool1(n.conv1(x))
-        x = n.maxpool2(n.conv3(n.conv2(x)))
-        x = n.maxpool3(n.inception3b(n.inception3a(x)))
-        x = n.inception4e(n.inception4d(n.inception4c(n.inception4b(n.inception4a(x)))))
-        f4 = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        x = n.inception5b(n.inception5a(n.maxpool4(x)))
-        f5 = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return torch.cat([f4, f5], 1)
+        taps = self.net(x)
+        return torch.cat([F.adaptive_avg_pool2d(taps[layer], 1).flatten(1) for layer in LAYERS], 1)
 
 
 def imagenet_weights():
@@ -99,24 +111,17 @@ class AppearanceCoder:
         std=IMAGENET_STD,
         device: str = "cpu",
     ):
-        self.net = net.to(device).eval()
+        self.device = parse_device(device)
+        self.net = net.to(self.device).eval()
         self.image_size = int(image_size)
         self.median = None if median is None else np.asarray(median, np.float32).reshape(DIMS)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.device = device
+        self.preprocess = Preprocess(self.image_size, tuple(map(float, mean)), tuple(map(float, std)))
 
     code_bytes = CODE_BYTES
 
     @classmethod
     def load(cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None) -> AppearanceCoder:
-        ckpt = modelfiles.load_model(models_dir, NAME, schema=schema)
-        pre = ckpt["preprocessing"]
-        net = GoogLeNetFeatures(num_classes=0, weights=None, transform_input=bool(pre.get("transform_input", False)))
-        state = {k: v for k, v in ckpt["state_dicts"]["features"].items() if not k.startswith("head.")}
-        net.load_state_dict(state, strict=True)
-        median = ckpt["state_dicts"]["median"]["median"].numpy()
-        return cls(net, image_size=pre["image_size"], median=median, mean=pre["mean"], std=pre["std"], device=device)
+        return load(models_dir, device=device, schema=schema)[0]
 
     @classmethod
     def imagenet(cls, *, image_size: int = 224, device: str = "cpu") -> AppearanceCoder:
@@ -143,23 +148,13 @@ class AppearanceCoder:
             schema=schema,
             metrics=metrics,
             data_hash=data_hash,
-            preprocessing={
-                "image_size": self.image_size,
-                "mean": list(map(float, self.mean.flatten())),
-                "std": list(map(float, self.std.flatten())),
-                "resize": "squash",
-                "transform_input": bool(self.net.net.transform_input),
-            },
-            extra={"dims": DIMS, "code_bytes": CODE_BYTES, "layers": ["inception4e", "inception5b"]},
+            preprocessing={**self.preprocess.to_dict(), "transform_input": bool(self.net.net.transform_input)},
+            extra={"dims": DIMS, "code_bytes": CODE_BYTES, "layers": list(LAYERS)},
         )
 
     def tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        s = self.image_size
-        arr = np.stack(
-            [np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR), np.uint8) for im in images]
-        )
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
-        return (x - self.mean) / self.std
+        """(N, 3, S, S) network input of RGB images: squashed to S x S, ImageNet-normalised."""
+        return self.preprocess.batch(images)
 
     @torch.inference_mode()
     def features(self, images: Sequence[Image.Image], *, batch_size: int = 64) -> np.ndarray:
@@ -185,6 +180,28 @@ class AppearanceCoder:
         feats = self.features(images)
         self.median = np.median(feats, axis=0).astype(np.float32)
         return feats
+
+
+def load(
+    models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None
+) -> tuple[AppearanceCoder, Preprocess]:
+    """(the saved coder on ``device``, its preprocessing: PIL image -> (3, S, S) tensor).
+
+    ``coder.net(torch.stack([preprocess(im) for im in images]))`` gives the (N, 1856) features and
+    ``coder.binarize`` their codes against the saved median; ``coder.encode(images)`` does both.
+    A model trained on another schema is refused.
+    """
+    ckpt = modelfiles.load_model(models_dir, NAME, schema=schema)
+    pre = ckpt["preprocessing"]
+    net = GoogLeNetFeatures(num_classes=0, weights=None, transform_input=bool(pre.get("transform_input", False)))
+    state = {k: v for k, v in ckpt["state_dicts"]["features"].items() if not k.startswith("head.")}
+    net.load_state_dict(state, strict=True)
+    median = ckpt["state_dicts"]["median"]["median"].numpy()
+    preprocess = Preprocess.from_saved(pre)
+    coder = AppearanceCoder(
+        net, image_size=preprocess.image_size, median=median, mean=preprocess.mean, std=preprocess.std, device=device
+    )
+    return coder, coder.preprocess
 
 
 def untrained_coder(*, image_size: int = 64, seed: int = 0, calibration: Sequence[Image.Image] = ()) -> AppearanceCoder:

@@ -1,7 +1,10 @@
 """Training the appearance network on a dump's product regions (or fitting ImageNet features).
 
 Category classification on two augmented views of each region plus a term pulling the two
-views' centred features together (augmentation invariance); then the centring median.
+views' centred features together (augmentation invariance), through the shared loop
+(``foundation.training``: time budget, device, exact resume from ``appearance-last``); then the
+BatchNorm statistics are re-estimated (``torch.optim.swa_utils.update_bn``) and the centring
+median is fitted.
 """
 
 from __future__ import annotations
@@ -9,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
+from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
 from appearance.evaluate import bit_entropy, float_vs_binary
@@ -27,10 +30,16 @@ from appearance.model import (
     GoogLeNetFeatures,
 )
 from foundation import modelfiles
+from foundation.devices import check_device, parse_device
 from foundation.schema import Schema, default_schema
 from foundation.text import category_from_text
+from foundation.training import Checkpoint, LoopConfig, pick_preset, seed_everything, torch_threads, train_loop
 
 logger = logging.getLogger(__name__)
+
+LAST = "appearance-last"  # the resumable checkpoint, beside appearance.pt
+# where and how long a run goes, and how the trained network is calibrated: a resumed run may change these
+RUN_SETTINGS = ("max_minutes", "device", "amp", "threads", "workers", "resume_checkpoint", "median_products")
 
 
 @dataclass(frozen=True)
@@ -42,12 +51,19 @@ class AppearanceConfig:
     batch_size: int = 48
     lr: float = 5e-4  # 2e-3 stayed near chance: clothing val binary mAP 0.166 -> 0.437, synthetic 0.146 -> 0.549
     weight_decay: float = 1e-4
+    warmup_share: float = 0.15  # of all steps, from lr / 25 (as OneCycleLR's pct_start did before)
+    clip_grad_norm: float | None = None
     invariance_weight: float = 1.0
     max_products: int | None = None  # cap on the training regions (None: all)
     median_products: int = 4000  # regions used to estimate the per-dimension median
     val_share: float = 0.15  # held-out regions for the float vs binary retrieval figure
     seed: int = 0
     threads: int = 2
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    amp: bool = True  # mixed precision on cuda
+    max_minutes: float | None = 20.0  # stop after the step crossing this budget (None: no limit)
+    workers: int = 0
+    resume_checkpoint: bool = True  # write appearance-last.pt after each epoch, so a run can resume
     weights: str | None = None  # "imagenet": torchvision's ImageNet GoogLeNet, only the median is fitted
 
     def __post_init__(self):
@@ -60,18 +76,52 @@ class AppearanceConfig:
             raise ValueError(f"appearance val_share must lie in [0, 0.9), got {self.val_share}")
         if self.weights not in (None, "imagenet"):
             raise ValueError(f"appearance weights must be None or 'imagenet', got {self.weights!r}")
+        check_device(self.device)
+        self.loop_config()  # checks the loop's settings
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> AppearanceConfig:
+        """The preset ``name`` of ``PRESETS`` with ``overrides``; an unknown name lists those there are."""
+        return replace(pick_preset(PRESETS, name, "appearance"), **overrides)
 
     @classmethod
     def demo(cls) -> AppearanceConfig:
         """The demo's preset: a few minutes on a 2-core CPU."""
-        return PRESETS["demo"]
+        return cls.preset("demo")
+
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_share=self.warmup_share,
+            clip_grad_norm=self.clip_grad_norm,
+            seed=self.seed,
+            max_minutes=self.max_minutes,
+            device=self.device,
+            amp=self.amp,
+            threads=self.threads,
+            checkpoint=self.resume_checkpoint,
+        )
+
+    def learning_settings(self) -> dict:
+        """What a resumed run must share with the first, beside the loop's own settings."""
+        loop = set(asdict(self.loop_config()))
+        return {k: v for k, v in asdict(self).items() if k not in loop and k not in RUN_SETTINGS}
 
 
 PRESETS = {
     # 95 s on an idle 2-core CPU for the demo's 2,000 regions at 64 px: held-out category mAP
     # 0.549 with the binary codes (0.146 with lr 2e-3, the random-code level)
     "demo": AppearanceConfig(
-        image_size=64, epochs=5, batch_size=48, max_products=2000, median_products=2000, val_share=0.1
+        image_size=64,
+        epochs=5,
+        batch_size=48,
+        max_products=2000,
+        median_products=2000,
+        val_share=0.1,
+        max_minutes=4.0,
+        resume_checkpoint=False,
     ),
     "default": AppearanceConfig(),
 }
@@ -157,25 +207,25 @@ class _Views(torch.utils.data.Dataset):
         return self.aug(im), self.aug(im), self.labels[i]
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(net: nn.Module, batches) -> None:
-    """Re-estimate BatchNorm running statistics as exact averages over ``batches`` (precise BN).
+class AppearanceTask:
+    """The appearance network as the training loop sees it: category loss plus view invariance."""
 
-    A short CPU training run leaves the running statistics far from the trained network's (they
-    move 10% a step); in eval mode that shifts activations and kills most bits of the code.
-    """
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    was_training = net.training
-    net.train()
-    for x in batches:
-        net(x)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    net.train(was_training)
+    def __init__(self, net: GoogLeNetFeatures, invariance_weight: float):
+        self.model, self.invariance_weight = net, invariance_weight
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def loss(self, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        a, b, label = (t.to(device, non_blocking=True) for t in batch)
+        fa, fb = self.model(torch.cat([a, b])).float().chunk(2)
+        logits = self.model.head(torch.cat([fa, fb])).float()
+        ce = F.cross_entropy(logits, torch.cat([label, label]))
+        # invariance on batch-centred features: the same centring the code uses
+        mu = torch.cat([fa, fb]).mean(0, keepdim=True)
+        inv = 1 - F.cosine_similarity(fa - mu, fb - mu, dim=1).mean()
+        accuracy = float((logits[: len(label)].argmax(1) == label).float().mean())
+        return ce + self.invariance_weight * inv, {"train_acc": accuracy}
 
 
 def train_appearance(
@@ -185,22 +235,20 @@ def train_appearance(
     config: AppearanceConfig | str = "default",
     schema: Schema | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
     """Train the appearance network from scratch on a dump's product regions; save ``appearance.pt``.
 
-    Returns the metrics (training loss, float vs binary category mAP on held-out regions, bit
-    entropy), which also go to the model manifest.
+    ``config`` is a config or the name of one of ``PRESETS``. With ``resume`` a run continues from
+    ``appearance-last.pt`` exactly where it stopped (refusing one made with other learning
+    settings). Returns the metrics (training loss, float vs binary category mAP on held-out
+    regions, bit entropy), which also go to the model manifest.
     """
     if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown appearance preset {config!r}; choose from {sorted(PRESETS)}")
-        config = PRESETS[config]
+        config = AppearanceConfig.preset(config)
     schema = schema or default_schema()
-    torch.manual_seed(config.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(config.threads, threads))
     t0 = time.perf_counter()
-    try:
+    with torch_threads(config.threads):
         if config.weights == "imagenet":
             return _imagenet_appearance(train_dump, out_dir, config, schema, progress, t0)
         load_size = int(config.image_size * 1.15)
@@ -221,52 +269,44 @@ def train_appearance(
             batch_size=config.batch_size,
             shuffle=True,
             drop_last=len(tr) > config.batch_size,
+            num_workers=config.workers,
             generator=torch.Generator().manual_seed(config.seed),
         )
+        seed_everything(config.seed)  # the same initial weights for the same seed
         net = GoogLeNetFeatures(num_classes=len(classes))
-        opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        steps = config.epochs * len(loader)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(steps, 1), pct_start=0.15)
-        net.train()
-        history = []
-        bar = tqdm(total=steps, desc="train appearance", unit="batch", disable=not progress)
-        for epoch in range(config.epochs):
-            tot = correct = seen = 0.0
-            for a, b, label in loader:
-                fa, fb = net(torch.cat([a, b])).chunk(2)
-                logits = net.head(torch.cat([fa, fb]))
-                ce = F.cross_entropy(logits, torch.cat([label, label]))
-                # invariance on batch-centred features: the same centring the code uses
-                mu = torch.cat([fa, fb]).mean(0, keepdim=True)
-                inv = 1 - F.cosine_similarity(fa - mu, fb - mu, dim=1).mean()
-                loss = ce + config.invariance_weight * inv
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot += loss.item() * len(label)
-                correct += float((logits[: len(label)].argmax(1) == label).sum())
-                seen += len(label)
-                bar.update(1)
-                bar.set_postfix(loss=f"{tot / seen:.3f}", acc=f"{correct / seen:.2f}")
-            history.append({"epoch": epoch + 1, "loss": tot / max(seen, 1), "train_acc": correct / max(seen, 1)})
-            logger.info(
-                "appearance epoch %d: loss %.3f, train accuracy %.3f",
-                epoch + 1,
-                history[-1]["loss"],
-                history[-1]["train_acc"],
-            )
-        bar.close()
-        coder = AppearanceCoder(net, image_size=config.image_size)
+        data_hash = modelfiles.file_hash(train_dump)
+        prep = {"image_size": config.image_size, "resize": "squash", "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        checkpoint = Checkpoint(
+            Path(out_dir),
+            LAST,
+            {**config.learning_settings(), "classes": classes},
+            prep,
+            schema=schema,
+            data_hash=data_hash,
+        )
+        run = train_loop(
+            AppearanceTask(net, config.invariance_weight),
+            loader,
+            config.loop_config(),
+            checkpoint=checkpoint,
+            resume=resume,
+            progress=progress,
+            desc="appearance",
+        )
+        coder = AppearanceCoder(net, image_size=config.image_size, device=run.device)
         calib = [images[i] for i in tr[: config.median_products]]
-        recalibrate_batchnorm(net, (coder.tensor(calib[i : i + 64]) for i in range(0, len(calib), 64)))
+        # A short CPU run leaves BatchNorm's running statistics far from the trained network's (they
+        # move 10% a step); in eval mode that shifts activations and kills most bits of the code.
+        update_bn((coder.tensor(calib[i : i + 64]) for i in range(0, len(calib), 64)), net, device=coder.device)
         net.eval()
         med_idx = tr[: config.median_products]
         coder.fit_median([images[i] for i in med_idx])
         metrics: dict = {
             "train_regions": int(len(tr)),
             "categories": classes,
-            "epochs": history,
+            "epochs": run.history,
+            "steps": run.steps,
+            "stopped": run.stopped,
             "train_seconds": round(time.perf_counter() - t0, 1),
         }
         held = np.flatnonzero(val)
@@ -274,21 +314,18 @@ def train_appearance(
             metrics["val"] = float_vs_binary(coder, [images[i] for i in held], [cats[i] for i in held])
         train_codes = coder.encode([images[i] for i in med_idx])
         metrics["train_code"] = bit_entropy(train_codes)
-        path = coder.save(
-            out_dir, schema=schema, metrics=metrics, config=asdict(config), data_hash=modelfiles.file_hash(train_dump)
-        )
+        path = coder.save(out_dir, schema=schema, metrics=metrics, config=asdict(config), data_hash=data_hash)
         metrics["path"] = str(path)
-        logger.info("saved %s (%.0fs)", path, time.perf_counter() - t0)
+        logger.info("saved %s (%.0fs, %s)", path, time.perf_counter() - t0, run.stopped)
         return metrics
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _imagenet_appearance(
     train_dump, out_dir, config: AppearanceConfig, schema: Schema, progress: bool, t0: float
 ) -> dict:
     """ImageNet GoogLeNet features (no training): fit the median on the catalogue's regions and save."""
-    coder = AppearanceCoder.imagenet(image_size=config.image_size)  # a clear error before reading the dump
+    # a clear error before reading the dump
+    coder = AppearanceCoder.imagenet(image_size=config.image_size, device=str(parse_device(config.device)))
     images, cats, ids = load_regions(
         train_dump, size=config.image_size, limit=config.max_products, schema=schema, progress=progress
     )

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from foundation.dump import read_dump
 from foundation.images import ImageError, load_image
+from foundation.modelfiles import Preprocess
 from foundation.schema import Schema, default_schema
 from foundation.text import category_from_text
 
@@ -56,12 +57,7 @@ def preprocessing(image_size: int) -> dict:
 
 def to_input(images: list[Image.Image], prep: dict) -> torch.Tensor:
     """Normalised model input (N, 3, S, S) from RGB images (each squashed to S x S)."""
-    s = prep["image_size"]
-    arr = np.stack([np.asarray(im.convert("RGB").resize((s, s), Image.BILINEAR)) for im in images])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(prep["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(prep["std"]).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return Preprocess.from_saved(prep).batch(images)
 
 
 @dataclass

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import nn
 
-from attributes.data import to_input
 from attributes.decode import Constraints, beam_decode, category_distribution, greedy_decode
 from attributes.model import AttributeModelConfig, build_attribute_model
-from foundation.modelfiles import load_model
+from foundation.devices import parse_device
+from foundation.modelfiles import Preprocess, load_model
 from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,18 @@ class AttributePrediction:
     categories: list[tuple[str, float]]  # auto: most likely categories present, best first; guided: [(guide, 1.0)]
 
 
+def load(
+    models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None, name: str = MODEL_NAME
+) -> tuple[nn.Module, Preprocess]:
+    """(model in eval mode on ``device``, its preprocessing: PIL image -> (3, S, S) tensor), as saved.
+
+    ``model.encode(torch.stack([preprocess(im) for im in images]))`` gives the image features; a
+    model trained on another schema is refused.
+    """
+    model, ck = load_sequence_model(models_dir, name, schema=schema)
+    return model.to(parse_device(device)), Preprocess.from_saved(ck["preprocessing"])
+
+
 def load_sequence_model(models_dir: str | Path, name: str = MODEL_NAME, *, schema: Schema | None = None):
     """(model in eval mode, checkpoint) of a saved attribute model."""
     schema = schema or default_schema()
@@ -45,11 +58,13 @@ def load_sequence_model(models_dir: str | Path, name: str = MODEL_NAME, *, schem
 class AttributePredictor:
     """Guided or auto attribute generation for batches of images."""
 
-    def __init__(self, model, preprocessing: dict, schema: Schema, *, device: str = "cpu", batch_size: int = 64):
-        self.model = model.to(device).eval()
-        self.prep = preprocessing
+    def __init__(
+        self, model, preprocess: Preprocess | dict, schema: Schema, *, device: str = "cpu", batch_size: int = 64
+    ):
+        self.device = parse_device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocess = preprocess if isinstance(preprocess, Preprocess) else Preprocess.from_saved(preprocess)
         self.schema = schema
-        self.device = torch.device(device)
         self.batch_size = batch_size
         self.constraints = Constraints(schema)
         self._great_of = [schema.great_category(c) for c in schema.category_names]
@@ -58,15 +73,20 @@ class AttributePredictor:
     def load(cls, models_dir, *, device: str = "cpu", schema: Schema | None = None) -> AttributePredictor:
         """The predictor of ``models_dir/attributes.pt``; a clear error when missing or for another schema."""
         schema = schema or default_schema()
-        model, ck = load_sequence_model(models_dir, schema=schema)
-        return cls(model, ck["preprocessing"], schema, device=device)
+        model, preprocess = load(models_dir, device=device, schema=schema)
+        return cls(model, preprocess, schema, device=device)
+
+    @property
+    def prep(self) -> dict:
+        """The saved form of the preprocessing (image_size, mean, std)."""
+        return self.preprocess.to_dict()
 
     @torch.inference_mode()
     def features(self, images: list[Image.Image]) -> torch.Tensor:
         """(N, feat_dim) encoder features, computed in batches."""
         out = []
         for i in range(0, len(images), self.batch_size):
-            x = to_input(images[i : i + self.batch_size], self.prep).to(self.device)
+            x = self.preprocess.batch(images[i : i + self.batch_size]).to(self.device)
             out.append(self.model.encode(x))
         return torch.cat(out)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -29,17 +28,15 @@ class DetectionDataset(torch.utils.data.Dataset):
     """``(image [3, H, W] float in [0, 1], {"boxes": [N, 4] float, "labels": [N] int64})``.
 
     Images are shrunk on load so the longer side is at most ``max_side`` (the model resizes
-    again; this only saves decoding work). ``flip`` mirrors half the samples at random.
+    again; this only saves decoding work). ``flip`` mirrors half the samples at random, drawing
+    from torch's RNG (seeded per loader worker, saved in training checkpoints).
     """
 
-    def __init__(
-        self, products: list[Product], classes: tuple[str, ...], *, max_side: int, flip: bool = False, seed: int = 0
-    ):
+    def __init__(self, products: list[Product], classes: tuple[str, ...], *, max_side: int, flip: bool = False):
         self.products = products
         self.index = {c: i for i, c in enumerate(classes)}
         self.max_side = max_side
         self.flip = flip
-        self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.products)
@@ -57,7 +54,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes = torch.tensor([[b.x0, b.y0, b.x1, b.y1] for b in p.boxes], dtype=torch.float32).reshape(-1, 4) * scale
         labels = torch.tensor([self.index[b.category] for b in p.boxes], dtype=torch.int64)
         tensor = pil_to_tensor(image).float().div_(255)
-        if self.flip and self.rng.random() < 0.5:
+        if self.flip and float(torch.rand(())) < 0.5:
             tensor = tensor.flip(-1)
             boxes = torch.stack([image.width - boxes[:, 2], boxes[:, 1], image.width - boxes[:, 0], boxes[:, 3]], 1)
         return tensor, {"boxes": boxes, "labels": labels}

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.transforms.functional import pil_to_tensor
+from torch import nn
 
 from detector.model import DetectorConfig, build_detector, class_names
+from foundation.devices import parse_device
+from foundation.modelfiles import ModelError, Preprocess, load_model
 from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,23 @@ class Detection:
         return self.roi.box
 
 
+def load(models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None) -> tuple[nn.Module, Preprocess]:
+    """(Faster R-CNN in eval mode on ``device``, its preprocessing: PIL image -> (3, H, W) in [0, 1]), as saved.
+
+    ``model([preprocess(im) for im in images])`` gives torchvision's detections, class ``i + 1``
+    being the schema's ``category_names[i]``; a model trained on another schema is refused.
+    """
+    schema = schema or default_schema()
+    ckpt = load_model(models_dir, "detector", schema=schema)
+    cfg = DetectorConfig(**{**ckpt["config"]["model"], "pretrained": None})  # the weights come from the file
+    model = build_detector(cfg, num_classes=len(class_names(schema)))
+    try:
+        model.load_state_dict(ckpt["state_dicts"]["model"])
+    except RuntimeError as exc:
+        raise ModelError(f"the detector in {models_dir} does not match its config: {exc}") from exc
+    return model.eval().to(parse_device(device)), Preprocess.from_saved(ckpt["preprocessing"])
+
+
 def select(rois: list[ROI], guide: str | None, size: tuple[int, int], score_threshold: float) -> Detection:
     """The Detection of scored ROIs (any order) under an optional guide category."""
     kept = sorted(
@@ -55,31 +74,32 @@ def select(rois: list[ROI], guide: str | None, size: tuple[int, int], score_thre
 class GarmentDetector:
     """A trained detector plus its preprocessing; ``detect`` batches images."""
 
-    def __init__(self, model, *, classes: tuple[str, ...], score_threshold: float = 0.3, device: str = "cpu"):
+    def __init__(
+        self,
+        model,
+        *,
+        classes: tuple[str, ...],
+        score_threshold: float = 0.3,
+        device: str = "cpu",
+        preprocess: Preprocess | None = None,
+    ):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must lie in [0, 1], got {score_threshold!r}")
-        self.model = model.eval().to(device)
+        self.device = parse_device(device)
+        self.model = model.eval().to(self.device)
         self.classes = classes
         self.score_threshold = score_threshold
-        self.device = device
+        self.preprocess = preprocess or Preprocess()  # RGB in [0, 1]: the model resizes itself
 
     @classmethod
     def load(
         cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None, score_threshold: float = 0.3
     ) -> GarmentDetector:
         """The detector saved as ``models_dir/detector.pt``."""
-        from foundation.modelfiles import ModelError, load_model
-
-        schema = schema or default_schema()
-        ckpt = load_model(models_dir, "detector", schema=schema)
-        cfg = DetectorConfig(**{**ckpt["config"]["model"], "pretrained": None})  # weights come from the file
-        classes = class_names(schema)
-        model = build_detector(cfg, num_classes=len(classes))
-        try:
-            model.load_state_dict(ckpt["state_dicts"]["model"])
-        except RuntimeError as exc:
-            raise ModelError(f"the detector in {models_dir} does not match its config: {exc}") from exc
-        return cls(model, classes=classes, score_threshold=score_threshold, device=device)
+        model, preprocess = load(models_dir, device=device, schema=schema)
+        return cls(
+            model, classes=class_names(schema), score_threshold=score_threshold, device=device, preprocess=preprocess
+        )
 
     @classmethod
     def from_model(cls, model, *, schema: Schema | None = None, score_threshold: float = 0.3, device: str = "cpu"):
@@ -88,7 +108,7 @@ class GarmentDetector:
     @torch.inference_mode()
     def raw(self, images) -> list[list[ROI]]:
         """Every ROI the model returns for each image (scores from torchvision's floor upwards)."""
-        tensors = [pil_to_tensor(im.convert("RGB")).to(self.device, torch.float32).div_(255) for im in images]
+        tensors = [self.preprocess(im).to(self.device) for im in images]
         outputs = self.model(tensors)
         result = []
         for out in outputs:

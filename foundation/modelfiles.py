@@ -3,6 +3,8 @@
 A checkpoint is a dict of state_dicts, the typed config it was built from, the preprocessing
 it expects and the schema it was trained on; it is loaded with ``weights_only=True`` and no
 module is ever pickled. A model trained on one schema refuses to load with another.
+``Preprocess.from_saved`` turns the saved preprocessing back into the callable a model's
+``load`` returns; ``config_differences`` names the settings two configs disagree on.
 """
 
 from __future__ import annotations
@@ -11,16 +13,89 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundation.schema import Schema, default_schema
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 MANIFEST = "manifest.json"
 
 
 class ModelError(ValueError):
     """A model file that is missing, corrupt or made for another schema."""
+
+
+def _list(values) -> list[float] | None:
+    return None if values is None else list(values)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The preprocessing saved with a model, as a callable: PIL image -> float tensor (3, H, W).
+
+    The image is made RGB, squashed to ``image_size`` x ``image_size`` (bilinear) unless that is
+    None (the model resizes itself), scaled to [0, 1] and, with ``mean`` and ``std``, normalised.
+    """
+
+    image_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"preprocess image_size must be at least 1, got {self.image_size!r}")
+        if (self.mean is None) != (self.std is None) or any(
+            v is not None and len(v) != 3 for v in (self.mean, self.std)
+        ):
+            raise ValueError(
+                f"preprocess needs both or neither of mean and std, 3 values each; got {self.mean}, {self.std}"
+            )
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> Preprocess:
+        """From a checkpoint's ``preprocessing`` dict (other keys there are the model's business)."""
+        resize = saved.get("resize", "squash" if "image_size" in saved else "none")
+        if resize not in ("squash", "none"):
+            raise ModelError(f"unknown resize {resize!r} in a model's preprocessing; known: squash, none")
+        mean, std = saved.get("mean"), saved.get("std")
+        return cls(
+            image_size=int(saved["image_size"]) if resize == "squash" else None,
+            mean=tuple(map(float, mean)) if mean is not None else None,
+            std=tuple(map(float, std)) if std is not None else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form checkpoints save (``from_saved`` reads it back)."""
+        if self.image_size is None:
+            return {"resize": "none", "mean": _list(self.mean), "std": _list(self.std)}
+        return {"image_size": self.image_size, "resize": "squash", "mean": _list(self.mean), "std": _list(self.std)}
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        image = image.convert("RGB")
+        if self.image_size is not None:
+            image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+        x = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1).float().div_(255)
+        if self.mean is not None:
+            x = (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        return x
+
+    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(N, 3, S, S) of a list of images (each squashed to the same size)."""
+        import torch
+
+        if self.image_size is None:
+            raise ValueError("images of their own sizes do not stack into a batch; call the preprocess on each")
+        return torch.stack([self(im) for im in images])
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -39,6 +114,26 @@ def _atomic_write_bytes(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _plain(value):
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_differences(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]:
+    """``"name: <saved> there, <current> here"`` for each setting that differs (nested names dotted)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif _plain(a) != _plain(b):  # a tuple saved is the same setting as a list
+            out.append(f"{prefix}{key}: {a!r} there, {b!r} here")
+    return out
 
 
 def read_manifest(models_dir: str | Path) -> dict:

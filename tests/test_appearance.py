@@ -138,3 +138,90 @@ def test_unavailable_imagenet_weights_are_a_clear_error(monkeypatch):
     monkeypatch.setattr(torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     with pytest.raises(ModelError, match="googlenet-.*pth.*train appearance"):
         imagenet_weights()
+
+
+@pytest.mark.parametrize("transform_input", [False, True])
+def test_feature_extractor_gives_googlenets_own_activations_under_its_own_names(transform_input):
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+
+    from appearance.model import GoogLeNetFeatures
+
+    torch.manual_seed(0)
+    feats = GoogLeNetFeatures(transform_input=transform_input).eval()
+    reference = torchvision.models.googlenet(
+        weights=None, aux_logits=False, init_weights=False, transform_input=transform_input
+    ).eval()
+    # the keys of a checkpoint written by the hand-written forward: GoogLeNet's own, under "net."
+    state = {k[len("net.") :]: v for k, v in feats.state_dict().items()}
+    assert set(state) == set(reference.state_dict()) - {"fc.weight", "fc.bias"}
+    reference.load_state_dict(state, strict=False)
+    n, x = reference, torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        y = n.maxpool3(
+            n.inception3b(n.inception3a(n.maxpool2(n.conv3(n.conv2(n.maxpool1(n.conv1(n._transform_input(x))))))))
+        )
+        f4 = n.inception4e(n.inception4d(n.inception4c(n.inception4b(n.inception4a(y)))))
+        f5 = n.inception5b(n.inception5a(n.maxpool4(f4)))
+        expected = torch.cat([F.adaptive_avg_pool2d(f, 1).flatten(1) for f in (f4, f5)], 1)
+        assert torch.equal(feats(x), expected) and expected.shape == (2, DIMS)
+        clone = copy.deepcopy(feats)  # torchvision's graph module alone comes out of a copy in training mode
+        assert torch.equal(clone(x), expected) and clone.net.transform_input == transform_input
+
+
+def test_load_gives_the_coder_and_the_preprocessing_saved_with_it(regions, coder, tmp_path):
+    import torch
+
+    from appearance.model import load
+    from foundation.modelfiles import ModelError
+    from foundation.schema import Schema, default_schema
+
+    coder.save(tmp_path)
+    loaded, preprocess = load(tmp_path)
+    image = regions[0][0]
+    x = preprocess(image)
+    assert x.shape == (3, 48, 48) and torch.equal(x, coder.tensor([image])[0])
+    with torch.inference_mode():
+        feats = loaded.net(x[None]).numpy()
+    np.testing.assert_array_equal(loaded.binarize(feats), coder.encode([image]))
+    raw = default_schema().to_dict()
+    raw["groups"][3]["values"] = raw["groups"][3]["values"][:-1]
+    with pytest.raises(ModelError, match="trained on attribute schema"):
+        load(tmp_path, schema=Schema(raw, source="edited.toml"))
+
+
+def test_presets_are_typed_and_an_unknown_one_is_named():
+    from appearance.train import PRESETS
+
+    assert set(PRESETS) == {"demo", "default"} and AppearanceConfig.demo() == PRESETS["demo"]
+    assert AppearanceConfig.preset("demo", epochs=1).epochs == 1
+    with pytest.raises(ValueError, match="unknown appearance preset 'huge'; choose from default, demo"):
+        AppearanceConfig.preset("huge")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        AppearanceConfig(device="gpu")
+
+
+def test_training_stopped_by_its_time_budget_resumes_to_the_uninterrupted_model(synth_dump, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from foundation.modelfiles import load_model
+
+    cfg = AppearanceConfig(
+        image_size=32, epochs=2, batch_size=16, max_products=40, median_products=40, val_share=0.0, max_minutes=None
+    )  # 2 batches an epoch
+    whole = train_appearance(synth_dump, tmp_path / "whole", config=cfg, progress=False)
+    first = train_appearance(synth_dump, tmp_path / "parts", config=dataclasses.replace(cfg, max_minutes=1e-9))
+    assert first["stopped"] == "time_budget" and first["steps"] == 1
+    resumed = train_appearance(synth_dump, tmp_path / "parts", config=cfg, progress=False, resume=True)
+    assert resumed["steps"] == whole["steps"] == 4 and resumed["stopped"] == "finished"
+    ours, theirs = (load_model(d, "appearance")["state_dicts"] for d in (tmp_path / "parts", tmp_path / "whole"))
+    for key, value in theirs["features"].items():
+        torch.testing.assert_close(ours["features"][key], value, rtol=0, atol=1e-5, msg=key)
+    torch.testing.assert_close(ours["median"]["median"], theirs["median"]["median"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"other settings \(loop.lr"):
+        train_appearance(synth_dump, tmp_path / "parts", config=dataclasses.replace(cfg, lr=0.1), resume=True)

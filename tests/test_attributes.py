@@ -14,11 +14,11 @@ from torch import nn
 from attributes.data import group_targets, target_tokens
 from attributes.decode import Constraints, beam_decode, category_distribution, greedy_decode
 from attributes.model import AttributeModelConfig, LSTMAttributeModel, build_attribute_model
-from attributes.predict import AttributePredictor, load_sequence_model
+from attributes.predict import AttributePredictor, load, load_sequence_model
 from attributes.train import AttributeTrainConfig, baseline_loss, sequence_loss, train_attributes
 from foundation.dump import read_dump
 from foundation.images import load_image
-from foundation.modelfiles import ModelError, save_model
+from foundation.modelfiles import ModelError, load_model, save_model
 from foundation.schema import Schema, default_schema
 
 SCHEMA = default_schema()
@@ -209,8 +209,75 @@ def test_saved_and_loaded_model_gives_identical_outputs_and_refuses_another_sche
     other = Schema(raw, source="edited.toml")
     with pytest.raises(ModelError, match="trained on attribute schema .* retrain it"):
         AttributePredictor.load(tmp_path, schema=other)
+    with pytest.raises(ModelError, match="trained on attribute schema"):
+        load(tmp_path, schema=other)
 
 
+def test_load_gives_the_model_and_the_preprocessing_saved_with_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    cfg = AttributeModelConfig(vocab_size=V, embed_dim=16, hidden_dim=32)
+    model = build_attribute_model(cfg, schema=SCHEMA).eval()
+    save_model(
+        tmp_path,
+        "attributes",
+        state_dicts={"model": model.state_dict()},
+        config={"model": cfg.to_dict()},
+        preprocessing={"image_size": 40, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        schema=SCHEMA,
+    )
+    loaded, preprocess = load(tmp_path)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    x = preprocess(image)
+    expected = torch.from_numpy(np.asarray(image.resize((40, 40), Image.BILINEAR), np.float32) / 255).permute(2, 0, 1)
+    torch.testing.assert_close(x, (expected - 0.5) / 0.25)
+    assert not loaded.training
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.encode(x[None]), model.encode(x[None]))
+    predictor = AttributePredictor.load(tmp_path)
+    assert predictor.prep == {"image_size": 40, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def test_presets_are_typed_and_an_unknown_one_is_named():
+    from attributes.train import PRESETS
+
+    assert set(PRESETS) == {"demo", "default"}
+    assert (
+        AttributeTrainConfig.demo() == PRESETS["demo"] and AttributeTrainConfig.preset("default") == PRESETS["default"]
+    )
+    assert AttributeTrainConfig.demo(epochs=2).epochs == 2
+    with pytest.raises(ValueError, match="unknown attributes preset 'huge'; choose from default, demo"):
+        AttributeTrainConfig.preset("huge")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        AttributeTrainConfig(device="gpu")
+
+
+def test_a_run_stopped_by_its_budget_resumes_to_the_uninterrupted_weights(synth_dump, tmp_path):
+    import json
+
+    rows = [json.loads(line) for line in synth_dump.read_text().splitlines()[:16]]
+    for row in rows:
+        row["image"] = str(synth_dump.parent / row["image"])
+    dump = tmp_path / "small.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = AttributeTrainConfig.demo(
+        image_size=32, epochs=2, batch_size=8, garment_crops=False, max_minutes=None, resume_checkpoint=True, threads=1
+    )
+    whole = train_attributes(dump, tmp_path / "whole", config=config, progress=False)
+    stopped = dataclasses.replace(config, max_minutes=1e-9)
+    first = train_attributes(dump, tmp_path / "parts", config=stopped, progress=False)
+    assert first["stopped"] == "time_budget" and first["epochs_run"] == 1  # the epoch the budget ran out in
+    resumed = train_attributes(dump, tmp_path / "parts", config=config, resume=True, progress=False)
+    assert resumed["steps"] == whole["steps"] == 4 and resumed["epochs_run"] == 2
+    ours, theirs = (
+        load_model(d, "attributes-last")["state_dicts"]["model"] for d in (tmp_path / "parts", tmp_path / "whole")
+    )
+    for key, value in theirs.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
 def test_training_resumes_where_it_stopped(synth_dump, tmp_path):
     config = AttributeTrainConfig.demo(
         image_size=32, epochs=2, batch_size=60, max_minutes=1e-6, resume_checkpoint=True, threads=1
@@ -224,6 +291,17 @@ def test_training_resumes_where_it_stopped(synth_dump, tmp_path):
     assert resumed["history"][0] == first["history"][0]
     with pytest.raises(ValueError, match="other settings"):
         train_attributes(synth_dump, tmp_path, config=dataclasses.replace(config, lr=0.1), resume=True, progress=False)
+    # exact: the same weights as a run that was never interrupted
+    whole = train_attributes(
+        synth_dump, tmp_path / "whole", config=dataclasses.replace(config, max_minutes=None), progress=False
+    )
+    assert [h["train_loss"] for h in whole["history"]] == [h["train_loss"] for h in resumed["history"]]
+    for name in ("attributes-last", "attributes"):
+        interrupted, uninterrupted = (
+            load_model(d, name)["state_dicts"]["model"] for d in (tmp_path, tmp_path / "whole")
+        )
+        for key, value in uninterrupted.items():
+            torch.testing.assert_close(interrupted[key], value, rtol=0, atol=1e-5, msg=f"{name}: {key}")
 
 
 # -- trained on the synthetic catalogue -------------------------------------------------------
@@ -245,6 +323,7 @@ def trained(tmp_path_factory):
     return models, metrics
 
 
+@pytest.mark.slow
 def test_short_training_learns_the_sequence_and_the_category_dependencies(trained, synth_dump):
     from attributes.evaluate import evaluate_split
 
@@ -263,6 +342,7 @@ def test_short_training_learns_the_sequence_and_the_category_dependencies(traine
     assert guided["sleeve_length"]["accuracy"] > lstm["dependent_groups"]["auto"]["sleeve_length"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_predictor_interface(trained, synth_dump):
     models, _ = trained
     predictor = AttributePredictor.load(models)
@@ -292,6 +372,7 @@ def test_predictor_interface(trained, synth_dump):
         predictor.predict(images[:1], ["hat", None])
 
 
+@pytest.mark.slow
 def test_evaluation_report_has_train_and_val_rows(trained, synth_dump):
     from attributes.evaluate import evaluate_attributes, format_report
 

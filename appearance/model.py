@@ -1,16 +1,15 @@
-"""Binarized GoogLeNet appearance codes of a garment's region.
+"""Binarized appearance codes of a garment's region, from a mid-level and a final backbone tap.
 
-The code of a region is torchvision's GoogLeNet activations of ``inception4e`` (832 channels)
-and ``inception5b`` (1024 channels), each global-average-pooled, concatenated (1856 values),
+The code of a region is a backbone's activations at two taps (``foundation.backbones``: the last
+block at stride 16 and the last at stride 32), each global-average-pooled, concatenated,
 centred by a per-dimension median estimated on the catalogue, and thresholded at zero: one bit
-per dimension, packed into 232 bytes. The activations come after a ReLU, so thresholding them
-at zero without centring would set almost every bit; the median makes each bit split the
-catalogue in two halves (high entropy).
+per dimension. The paper's code is GoogLeNet's ``inception4e`` (832) + ``inception5b`` (1024):
+1856 bits, 232 bytes; ImageNet MobileNetV2's ``features.13`` (96) + ``features.18`` (1280) give
+1376 bits, 172 bytes. The activations come after a ReLU, so thresholding them at zero without
+centring would set almost every bit; the median makes each bit split the catalogue in two halves.
 
-The network is ImageNet's when the user has those weights (``weights="imagenet"``), otherwise
-``fashion-search train appearance`` trains it here on the dump's product regions: category
-classification on two augmented views of each region plus a term pulling the two views'
-centred features together (augmentation invariance).
+With ImageNet weights the features are used as they are (the paper's method) or fine-tuned;
+from scratch, ``fashion-search train appearance`` trains them on the dump's product regions.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from foundation import modelfiles
+from foundation.backbones import TAPS, build_trunk, check_backbone
 from foundation.devices import parse_device
 from foundation.modelfiles import Preprocess
 from foundation.schema import Schema
@@ -36,74 +36,87 @@ from foundation.schema import Schema
 logger = logging.getLogger(__name__)
 
 NAME = "appearance"
-LAYERS = ("inception4e", "inception5b")
+LAYERS = ("inception4e", "inception5b")  # the paper's GoogLeNet taps
 FEATURE_DIMS = (832, 1024)  # their channels
-DIMS = sum(FEATURE_DIMS)
+DIMS = sum(FEATURE_DIMS)  # of the GoogLeNet code; a coder's own is ``coder.dims``
 CODE_BYTES = (DIMS + 7) // 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class GoogLeNetFeatures(nn.Module):
-    """GoogLeNet up to ``inception5b``; returns the pooled 4e and 5b activations, concatenated.
+class CodeNetwork(nn.Module):
+    """A backbone up to its final tap; returns the pooled mid and final activations, concatenated.
 
-    The two taps come from torchvision's ``create_feature_extractor``; ``net`` keeps GoogLeNet's
-    submodule names, so the state_dict keys (``net.conv1...``) are those of the GoogLeNet it wraps.
+    ``net`` is torchvision's ``create_feature_extractor`` graph, keeping the backbone's submodule
+    names, so the state_dict keys (``net.<backbone module>...``) are those of the backbone.
 
     Args:
-        num_classes: categories of the training head (0: no head, for ImageNet features).
-        weights: ``None`` (from scratch) or a torchvision ``GoogLeNet_Weights`` value.
+        backbone: one of ``foundation.backbones.BACKBONES``.
+        pretrained: ``"imagenet"`` (its weights installed) or ``"none"``.
+        num_classes: categories of a training head (0: no head).
+        transform_input: GoogLeNet only, as saved with an ImageNet GoogLeNet.
     """
 
-    def __init__(self, *, num_classes: int = 0, weights=None, transform_input: bool = False):
+    def __init__(
+        self,
+        backbone: str = "googlenet",
+        *,
+        pretrained: str = "none",
+        num_classes: int = 0,
+        transform_input: bool | None = None,
+    ):
         super().__init__()
-        if weights is None:
+        check_backbone(backbone)
+        if backbone == "googlenet" and transform_input and pretrained == "none":
+            # an ImageNet GoogLeNet's graph, rebuilt to load its saved weights into
             googlenet = torchvision.models.googlenet(
-                weights=None, aux_logits=False, init_weights=True, transform_input=transform_input
+                weights=None, aux_logits=False, init_weights=False, transform_input=True
             )
+            self.net = create_feature_extractor(googlenet, return_nodes=dict(zip(LAYERS, TAPS, strict=True)))
+            channels = FEATURE_DIMS
         else:
-            googlenet = torchvision.models.googlenet(weights=weights, aux_logits=False)
-        self.net = create_feature_extractor(googlenet, return_nodes={layer: layer for layer in LAYERS})
-        self.net.transform_input = googlenet.transform_input  # traced into the graph; saved with the preprocessing
-        self.head = nn.Linear(DIMS, num_classes) if num_classes else None
+            trunk = build_trunk(backbone, pretrained=pretrained)
+            self.net = trunk.body
+            channels = (trunk.mid_channels, trunk.final_channels)
+        self.backbone, self.pretrained = backbone, pretrained
+        self.transform_input = bool(transform_input) if backbone == "googlenet" else False
+        if backbone == "googlenet" and pretrained == "imagenet":
+            self.transform_input = True  # torchvision turns it on for its ImageNet GoogLeNet
+        self.dims = int(sum(channels))
+        self.head = nn.Linear(self.dims, num_classes) if num_classes else None
 
     def __deepcopy__(self, memo):
         # torchvision's DualGraphModule comes out of a deepcopy in training mode and without the
-        # attributes set on it: give every module back its mode, and the flag its value
+        # attributes set on it: give every module back its mode
         clone = type(self).__new__(type(self))
         memo[id(self)] = clone
         clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
         for ours, theirs in zip(self.modules(), clone.modules()):
             theirs.training = ours.training
-        clone.net.transform_input = self.net.transform_input
         return clone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (N, 3, H, W) normalised images -> (N, 1856) pooled activations (>= 0)."""
+        """``x``: (N, 3, H, W) normalised images -> (N, dims) pooled activations (>= 0)."""
         taps = self.net(x)
-        return torch.cat([F.adaptive_avg_pool2d(taps[layer], 1).flatten(1) for layer in LAYERS], 1)
+        return torch.cat([F.adaptive_avg_pool2d(taps[t], 1).flatten(1) for t in TAPS], 1)
 
 
-def imagenet_weights():
-    """torchvision's ImageNet GoogLeNet weights, or a clear error when they cannot be had here."""
-    weights = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1
-    try:
-        weights.get_state_dict(progress=False, check_hash=True)  # from torch's cache, or downloaded once
-    except Exception as exc:  # no network, no cache: urllib raises several types
-        raise modelfiles.ModelError(
-            f"ImageNet GoogLeNet weights are not available ({exc.__class__.__name__}: {exc}); put "
-            f"{weights.url.rsplit('/', 1)[-1]} in {torch.hub.get_dir()}/checkpoints or train the network "
-            "here with `fashion-search train appearance`"
-        ) from None
-    return weights
+def GoogLeNetFeatures(*, num_classes: int = 0, weights=None, transform_input: bool = False) -> CodeNetwork:  # noqa: N802
+    """The paper's network: GoogLeNet's inception4e + inception5b (from scratch unless ``weights``)."""
+    return CodeNetwork(
+        "googlenet",
+        pretrained="imagenet" if weights is not None else "none",
+        num_classes=num_classes,
+        transform_input=transform_input,
+    )
 
 
 class AppearanceCoder:
-    """A GoogLeNet feature extractor with its preprocessing and centring median: images -> codes."""
+    """A code network with its preprocessing and centring median: images -> codes."""
 
     def __init__(
         self,
-        net: GoogLeNetFeatures,
+        net: CodeNetwork,
         *,
         image_size: int,
         median: np.ndarray | None = None,
@@ -114,19 +127,20 @@ class AppearanceCoder:
         self.device = parse_device(device)
         self.net = net.to(self.device).eval()
         self.image_size = int(image_size)
-        self.median = None if median is None else np.asarray(median, np.float32).reshape(DIMS)
+        self.dims = net.dims
+        self.code_bytes = (self.dims + 7) // 8
+        self.median = None if median is None else np.asarray(median, np.float32).reshape(self.dims)
         self.preprocess = Preprocess(self.image_size, tuple(map(float, mean)), tuple(map(float, std)))
-
-    code_bytes = CODE_BYTES
 
     @classmethod
     def load(cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None) -> AppearanceCoder:
         return load(models_dir, device=device, schema=schema)[0]
 
     @classmethod
-    def imagenet(cls, *, image_size: int = 224, device: str = "cpu") -> AppearanceCoder:
-        """ImageNet features; set ``median`` with :meth:`fit_median` on the catalogue before coding."""
-        return cls(GoogLeNetFeatures(weights=imagenet_weights()), image_size=image_size, device=device)
+    def imagenet(cls, backbone: str = "mobilenet_v2", *, image_size: int = 224, device: str = "cpu") -> AppearanceCoder:
+        """ImageNet features (a clear error when their weights are not installed); fit the median
+        with :meth:`fit_median` on the catalogue before coding."""
+        return cls(CodeNetwork(backbone, pretrained="imagenet"), image_size=image_size, device=device)
 
     def save(
         self,
@@ -148,8 +162,13 @@ class AppearanceCoder:
             schema=schema,
             metrics=metrics,
             data_hash=data_hash,
-            preprocessing={**self.preprocess.to_dict(), "transform_input": bool(self.net.net.transform_input)},
-            extra={"dims": DIMS, "code_bytes": CODE_BYTES, "layers": list(LAYERS)},
+            preprocessing={**self.preprocess.to_dict(), "transform_input": bool(self.net.transform_input)},
+            extra={
+                "dims": self.dims,
+                "code_bytes": self.code_bytes,
+                "backbone": self.net.backbone,
+                "pretrained": self.net.pretrained,
+            },
         )
 
     def tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -158,9 +177,9 @@ class AppearanceCoder:
 
     @torch.inference_mode()
     def features(self, images: Sequence[Image.Image], *, batch_size: int = 64) -> np.ndarray:
-        """(N, 1856) float32 pooled activations of RGB region images."""
+        """(N, dims) float32 pooled activations of RGB region images."""
         if not len(images):
-            return np.zeros((0, DIMS), np.float32)
+            return np.zeros((0, self.dims), np.float32)
         out = []
         for i in range(0, len(images), batch_size):
             x = self.tensor(images[i : i + batch_size]).to(self.device)
@@ -168,7 +187,7 @@ class AppearanceCoder:
         return np.concatenate(out)
 
     def binarize(self, features: np.ndarray) -> np.ndarray:
-        """(N, 1856) features -> (N, 232) uint8 packed bits of ``feature > median``."""
+        """(N, dims) features -> (N, code_bytes) uint8 packed bits of ``feature > median``."""
         if self.median is None:
             raise ValueError("the appearance coder has no median: fit it on the catalogue first (fit_median)")
         return np.packbits(np.asarray(features) > self.median, axis=1)
@@ -193,7 +212,12 @@ def load(
     """
     ckpt = modelfiles.load_model(models_dir, NAME, schema=schema)
     pre = ckpt["preprocessing"]
-    net = GoogLeNetFeatures(num_classes=0, weights=None, transform_input=bool(pre.get("transform_input", False)))
+    extra = ckpt.get("extra", {})
+    net = CodeNetwork(
+        extra.get("backbone", "googlenet"),  # files from before the backbone choice are GoogLeNet's
+        pretrained="none",  # the saved state holds every weight
+        transform_input=bool(pre.get("transform_input", False)),
+    )
     state = {k: v for k, v in ckpt["state_dicts"]["features"].items() if not k.startswith("head.")}
     net.load_state_dict(state, strict=True)
     median = ckpt["state_dicts"]["median"]["median"].numpy()
@@ -211,5 +235,5 @@ def untrained_coder(*, image_size: int = 64, seed: int = 0, calibration: Sequenc
     if calibration:
         coder.fit_median(list(calibration))
     else:
-        coder.median = np.zeros(DIMS, np.float32)
+        coder.median = np.zeros(coder.dims, np.float32)
     return coder

@@ -40,25 +40,24 @@ def _index(args) -> int:
 
 
 def _train_appearance(args) -> int:
-    from dataclasses import replace
+    from appearance.train import AppearanceConfig, train_appearance
 
-    from appearance.train import PRESETS, train_appearance
-
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown --preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    cfg = PRESETS[args.preset]
     overrides = {
         k: v
         for k, v in (
+            ("backbone", args.backbone),
+            ("pretrained", args.pretrained),
+            ("finetune", {"yes": True, "no": False}.get(args.finetune)),
             ("epochs", args.epochs),
             ("image_size", args.image_size),
             ("max_products", args.max_products),
-            ("weights", args.weights),
+            ("max_minutes", args.max_minutes),
+            ("device", args.device),
         )
         if v is not None
     }
-    cfg = replace(cfg, **overrides)
-    metrics = train_appearance(args.data, args.out, config=cfg, progress=not args.quiet)
+    cfg = AppearanceConfig.preset(args.preset, **overrides)
+    metrics = train_appearance(args.data, args.out, config=cfg, progress=not args.quiet, resume=args.resume)
     print(json.dumps({k: v for k, v in metrics.items() if k != "epochs"}, indent=1))
     return 0
 
@@ -84,18 +83,26 @@ def register(commands) -> None:
     p.set_defaults(func=_index)
 
     p = commands.train.add_parser(
-        "appearance", help="train the GoogLeNet appearance network on a dump's product regions"
+        "appearance", help="the network behind the appearance codes: ImageNet features or trained on a dump's regions"
     )
     p.add_argument("--data", required=True, help="training dump (.jsonl or .csv) with categories in text or attributes")
     p.add_argument("--out", required=True, help="models directory (appearance.pt is written there)")
-    p.add_argument("--preset", default="default", help="demo or default (default: default)")
+    p.add_argument(
+        "--preset",
+        default="default",
+        help="default (ImageNet MobileNetV2 features as they are, when installed), scratch (GoogLeNet "
+        "trained here) or demo",
+    )
+    p.add_argument("--backbone", help="mobilenet_v2, resnet18, resnet50 or googlenet (default: the preset's)")
+    p.add_argument("--pretrained", choices=["imagenet", "none"], help="start from ImageNet weights or from scratch")
+    p.add_argument(
+        "--finetune", choices=["yes", "no"], help="train the network here (no: ImageNet features as they are)"
+    )
+    p.add_argument("--max-minutes", type=float, help="training time budget in minutes")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue from appearance-last.pt where it stopped")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--image-size", type=int, help="override the preset's input size in pixels")
     p.add_argument("--max-products", type=int, help="train on at most this many regions")
-    p.add_argument(
-        "--weights",
-        choices=["imagenet"],
-        help="use torchvision's ImageNet GoogLeNet (from the torch cache; fit the median only, no training)",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_appearance)

@@ -26,7 +26,16 @@ def coder(regions):
 def trained(synth_dump, tmp_path_factory):
     """A tiny training run on 72 regions of the synthetic catalogue (one epoch, 48 px)."""
     out = tmp_path_factory.mktemp("appearance_models")
-    cfg = AppearanceConfig(image_size=48, epochs=1, batch_size=32, max_products=72, median_products=72, val_share=0.25)
+    cfg = AppearanceConfig(
+        backbone="googlenet",
+        pretrained="none",
+        image_size=48,
+        epochs=1,
+        batch_size=32,
+        max_products=72,
+        median_products=72,
+        val_share=0.25,
+    )
     metrics = train_appearance(synth_dump, out, config=cfg, progress=False)
     return out, metrics
 
@@ -111,7 +120,7 @@ def test_train_command_names_an_unknown_preset(synth_dump, tmp_path, capsys):
     from cli.main import main
 
     assert main(["train", "appearance", "--data", str(synth_dump), "--out", str(tmp_path), "--preset", "huge"]) == 2
-    assert "unknown --preset 'huge'" in capsys.readouterr().err
+    assert "unknown appearance preset 'huge'; choose from default, demo, scratch" in capsys.readouterr().err
 
 
 def test_imagenet_style_input_transform_survives_save_and_load(regions, tmp_path):
@@ -122,22 +131,35 @@ def test_imagenet_style_input_transform_survives_save_and_load(regions, tmp_path
     coder.fit_median(images)
     coder.save(tmp_path)
     loaded = AppearanceCoder.load(tmp_path)
-    assert loaded.net.net.transform_input
+    assert loaded.net.transform_input
     np.testing.assert_array_equal(loaded.encode(images), coder.encode(images))
 
 
-def test_unavailable_imagenet_weights_are_a_clear_error(monkeypatch):
-    import torchvision
+def test_missing_imagenet_weights_are_a_clear_error_not_a_download(tmp_path, monkeypatch):
+    import torch
 
-    from appearance.model import imagenet_weights
-    from foundation.modelfiles import ModelError
+    from appearance.model import CodeNetwork
+    from foundation.weights import WeightsMissing
 
-    def offline(*args, **kwargs):
-        raise OSError("no network")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
+    with pytest.raises(WeightsMissing, match="resnet50-.*pth.*pretrained none"):
+        CodeNetwork("resnet50", pretrained="imagenet")
 
-    monkeypatch.setattr(torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
-    with pytest.raises(ModelError, match="googlenet-.*pth.*train appearance"):
-        imagenet_weights()
+
+def test_imagenet_mobilenet_features_as_they_are(synth_dump, tmp_path, regions):
+    from foundation.weights import is_available
+
+    if not is_available("mobilenet_v2"):
+        pytest.skip("ImageNet MobileNetV2 weights not installed (python -m foundation.weights install)")
+    cfg = AppearanceConfig.preset("default", image_size=64, max_products=40, median_products=40, val_share=0.0)
+    metrics = train_appearance(synth_dump, tmp_path, config=cfg, progress=False)
+    assert metrics["weights"] == "imagenet mobilenet_v2"
+    coder = AppearanceCoder.load(tmp_path)
+    assert (coder.dims, coder.code_bytes) == (96 + 1280, 172)
+    codes = coder.encode(regions[0][:6])
+    assert codes.shape == (6, 172)
+    # the median splits the catalogue's bits: about half set
+    assert 0.3 < np.unpackbits(coder.encode(regions[0][:40]), axis=1).mean() < 0.7
 
 
 @pytest.mark.parametrize("transform_input", [False, True])
@@ -169,7 +191,7 @@ def test_feature_extractor_gives_googlenets_own_activations_under_its_own_names(
         expected = torch.cat([F.adaptive_avg_pool2d(f, 1).flatten(1) for f in (f4, f5)], 1)
         assert torch.equal(feats(x), expected) and expected.shape == (2, DIMS)
         clone = copy.deepcopy(feats)  # torchvision's graph module alone comes out of a copy in training mode
-        assert torch.equal(clone(x), expected) and clone.net.transform_input == transform_input
+        assert torch.equal(clone(x), expected) and clone.transform_input == transform_input
 
 
 def test_load_gives_the_coder_and_the_preprocessing_saved_with_it(regions, coder, tmp_path):
@@ -196,9 +218,9 @@ def test_load_gives_the_coder_and_the_preprocessing_saved_with_it(regions, coder
 def test_presets_are_typed_and_an_unknown_one_is_named():
     from appearance.train import PRESETS
 
-    assert set(PRESETS) == {"demo", "default"} and AppearanceConfig.demo() == PRESETS["demo"]
+    assert set(PRESETS) == {"demo", "default", "scratch"} and AppearanceConfig.demo() == PRESETS["demo"]
     assert AppearanceConfig.preset("demo", epochs=1).epochs == 1
-    with pytest.raises(ValueError, match="unknown appearance preset 'huge'; choose from default, demo"):
+    with pytest.raises(ValueError, match="unknown appearance preset .huge.; choose from default, demo, scratch"):
         AppearanceConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         AppearanceConfig(device="gpu")
@@ -212,7 +234,15 @@ def test_training_stopped_by_its_time_budget_resumes_to_the_uninterrupted_model(
     from foundation.modelfiles import load_model
 
     cfg = AppearanceConfig(
-        image_size=32, epochs=2, batch_size=16, max_products=40, median_products=40, val_share=0.0, max_minutes=None
+        backbone="googlenet",
+        pretrained="none",
+        image_size=32,
+        epochs=2,
+        batch_size=16,
+        max_products=40,
+        median_products=40,
+        val_share=0.0,
+        max_minutes=None,
     )  # 2 batches an epoch
     whole = train_appearance(synth_dump, tmp_path / "whole", config=cfg, progress=False)
     first = train_appearance(synth_dump, tmp_path / "parts", config=dataclasses.replace(cfg, max_minutes=1e-9))

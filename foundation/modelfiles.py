@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from foundation.atomic import atomic_write
 from foundation.schema import Schema, default_schema
 
 if TYPE_CHECKING:
@@ -107,15 +107,6 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _plain(value):
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -172,7 +163,7 @@ def save_model(
         "schema_fingerprint": schema.fingerprint,
         "extra": extra or {},
     }
-    _atomic_write_bytes(path, lambda tmp: torch.save(checkpoint, tmp))
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
     manifest = read_manifest(models_dir)
     manifest["models"][name] = {
         "file": path.name,
@@ -185,7 +176,7 @@ def save_model(
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    _atomic_write_bytes(models_dir / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(models_dir / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
 
 

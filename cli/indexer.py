@@ -18,6 +18,7 @@ def _synth(args) -> int:
 
 def _index(args) -> int:
     from indexer.bulk import build_index
+    from search.engine import load_ram_index
 
     summary = build_index(
         args.dump,
@@ -29,6 +30,7 @@ def _index(args) -> int:
         delete_missing=args.delete_missing,
         progress=not args.quiet,
     )
+    load_ram_index(args.out)  # the RAM snapshot written now, so a server starts from it at once
     print(
         f"indexed {summary['indexed']} products ({summary['added']} new, {summary['updated']} updated, "
         f"{summary['unchanged']} unchanged, {summary['deleted']} deleted) in {summary['seconds']:.1f}s "

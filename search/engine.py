@@ -139,7 +139,16 @@ class SearchEngine:
         self._read_lock = threading.Lock()  # guards the RAM index while it is being changed
 
     @classmethod
-    def open(cls, index_dir: str | Path, *, device: str = "cpu", ranking: RankingConfig | None = None) -> SearchEngine:
+    def open(
+        cls,
+        index_dir: str | Path,
+        *,
+        device: str = "cpu",
+        ranking: RankingConfig | None = None,
+        writable: bool = True,
+    ) -> SearchEngine:
+        """The engine over an index directory; ``writable=False`` opens the store read-only (a
+        server without an admin token never writes, so it can serve an index it may not change)."""
         from indexer.describe import Describer
         from indexer.store import Store
 
@@ -148,7 +157,7 @@ class SearchEngine:
             raise FileNotFoundError(f"no index at {index_dir}: build one with `fashion-search index`")
         t0 = time.perf_counter()
         index = load_ram_index(index_dir, ranking=ranking)
-        store = Store(index_dir, readonly=False)
+        store = Store(index_dir, readonly=not writable)
         describer = Describer.load(store.models_dir(), device=device)
         logger.info("opened %s: %d products in %.1fs", index_dir, len(index), time.perf_counter() - t0)
         return cls(describer=describer, store=store, index=index)
@@ -251,6 +260,8 @@ class SearchEngine:
 
     def add(self, product: dict, image: bytes | Image.Image) -> dict:
         """Describe, store and index one product (its photo's bytes as sent); replaces one with the same id."""
+        if self.store.readonly:
+            raise PermissionError("this index is served read-only: start the server with a token to change it")
         item = product_from_fields(product)
         prepared = prepare_image(image)  # a bad photo is refused before the write lock is taken
         with self._write_lock:

@@ -56,7 +56,6 @@ def prepare(home: Path, *, n: int = 2000, seed: int = 0, progress: bool = True) 
 
 def _index(dump: Path, models: Path, index: Path, progress: bool) -> None:
     from indexer.bulk import build_index
-
     from search.engine import load_ram_index
 
     build_index(dump, models, index, progress=progress)

@@ -27,6 +27,7 @@ def _serve(args) -> int:
         threads=args.threads,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
+        allowed_hosts=tuple(args.allowed_hosts.split(",")) if args.allowed_hosts is not None else None,
     )
     return 0
 
@@ -57,4 +58,11 @@ def register(commands) -> None:
     p.add_argument("--threads", type=int, default=4, help="request threads (default 4)")
     p.add_argument("--max-upload-mb", type=float, default=16, help="largest upload accepted, in MiB (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="H1,H2",
+        help="the names (name or name:port) a request's Host header may give, * for any; default: "
+        "localhost, 127.0.0.1 and [::1] when listening on a loopback address, any otherwise "
+        "(a page on another site cannot read the API through DNS rebinding)",
+    )
     p.set_defaults(func=_serve)

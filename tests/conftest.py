@@ -44,8 +44,8 @@ def ccp_dir() -> Path:
 def _jpeg_as_text(data: bytes, **_parameters) -> str:
     """An ``image/jpeg`` body, checked to be a JPEG and handed to its schema as a string.
 
-    The document's schema for it is ``{"type": "string", "format": "binary"}``; OpenAPI 3.1 schemas
-    are JSON Schema, which has no bytes type, so the bytes are given to it one character per byte.
+    The document's schema for it is ``{"type": "string", "contentMediaType": "image/jpeg"}``; OpenAPI 3.1
+    schemas are JSON Schema, which has no bytes type, so the bytes are given to it one character per byte.
     """
     from PIL import Image
 
@@ -73,7 +73,7 @@ class ApiContract:
     """Checks an API response against ``webui/openapi.json`` with openapi-core.
 
     The operation is found from the method and the path as the server routes them (the API
-    blueprint's own URL rules, so a product id holding ``/`` finds its operation as Flask does);
+    blueprint's own URL rules, so a path finds its operation, or none, exactly as Flask routes it);
     then the status must be one the operation documents, the content type one it documents for
     that status, and the body must validate against that content's schema. A path or method the
     API does not serve must be answered as the document's description promises every refused
@@ -106,7 +106,15 @@ class ApiContract:
         raise AssertionError(f"the API serves {rule} but webui/openapi.json does not describe it")
 
     def check(
-        self, method: str, path: str, status: int, content_type: str | None, body: bytes, *, undocumented=()
+        self,
+        method: str,
+        path: str,
+        status: int,
+        content_type: str | None,
+        body: bytes,
+        *,
+        headers=None,
+        undocumented=(),
     ) -> None:
         """Fail when the response breaks the document; ``undocumented``: statuses known to be missing
         from it, whose body must still be an ``Error``."""
@@ -124,7 +132,7 @@ class ApiContract:
             self._check_error(where, content_type, body)
             return
         if status in undocumented:
-            assert status not in self._operation(rule.rule, method)["responses"], (
+            assert str(status) not in self._operation(rule.rule, method)["responses"], (
                 f"{where}: {status} is documented now; drop it from `undocumented`"
             )
             self._check_error(where, content_type, body)
@@ -134,7 +142,7 @@ class ApiContract:
         request = MockRequest(
             "http://localhost", method, path, path_pattern=template, view_args=dict(zip(names, args.values()))
         )
-        response = MockResponse(body, status, content_type=content_type or "")
+        response = MockResponse(body, status, headers=dict(headers or {}), content_type=content_type or "")
         result = self.openapi.unmarshal_response(request, response)
         if result.errors:
             problems = "; ".join(_problem(e) for e in result.errors)
@@ -174,6 +182,7 @@ def checked_client(api_contract):
                 response.status_code,
                 response.content_type,
                 response.get_data(),
+                headers=response.headers,
                 undocumented=self.undocumented,
             )
             return response

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from foundation.echo import echo
 from webui.app import AppState
 from webui.forms import RequestError, parse_product, parse_search, read_image
 
@@ -76,7 +77,10 @@ def stats():
 
 @bp.get("/openapi.json")
 def openapi():
-    return Response(OPENAPI.read_bytes(), mimetype="application/json")
+    """``webui/openapi.json`` with this server's own categories in ``Category``'s enum."""
+    doc = load_openapi()
+    doc["components"]["schemas"]["Category"]["enum"] = list(_state().categories)
+    return jsonify(doc)
 
 
 @bp.get("/categories")
@@ -99,11 +103,11 @@ def search():
     return jsonify(response)
 
 
-@bp.get("/products/<path:product_id>/image")
+@bp.get("/products/<product_id>/image")
 def product_image(product_id: str):
     data = _state().engine.thumbnail(product_id)
     if data is None:
-        raise RequestError(f"no image for product {product_id!r}", 404)
+        raise RequestError(f"no image for product {echo(product_id)}", 404)
     response = Response(data, mimetype="image/jpeg")
     # A product can be replaced under the same id: revalidate, but let the browser keep the bytes.
     response.add_etag()
@@ -111,11 +115,11 @@ def product_image(product_id: str):
     return response.make_conditional(request)
 
 
-@bp.get("/products/<path:product_id>")
+@bp.get("/products/<product_id>")
 def product(product_id: str):
     found = _state().engine.product(product_id)
     if found is None:
-        raise RequestError(f"no product {product_id!r}", 404)
+        raise RequestError(f"no product {echo(product_id)}", 404)
     return jsonify(_with_image_url(found))
 
 
@@ -130,11 +134,11 @@ def add_product():
     return jsonify(_with_image_url(added)), 201
 
 
-@bp.delete("/products/<path:product_id>")
+@bp.delete("/products/<product_id>")
 def delete_product(product_id: str):
     _require_token()
     if not _state().engine.delete(product_id):
-        raise RequestError(f"no product {product_id!r}", 404)
+        raise RequestError(f"no product {echo(product_id)}", 404)
     logger.info("deleted product %r", product_id)
     return jsonify(deleted=product_id)
 

@@ -1,23 +1,54 @@
 """Checking the fields of an API request before anything reaches the engine.
 
 Each function raises ``RequestError`` (a ``ValueError``) with a message that names the field and
-the bad value; the API turns it into a 4xx JSON answer. The option, k and box rules are the
-engine's own (``search.engine``), so the web layer and the engine cannot disagree.
+the bad value (cut to ~100 characters by ``foundation.echo.echo``); the API turns it into a 4xx
+JSON answer. The option, k and box rules are the engine's own (``search.engine``,
+``foundation.boxes``), so the web layer and the engine cannot disagree.
+
+A field is taken exactly as sent: a field that is present must be valid (an empty ``category``
+is an unknown category, not a missing one). The regular expressions below are the ones
+``webui/openapi.json`` states, character for character (``tests/test_webui_api.py`` checks), so a
+request the document allows is one these functions accept, except where a rule needs more than
+JSON Schema can say (a box inside the photo sent with it; an id's bytes; a category read from
+the title), which the document states in words.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from foundation.dump import MAX_ID_CHARS, MAX_TEXT, MAX_URL, check_id
+from foundation.echo import echo
 from foundation.images import ImageError, upright_size
 from foundation.text import category_from_text
-from search.engine import MAX_K, check_k, check_option, parse_box
+from search.engine import MAX_K, OPTIONS, check_k, check_option, parse_box
 
 DEFAULT_K = 20
-MAX_ID = 200  # characters in a product id
-MAX_TEXT = 1000  # characters in a title, category path or url
+MAX_ID = MAX_ID_CHARS  # characters in a product id
+MAX_PRICE_TEXT = 32
+
+# Character classes, written with \u escapes so that Python's re and ECMA-262 (JSON Schema's
+# `pattern`) read them alike. WHITESPACE is every character str.strip() removes that is not a
+# control character.
+CONTROL = r"\u0000-\u001f\u007f"
+TEXT_CONTROL = r"\u0000-\u0008\u000a-\u001f\u007f"  # a text field may hold tabs
+WHITESPACE = r" \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_ID_END = rf"[^{CONTROL}/\\{WHITESPACE}]"  # the first and the last character: no white space
+_ID_END_NOT_DOT = rf"[^{CONTROL}/\\{WHITESPACE}.]"
+_ID_MIDDLE = rf"[^{CONTROL}/\\]"
+# 1 character, 2 (not both dots), or more: so never "." or "..". (A `not` in the document would say
+# it more simply, but Schemathesis' coverage phase cannot judge a `not` next to binary fields.)
+ID_PATTERN = rf"^(?:{_ID_END_NOT_DOT}|{_ID_END_NOT_DOT}{_ID_END}|\.{_ID_END_NOT_DOT}|{_ID_END}{_ID_MIDDLE}+{_ID_END})$"
+TEXT_PATTERN = rf"^[^{TEXT_CONTROL}]*$"
+NOT_BLANK_PATTERN = rf"[^\t{WHITESPACE}]"
+URL_PATTERN = rf"^[\t{WHITESPACE}]*(?:(?:[Hh][Tt][Tt][Pp][Ss]?://|/)[^{TEXT_CONTROL}]*)?$"
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+BOX_PATTERN = rf"^[ \t]*{_NUMBER}[ \t]*(?:,[ \t]*{_NUMBER}[ \t]*){{3}}$"
+PRICE_PATTERN = rf"^{_NUMBER}$"
+K_PATTERN = r"^-?[0-9]+$"
 
 
 class RequestError(ValueError):
@@ -43,6 +74,10 @@ class Upload:
     size: tuple[int, int]  # upright (width, height), from the header
 
 
+def _matches(pattern: str, value: str) -> bool:
+    return re.fullmatch(pattern, value) is not None
+
+
 def read_image(files: Mapping, field: str = "image") -> Upload:
     """The uploaded photo in ``field``, its header checked without decoding the pixels: empty,
     non-image and bomb files are refused here, truncated ones when the engine decodes them."""
@@ -54,37 +89,34 @@ def read_image(files: Mapping, field: str = "image") -> Upload:
     try:
         return Upload(data, upright_size(data))
     except ImageError as exc:
-        raise RequestError(f"{field} {name[:100]!r}: {exc}") from None
+        raise RequestError(f"{field} {echo(name)}: {exc}") from None
 
 
 def parse_option(value: str | None) -> str:
-    if value is None or value == "":
+    if value is None:
         return "auto"
     try:
         return check_option(value)
-    except ValueError as exc:
-        raise RequestError(str(exc)) from None
+    except ValueError:
+        raise RequestError(f"unknown option {echo(value)}; use one of {', '.join(OPTIONS)}") from None
 
 
 def parse_k(value: str | None) -> int:
-    if value is None or value == "":
+    if value is None:
         return DEFAULT_K
+    if not _matches(K_PATTERN, value):
+        raise RequestError(f"k must be an integer from 1 to {MAX_K}, got {echo(value)}")
     try:
-        k = int(value.strip())
-    except ValueError:
-        raise RequestError(f"k must be an integer from 1 to {MAX_K}, got {value!r}") from None
-    try:
-        return check_k(k)
+        return check_k(int(value))
     except ValueError as exc:
         raise RequestError(str(exc)) from None
 
 
 def parse_category(value: str | None, categories: Sequence[str]) -> str | None:
-    if value is None or value.strip() == "":
+    if value is None:
         return None
-    value = value.strip()
     if value not in categories:
-        raise RequestError(f"unknown category {value!r}; known: {', '.join(categories)}")
+        raise RequestError(f"unknown category {echo(value)}; known: {', '.join(categories)}")
     return value
 
 
@@ -97,11 +129,13 @@ def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> Se
     if option == "guided" and category is None:
         raise RequestError(f"the guided option needs a category, one of: {', '.join(categories)}")
     if option == "auto" and category is not None:
-        raise RequestError(f"the auto option takes no category (got {category!r}): use option=guided")
-    if option == "rectangle" and not box_text:
+        raise RequestError(f"the auto option takes no category (got {echo(category)}): use option=guided")
+    if option == "rectangle" and box_text is None:
         raise RequestError("the rectangle option needs a box x0,y0,x1,y1 in the photo's pixels")
-    if option != "rectangle" and box_text:
-        raise RequestError(f"a box ({box_text!r}) is only for option=rectangle, not {option!r}")
+    if option != "rectangle" and box_text is not None:
+        raise RequestError(f"a box ({echo(box_text)}) is only for option=rectangle, not {option!r}")
+    if box_text is not None and not _matches(BOX_PATTERN, box_text):
+        raise RequestError(f"box must be 4 numbers x0,y0,x1,y1 (finite, separated by commas), got {echo(box_text)}")
     upload = read_image(files)
     box = None
     if option == "rectangle":
@@ -113,47 +147,71 @@ def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> Se
 
 
 def _text(form: Mapping, name: str, *, limit: int = MAX_TEXT) -> str | None:
+    """A free-text field as sent: at most ``limit`` characters, no control characters but tabs;
+    white space at its ends is dropped, and a blank one counts as not given."""
     value = form.get(name)
-    if value is None or value.strip() == "":
+    if value is None:
         return None
-    value = value.strip()
     if len(value) > limit:
         raise RequestError(f"{name} is {len(value)} characters long; the limit is {limit}")
-    if any(ord(c) < 32 for c in value):
-        raise RequestError(f"{name} {value[:60]!r} holds control characters")
-    return value
+    if not _matches(TEXT_PATTERN, value):
+        raise RequestError(f"{name} {echo(value)} holds control characters")
+    return value.strip() or None
+
+
+def parse_id(value: str | None) -> str:
+    """A product id exactly as sent: ``foundation.dump.check_id``'s rules, and no white space at its ends."""
+    if value is None or value == "":
+        raise RequestError("a product needs an id")
+    if len(value) > MAX_ID:
+        raise RequestError(f"id is {len(value)} characters long; the limit is {MAX_ID}")
+    if value != value.strip():
+        raise RequestError(f"id {echo(value)} has white space at an end")
+    try:
+        return check_id(value)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def parse_price(value: str | None) -> float | None:
+    if value is None:
+        return None
+    if len(value) > MAX_PRICE_TEXT or not _matches(PRICE_PATTERN, value):
+        raise RequestError(f"price must be a number, got {echo(value)}")
+    price = float(value)
+    if not math.isfinite(price) or price < 0:
+        raise RequestError(f"price must be a non-negative number, got {echo(value)}")
+    return price
 
 
 def parse_product(form: Mapping, categories: Sequence[str]) -> dict:
     """A product row (as in a dump) from fields ``id``, ``title``, ``category_path``, ``price``, ``url``
     and, to override what the text says, ``category``."""
-    pid = _text(form, "id", limit=MAX_ID)
-    if pid is None:
-        raise RequestError("a product needs an id")
+    pid = parse_id(form.get("id"))
     product: dict = {"id": pid}
-    for name in ("title", "category_path", "url"):
+    for name in ("title", "category_path"):
         value = _text(form, name)
         if value is not None:
             product[name] = value
+    url = _text(form, "url", limit=MAX_URL)
+    if url is not None:
+        if not _matches(URL_PATTERN, url):
+            raise RequestError(f"url {echo(url)} is not an http(s) address or a path starting with '/'")
+        product["url"] = url
     category = parse_category(form.get("category"), categories)
     if category is not None:
         product["category"] = category
     if "title" not in product and "category_path" not in product:
-        raise RequestError(f"product {pid!r} needs a title or a category_path to tell its category")
+        raise RequestError(f"product {echo(pid)} needs a title or a category_path to tell its category")
     if category is None and category_from_text(product.get("category_path"), product.get("title")) is None:
         # As documented: the category is read from the text unless `category` is given; the engine
         # would otherwise let its model guess one, which the seller never said.
         raise RequestError(
-            f"product {pid!r}: no fashion category in its title or category_path; name one in the field 'category'"
+            f"product {echo(pid)}: no fashion category in its title or category_path; name one in the field 'category'"
         )
-    price = _text(form, "price", limit=32)
+    price = parse_price(form.get("price"))
     if price is not None:
-        try:
-            product["price"] = float(price)
-        except ValueError:
-            raise RequestError(f"price must be a number, got {price!r}") from None
-        if not math.isfinite(product["price"]) or product["price"] < 0:
-            raise RequestError(f"price must be a non-negative number, got {price!r}")
+        product["price"] = price
     return product
 
 
@@ -162,8 +220,16 @@ __all__ = [
     "SearchRequest",
     "parse_search",
     "parse_product",
+    "parse_id",
+    "parse_price",
     "read_image",
     "parse_option",
     "parse_k",
     "parse_category",
+    "ID_PATTERN",
+    "TEXT_PATTERN",
+    "NOT_BLANK_PATTERN",
+    "URL_PATTERN",
+    "BOX_PATTERN",
+    "PRICE_PATTERN",
 ]

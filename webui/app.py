@@ -122,7 +122,8 @@ def create_app(config: Mapping | None = None) -> Flask:
         _check_index(index)
         from search.engine import SearchEngine
 
-        engine = SearchEngine.open(index, device=device)
+        # without an admin token nothing is written: the store is opened read-only
+        engine = SearchEngine.open(index, device=device, writable=bool(config.get("TOKEN")))
     if not isinstance(engine, Engine):
         missing = [m for m in ENGINE_METHODS if not callable(getattr(engine, m, None))]
         raise TypeError(f"ENGINE {type(engine).__name__} is not a search engine: it has no {', '.join(missing)}")

@@ -64,7 +64,7 @@ def _index(dump: Path, models: Path, index: Path, progress: bool) -> None:
 
 
 def run_demo(home: Path, n: int, seed: int, *, host: str = "127.0.0.1", port: int = 8000) -> int:
-    from webui.app import serve
+    from webui.serving import serve
 
     t0 = time.perf_counter()
     index = prepare(home, n=n, seed=seed)

@@ -15,7 +15,7 @@ def _demo(args) -> int:
 
 
 def _serve(args) -> int:
-    from webui.app import serve
+    from webui.serving import serve
 
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")

@@ -14,7 +14,8 @@ import threading
 
 import pytest
 
-from webui.app import PortError, ServeConfig, bind_sockets, create_app, make_server
+from webui.app import create_app
+from webui.serving import PortError, ServeConfig, bind_sockets, make_server
 
 TIMEOUT = 10  # seconds any one request may take
 
@@ -178,13 +179,13 @@ def test_bind_says_which_port_is_busy():
 
 
 def test_serve_on_a_busy_port_exits_2_before_loading_any_model(tmp_path, capsys, monkeypatch):
-    import webui.app
+    import webui.serving
     from cli.main import main
 
     def load(*args, **kwargs):
         raise AssertionError("models were loaded before the port was checked")
 
-    monkeypatch.setattr(webui.app, "create_app", load)
+    monkeypatch.setattr(webui.serving, "create_app", load)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -406,7 +406,7 @@ def test_a_foreign_host_is_refused_when_hosts_are_set(engine, checked_client):
 
 
 def test_serve_config_allows_loopback_names_on_loopback_and_any_host_elsewhere():
-    from webui.app import ServeConfig
+    from webui.serving import ServeConfig
 
     assert ServeConfig().host_names() == ("localhost", "127.0.0.1", "[::1]")
     assert ServeConfig(host="127.0.0.2").host_names() == ("localhost", "127.0.0.1", "[::1]", "127.0.0.2")

@@ -255,7 +255,8 @@ def standin_engine(dump: str | Path, out: str | Path, *, n: int | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from webui.app import ServeConfig, create_app, serve_app
+    from webui.app import create_app
+    from webui.serving import ServeConfig, serve_app
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dump")

@@ -3,8 +3,12 @@
 
 def __getattr__(name):
     # ``webui.create_app`` without importing Flask when only the command line is needed.
-    if name in ("create_app", "serve"):
+    if name == "create_app":
         from webui import app
 
-        return getattr(app, name)
+        return app.create_app
+    if name == "serve":
+        from webui import serving
+
+        return serving.serve
     raise AttributeError(f"module 'webui' has no attribute {name!r}")

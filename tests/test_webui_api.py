@@ -153,6 +153,8 @@ BAD_SEARCHES = [
     ("truncated", "truncated", {"option": "auto"}, 400, ["truncated"]),
     ("decompression bomb", "bomb", {"option": "auto"}, 400, ["decompression bomb"]),
     ("tiny image", png_bytes((4, 4)), {"option": "auto"}, 400, ["too small"]),
+    # once a 500: the detector resized a 20000x8 strip to nothing
+    ("strip 20000x8", png_bytes((20000, 8)), {"option": "auto"}, 400, ["aspect ratio", "20000x8"]),
     ("unknown option", "photo", {"option": "magic"}, 400, ["'magic'", "auto, guided, rectangle"]),
     ("unknown category", "photo", {"option": "guided", "category": "spacesuit"}, 400, ["'spacesuit'", "pants"]),
     ("guided without category", "photo", {"option": "guided"}, 400, ["needs a category"]),

@@ -50,6 +50,8 @@ def test_add_search_and_delete_a_product(client, engine, photo):
 def test_an_id_is_one_url_path_segment(client, engine):
     for pid in ("new/1", "..", "a\\b"):
         assert_error(add(client, png_bytes(), id=pid, title="Red pants"), 400, repr(pid), "path segment")
+    # once a 500 after a full describe: 200 characters, 800 bytes, over LMDB's 511-byte keys
+    assert_error(add(client, png_bytes(), id="\U0001f457" * 200, title="Red pants"), 400, "511")
     assert len(engine) == 120
 
 

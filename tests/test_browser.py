@@ -330,7 +330,7 @@ def test_served_upload_over_the_limit_is_a_json_413(server, api_contract):
     data = r.read()
     _check(api_contract, "POST", server + "api/search", r.status, {"content-type": r.getheader("Content-Type")}, data)
     assert r.status == 413
-    assert "16 MiB limit" in json.loads(data)["error"]
+    assert "16 MiB upload limit" in json.loads(data)["error"]
     conn.close()
     with urllib.request.urlopen(server + "api/health", timeout=5) as h:
         data = h.read()

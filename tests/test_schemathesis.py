@@ -149,9 +149,13 @@ def test_the_api_obeys_its_openapi_document_under_schemathesis(standin_server, s
     # responses (an image_url's escaped id, a search's category) into later requests, over the very
     # field a negative case had removed; and a negative stateful case that types a text field as a
     # number sends the same bytes as a valid one (multipart has only text). Either way Schemathesis
-    # then reports the server for accepting a request that is in fact valid.
+    # then reports the server for accepting a request that is in fact valid. The fuzzing phase met the
+    # same false positive at random (a clean CI machine, seed 1: ST201 on /api/search and
+    # /api/products), so it sends valid requests only; the coverage phase keeps the invalid ones,
+    # derived from the document deterministically.
     config.write_text(
-        '[phases.stateful.inference]\nalgorithms = []\n\n[phases.stateful.generation]\nmode = "positive"\n'
+        '[phases.stateful.inference]\nalgorithms = []\n\n[phases.stateful.generation]\nmode = "positive"\n\n'
+        '[phases.fuzzing.generation]\nmode = "positive"\n'
     )
     env = {
         **os.environ,

@@ -1,10 +1,16 @@
-"""The attribute models: a torchvision ResNet encoder with an LSTM decoder over attribute tokens,
-and the binary-relevance baseline (the same encoder, one independent softmax per group).
+"""The attribute models: a ``foundation.backbones`` trunk as the image encoder, with an LSTM decoder
+over attribute tokens, and the binary-relevance baseline (the same encoder, one softmax per group).
 
 The sequence model follows the paper: the image features initialise the LSTM's state and are fed
 beside each token's embedding, and a softmax over the whole token vocabulary predicts the next
 ``group=value`` token (BOS first, EOS last). Guided decoding is a function of the decoder
 (``attributes.decode``), not a flag of the model.
+
+The encoder is a typed choice of backbone (``mobilenet_v2``, ``resnet18``, ``resnet50``,
+``googlenet``), from ImageNet (``pretrained="imagenet"``, its file must be installed; never
+downloaded) or from scratch (``"none"``); its final tap, average-pooled, is the image's features.
+A pretrained trunk may keep its first ``frozen_stages`` stages (by stride: 2, 4, 8, 16, 32) frozen,
+batch-norm statistics included, so training is cheaper and the general low-level filters stay.
 """
 
 from __future__ import annotations
@@ -13,15 +19,40 @@ import logging
 from dataclasses import asdict, dataclass
 
 import torch
-import torchvision
 from torch import nn
 
+from foundation.backbones import BACKBONES, build_trunk, check_backbone, check_pretrained
+from foundation.modelfiles import ModelError
 from foundation.schema import PAD, Schema
 
 logger = logging.getLogger(__name__)
 
-RESNETS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101", 152: "resnet152"}
 KINDS = ("lstm", "binary")
+
+# The trunk's stages, the modules (names in torchvision's model) working at strides 2, 4, 8, 16 and
+# 32; ``frozen_stages=k`` freezes the first k. mobilenet_v2's features.18 (the 1280-channel 1x1 conv,
+# the final tap) belongs to the last stage.
+STAGES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "mobilenet_v2": (
+        ("features.0", "features.1"),
+        ("features.2", "features.3"),
+        ("features.4", "features.5", "features.6"),
+        tuple(f"features.{i}" for i in range(7, 14)),
+        tuple(f"features.{i}" for i in range(14, 19)),
+    ),
+    "resnet18": (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+    "resnet50": (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+    "googlenet": (
+        ("conv1",),
+        ("conv2", "conv3"),
+        ("inception3a", "inception3b"),
+        ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"),
+        ("inception5a", "inception5b"),
+    ),
+}
+N_STAGES = 5
+if set(STAGES) != set(BACKBONES) or any(len(s) != N_STAGES for s in STAGES.values()):
+    raise RuntimeError("every backbone needs its five stages")
 
 
 @dataclass(frozen=True)
@@ -29,50 +60,58 @@ class AttributeModelConfig:
     """What the model is built from; saved with its weights."""
 
     kind: str = "lstm"  # "lstm" (the sequence model) or "binary" (the binary-relevance baseline)
-    depth: int = 18
+    backbone: str = "resnet18"  # one of foundation.backbones.BACKBONES
+    pretrained: str = "none"  # "imagenet" (torchvision's weights, installed) or "none" (from scratch)
+    frozen_stages: int = 0  # first trunk stages kept frozen (pretrained only: a frozen random layer never learns)
     embed_dim: int = 128
     hidden_dim: int = 256
     dropout: float = 0.2
     vocab_size: int = 0
-    pretrained: str | None = None  # None (from scratch) or "imagenet" (torchvision weights)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown attribute model kind {self.kind!r}; known: {', '.join(KINDS)}")
-        if self.depth not in RESNETS:
-            raise ValueError(f"unknown ResNet depth {self.depth}; known: {', '.join(map(str, RESNETS))}")
-        if self.pretrained not in (None, "imagenet"):
-            raise ValueError(f"unknown pretrained weights {self.pretrained!r}; known: imagenet")
+        check_backbone(self.backbone)
+        check_pretrained(self.pretrained)
+        if not 0 <= self.frozen_stages <= N_STAGES:
+            raise ValueError(f"frozen_stages must be between 0 and {N_STAGES}, got {self.frozen_stages}")
+        if self.frozen_stages and self.pretrained != "imagenet":
+            raise ValueError(
+                f"frozen_stages={self.frozen_stages} needs pretrained='imagenet': a frozen stage of a trunk "
+                "trained from scratch would never learn (use frozen_stages=0)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def imagenet_weights(depth: int):
-    """torchvision's ImageNet weights for ``resnet{depth}``, or a clear error when they cannot be had."""
-    enum = torchvision.models.get_model_weights(RESNETS[depth]).DEFAULT
-    try:
-        return enum.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:  # URLError, OSError, hash errors: all mean "not available here"
-        raise RuntimeError(
-            f"ImageNet weights for {RESNETS[depth]} are neither in the torch cache ({torch.hub.get_dir()}) "
-            f"nor downloadable here ({type(exc).__name__}: {exc}); train from scratch (no --pretrained) "
-            f"or put {enum.url.rsplit('/', 1)[-1]} in {torch.hub.get_dir()}/checkpoints"
-        ) from exc
+class Encoder(nn.Module):
+    """Images (N, 3, H, W), ImageNet-normalised, to features (N, width): the trunk's final tap, average-pooled.
 
+    The first ``frozen_stages`` stages take no gradient and stay in eval mode (their batch-norm
+    statistics are ImageNet's), whatever mode the model is put in.
+    """
 
-def build_encoder(*, depth: int = 18, pretrained: str | None = None) -> tuple[nn.Module, int]:
-    """A ResNet without its classifier, and its feature width. Weights are fetched only when asked."""
-    net = torchvision.models.get_model(RESNETS[depth], weights=None)
-    if pretrained == "imagenet":
-        net.load_state_dict(imagenet_weights(depth))
-    width = net.fc.in_features
-    net.fc = nn.Identity()
-    return net, width
+    def __init__(self, backbone: str, *, pretrained: str, frozen_stages: int = 0):
+        super().__init__()
+        self.trunk = build_trunk(backbone, pretrained=pretrained)
+        self.width = self.trunk.final_channels
+        self.frozen = [name for stage in STAGES[backbone][:frozen_stages] for name in stage]
+        for name in self.frozen:
+            self.trunk.body.get_submodule(name).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Encoder:
+        super().train(mode)
+        for name in self.frozen:
+            self.trunk.body.get_submodule(name).train(False)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.trunk(images)["final"].mean(dim=(2, 3))
 
 
 class LSTMAttributeModel(nn.Module):
-    """ResNet features -> LSTM over attribute tokens -> logits over the vocabulary."""
+    """Encoder features -> LSTM over attribute tokens -> logits over the vocabulary."""
 
     def __init__(self, cfg: AttributeModelConfig, encoder: nn.Module, feat_dim: int):
         super().__init__()
@@ -131,13 +170,50 @@ class BinaryRelevanceModel(nn.Module):
         return [head(f) for head in self.heads]
 
 
-def build_attribute_model(cfg: AttributeModelConfig, *, schema: Schema) -> nn.Module:
-    """The model ``cfg`` describes, for ``schema``'s vocabulary; weights random unless ``cfg.pretrained``."""
+def build_attribute_model(cfg: AttributeModelConfig, *, schema: Schema, load_pretrained: bool = True) -> nn.Module:
+    """The model ``cfg`` describes, for ``schema``'s vocabulary.
+
+    The trunk starts from ImageNet when ``cfg.pretrained`` says so (a missing file is
+    ``foundation.weights.WeightsMissing``, never a download), else from random weights; with
+    ``load_pretrained=False`` it is random either way, for weights about to come from a file.
+    """
     if cfg.vocab_size != len(schema.tokens):
         raise ValueError(f"config vocab_size {cfg.vocab_size} does not match the schema's {len(schema.tokens)} tokens")
     if schema.tokens[0] != PAD:
         raise ValueError("the schema's token 0 must be the padding token")
-    encoder, width = build_encoder(depth=cfg.depth, pretrained=cfg.pretrained)
+    pretrained = cfg.pretrained if load_pretrained else "none"
+    encoder = Encoder(cfg.backbone, pretrained=pretrained, frozen_stages=cfg.frozen_stages)
     if cfg.kind == "lstm":
-        return LSTMAttributeModel(cfg, encoder, width)
-    return BinaryRelevanceModel(cfg, encoder, width, [len(g.values) for g in schema.groups])
+        return LSTMAttributeModel(cfg, encoder, encoder.width)
+    return BinaryRelevanceModel(cfg, encoder, encoder.width, [len(g.values) for g in schema.groups])
+
+
+# -- saved models ---------------------------------------------------------------------------------
+
+LEGACY_DEPTHS = {18: "resnet18", 50: "resnet50"}  # the old ResNet encoders foundation.backbones still builds
+
+
+def from_saved(
+    saved_cfg: dict, state_dict: dict, *, what: str = "attribute model"
+) -> tuple[AttributeModelConfig, dict]:
+    """(config, state_dict) of a saved model, old ones converted.
+
+    Models saved before the encoder became a backbone choice had a torchvision ResNet
+    (``depth``, ``pretrained`` None or "imagenet") whose parameters sat under ``encoder.``; the
+    ResNet-18 and -50 ones load into today's trunk unchanged (the same modules, under
+    ``encoder.trunk.body.``). Other depths are refused with what to do.
+    """
+    if "backbone" in saved_cfg:
+        return AttributeModelConfig(**saved_cfg), state_dict
+    depth = saved_cfg.get("depth")
+    if depth not in LEGACY_DEPTHS:
+        raise ModelError(
+            f"the {what} has a ResNet-{depth} encoder, which is no longer built (backbones: {', '.join(BACKBONES)}): "
+            "retrain it with `fashion-search train attributes`"
+        )
+    cfg = {k: v for k, v in saved_cfg.items() if k != "depth"}
+    cfg.update(backbone=LEGACY_DEPTHS[depth], pretrained=saved_cfg.get("pretrained") or "none", frozen_stages=0)
+    old, new = "encoder.", "encoder.trunk.body."
+    renamed = {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in state_dict.items()}
+    logger.info("%s: an old ResNet-%d checkpoint, loaded into the resnet trunk", what, depth)
+    return AttributeModelConfig(**cfg), renamed

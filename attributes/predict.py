@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from attributes.decode import Constraints, beam_decode, category_distribution, greedy_decode
-from attributes.model import AttributeModelConfig, build_attribute_model
+from attributes.model import build_attribute_model, from_saved
 from foundation.devices import parse_device
 from foundation.modelfiles import Preprocess, load_model
 from foundation.schema import Schema, default_schema
@@ -48,10 +48,10 @@ def load_sequence_model(models_dir: str | Path, name: str = MODEL_NAME, *, schem
     """(model in eval mode, checkpoint) of a saved attribute model."""
     schema = schema or default_schema()
     ck = load_model(models_dir, name, schema=schema)
-    # The weights come from the file: never fetch ImageNet weights at load time.
-    cfg = AttributeModelConfig(**{**ck["config"]["model"], "pretrained": None})
-    model = build_attribute_model(cfg, schema=schema)
-    model.load_state_dict(ck["state_dicts"]["model"])
+    cfg, state = from_saved(ck["config"]["model"], ck["state_dicts"]["model"], what=f"{name} model in {models_dir}")
+    # The weights come from the file: ImageNet's are not loaded (nor needed) at load time.
+    model = build_attribute_model(cfg, schema=schema, load_pretrained=False)
+    model.load_state_dict(state)
     return model.eval(), ck
 
 

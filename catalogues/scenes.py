@@ -17,6 +17,14 @@ largest connected component with its holes filled; when GrabCut keeps under 5 % 
 inner rectangle is used. Each pasted garment may be transformed: random crop keeping >= 85 % of
 each side, scale, rotation within +-8 degrees, colour jitter; the scene is JPEG-recompressed
 (quality 60-90). Garments are placed in disjoint slots, so boxes are those of the pasted pixels.
+
+**on real backgrounds** (``convert_scenes(..., backgrounds=CCP_DIR)``, ``compose_on_photo``):
+the canvas is a ccp street photo of the same split, its own garments kept with their boxes
+(``ccp_instances``), and 1-3 cut-outs (transformed as above) pasted where they cover at most
+``MAX_COVER`` of any box already there and are covered by those boxes at most as much; a
+cut-out with no such place in ``PLACE_TRIES`` random draws is left out. The pasted garments'
+longer side is 20-45 % of the photo's shorter side. Street, walls and people are thus real, and
+every garment on the photo has its box.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ MIN_SIDE = 12
 PAIRED = ("shoes", "boots")  # categories whose label covers a pair: split by connected components
 MASK_SIDE = 160
 SPLITS = ("train", "val")
+MAX_COVER = 0.15  # share of a box that a cut-out pasted onto a street photo may cover, and be covered
+PLACE_TRIES = 30
 
 
 def _check_split(split: str | None) -> None:
@@ -236,11 +246,82 @@ def compose_scene(
     return canvas, placed
 
 
+def _cover(a: tuple, b: tuple) -> float:
+    """Share of box ``a``'s area that box ``b`` covers."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return max(0.0, w) * max(0.0, h) / area if area > 0 else 1.0
+
+
+def compose_on_photo(
+    photo: Image.Image,
+    boxes: list[list],
+    garments: list[tuple],
+    rng: np.random.Generator,
+    *,
+    size_range: tuple[float, float] = (0.2, 0.45),
+) -> tuple[Image.Image, list[list]]:
+    """Paste garments onto a photo beside the garments it has; returns the scene and every box.
+
+    Args:
+        photo: the background, a street photo.
+        boxes: the photo's own ``[x0, y0, x1, y1, category]`` boxes (kept, first in the result).
+        garments: ``(PIL image, bool mask [H, W], category, source_id)`` each; cut out and
+            transformed as ``compose_scene`` does, then pasted where it covers at most
+            ``MAX_COVER`` of any box already there (and is covered at most as much), or left out.
+        size_range: the pasted garment's longer side, as shares of the photo's shorter side.
+    Returns ``(scene, boxes)``, the pasted garments' boxes (of their pixels) after the photo's.
+    """
+    canvas = photo.convert("RGB").copy()
+    width, height = canvas.size
+    placed = [list(b) for b in boxes]
+    for image, mask, category, source_id in garments:
+        piece, alpha = _transform(image.convert("RGB"), mask, rng)
+        ab = alpha.getbbox()
+        if ab is None:
+            raise ValueError(f"garment {source_id!r} has an empty mask")
+        piece, alpha = piece.crop(ab), alpha.crop(ab)
+        side = rng.uniform(*size_range) * min(width, height)
+        scale = side / max(piece.size)
+        size = (max(4, round(piece.width * scale)), max(4, round(piece.height * scale)))
+        if size[0] >= width or size[1] >= height:
+            continue
+        piece, alpha = piece.resize(size, Image.BILINEAR), alpha.resize(size, Image.NEAREST)
+        bx0, by0, bx1, by1 = alpha.getbbox() or (0, 0, *size)
+        for _ in range(PLACE_TRIES):
+            ox, oy = int(rng.integers(0, width - size[0] + 1)), int(rng.integers(0, height - size[1] + 1))
+            box = (ox + bx0, oy + by0, ox + bx1, oy + by1)
+            if all(_cover(b, box) <= MAX_COVER and _cover(box, b) <= MAX_COVER for b in placed):
+                canvas.paste(piece, (ox, oy), alpha)
+                placed.append([float(v) for v in box] + [category])
+                break
+    from io import BytesIO
+
+    buf = BytesIO()
+    canvas.save(buf, format="JPEG", quality=int(rng.integers(60, 91)))
+    return Image.open(BytesIO(buf.getvalue())).convert("RGB"), placed
+
+
 def compose_for_evaluation(target: Image.Image, others: list[Image.Image], rng: np.random.Generator):
     """The retrieval evaluation's composer: ``(scene, boxes)``, ``boxes[0]`` the target's ``(x0, y0, x1, y1)``."""
     garments = [(im, None, None, i) for i, im in enumerate([target, *others][:4])]
     scene, placed = compose_scene(garments, rng)
     return scene, [box for box, _, _ in placed]
+
+
+def _street_photos(ccp_dir: str | Path, split: str | None, schema: Schema) -> list[tuple[Path, list[list]]]:
+    """The ccp photos of ``split`` with their instance boxes (photos without any left out)."""
+    labels = json.loads((Path(ccp_dir) / "labels.json").read_text(encoding="utf-8"))
+    photos = []
+    for rec in ccp_rows(ccp_dir, split):
+        with Image.open(rec["mask_path"]) as im:
+            boxes = ccp_instances(np.asarray(im.convert("L")), labels, schema)
+        if boxes:
+            photos.append((Path(rec["photo"]), boxes))
+    if not photos:
+        raise ValueError(f"no ccp photo of {ccp_dir} (split {split}) has a garment box")
+    return photos
 
 
 def convert_scenes(
@@ -252,9 +333,15 @@ def convert_scenes(
     split: str | None = None,
     schema: Schema | None = None,
     canvas_size: tuple[int, int] = (448, 448),
+    backgrounds: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[Path, dict]:
-    """``n`` composed scenes of clothing photos (1-4 garments each) -> ``OUT/products.jsonl`` + ``OUT/images``."""
+    """``n`` composed scenes of clothing photos -> ``OUT/products.jsonl`` + ``OUT/images``.
+
+    Without ``backgrounds``: 1-4 garments each on a synthetic background (``compose_scene``).
+    With ``backgrounds`` (the ccp folder): 1-3 garments each pasted onto a street photo of the
+    same split, whose own garments keep their boxes (``compose_on_photo``).
+    """
     _check_split(split)
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
@@ -266,13 +353,19 @@ def convert_scenes(
             pool.append((row["path"], category, row["image"]))
     if not pool:
         raise ValueError(f"no clothing photo of {clothing_dir} (split {split}) maps to a schema category")
+    photos = _street_photos(backgrounds, split, schema) if backgrounds is not None else None
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 4])
     masks: dict[str, np.ndarray] = {}
     rows = []
-    for i in tqdm(range(n), desc="composed scenes", unit="scene", disable=not progress):
-        k = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.3, 0.15]))
+    pasted = 0
+    kind = "street" if photos else "composed"
+    for i in tqdm(range(n), desc=f"{kind} scenes", unit="scene", disable=not progress):
+        if photos:
+            k = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
+        else:
+            k = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.3, 0.15]))
         garments = []
         for j in rng.choice(len(pool), size=k, replace=False):
             path, category, source = pool[j]
@@ -282,20 +375,29 @@ def convert_scenes(
             if source not in masks:
                 masks[source] = garment_mask(image)
             garments.append((image, masks[source], category, source))
-        scene, placed = compose_scene(garments, rng, canvas_size=canvas_size)
+        if photos:
+            photo_path, own = photos[int(rng.integers(len(photos)))]
+            with Image.open(photo_path) as im:
+                scene, boxes = compose_on_photo(im, own, garments, rng)
+            pasted += len(boxes) - len(own)
+        else:
+            scene, placed = compose_scene(garments, rng, canvas_size=canvas_size)
+            boxes = [[*box, c] for box, c, _ in placed]
+            pasted += len(boxes)
         name = f"images/scene-{seed}-{i:06d}.jpg"
         scene.save(out / name, quality=92)
         rows.append(
             {
                 "id": f"scene-{seed}-{i:06d}",
                 "image": name,
-                "title": " ".join(c for _, c, _ in placed),
-                "category_path": "composed",
-                "boxes": [[*box, c] for box, c, _ in placed],
+                "title": " ".join(b[4] for b in boxes),
+                "category_path": kind,
+                "boxes": boxes,
             }
         )
     return write_dump(rows, out), {
         "products": len(rows),
         "boxes": sum(len(r["boxes"]) for r in rows),
+        "pasted": pasted,
         "sources": len(masks),
     }

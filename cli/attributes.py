@@ -9,14 +9,16 @@ from pathlib import Path
 
 def _train(args) -> int:
     from attributes.train import AttributeTrainConfig, train_attributes
+    from foundation.backbones import default_pretrained
 
-    base = AttributeTrainConfig.demo() if args.preset == "demo" else AttributeTrainConfig()
+    base = AttributeTrainConfig.preset(args.preset)
     overrides = {
         k: v
         for k, v in {
             "kind": "binary" if args.baseline else None,
-            "depth": args.depth,
+            "backbone": args.backbone,
             "pretrained": args.pretrained,
+            "frozen_stages": args.frozen_stages,
             "image_size": args.image_size,
             "epochs": args.epochs,
             "batch_size": args.batch_size,
@@ -28,6 +30,12 @@ def _train(args) -> int:
         }.items()
         if v is not None
     }
+    if args.backbone is not None and args.pretrained is None:
+        # another backbone: ImageNet where its file is installed, else from scratch (said, not silent)
+        overrides["pretrained"] = default_pretrained(args.backbone)
+        print(f"--backbone {args.backbone}: --pretrained {overrides['pretrained']} (its default here)")
+    if overrides.get("pretrained", base.pretrained) == "none" and args.frozen_stages is None:
+        overrides["frozen_stages"] = 0  # a trunk from scratch trains every stage
     if args.label_weighting:
         overrides["label_weighting"] = True
     if args.no_time_limit:
@@ -68,20 +76,42 @@ def _convert(which: str):
     return run
 
 
+# foundation.backbones' BACKBONES and PRETRAINED, spelled out so `--help` needs no torch (a test keeps them equal)
+BACKBONE_CHOICES = ("mobilenet_v2", "resnet18", "resnet50", "googlenet")
+PRETRAINED_CHOICES = ("imagenet", "none")
+
+
 def register(commands) -> None:
-    p = commands.train.add_parser("attributes", help="train the ResNet-LSTM attribute model (or its baseline)")
+    p = commands.train.add_parser("attributes", help="train the CNN-LSTM attribute model (or its baseline)")
     p.add_argument("--data", required=True, help="training product dump (attributes and/or seller text)")
     p.add_argument("--val", help="validation dump: early stopping on its NLL")
     p.add_argument("--out", required=True, help="model directory to write attributes.pt into")
     p.add_argument(
         "--preset",
-        choices=("default", "demo"),
+        choices=("default", "demo", "scratch"),
         default="default",
-        help="default: real photos within ~20 min of CPU; demo: small and fast",
+        help="default: ImageNet trunk fine-tuned on real photos within ~20 min of CPU; demo: small and fast; "
+        "scratch: the paper's ResNet-18 LSTM from scratch at 64 px",
     )
     p.add_argument("--baseline", action="store_true", help="train the binary-relevance baseline instead")
-    p.add_argument("--depth", type=int, help="ResNet depth (18, 34, 50, ...)")
-    p.add_argument("--pretrained", choices=("imagenet",), help="start from torchvision's ImageNet weights")
+    p.add_argument(
+        "--backbone",
+        choices=BACKBONE_CHOICES,
+        help="the encoder's trunk (default: the preset's; the default preset's is mobilenet_v2, or the first "
+        "backbone whose ImageNet file is installed)",
+    )
+    p.add_argument(
+        "--pretrained",
+        choices=PRETRAINED_CHOICES,
+        help="imagenet: start from torchvision's ImageNet weights (installed, never downloaded); none: from "
+        "scratch (default: imagenet where the backbone's file is installed)",
+    )
+    p.add_argument(
+        "--frozen-stages",
+        type=int,
+        dest="frozen_stages",
+        help="first trunk stages (strides 2..32) kept frozen, 0-5; pretrained only (default: the preset's)",
+    )
     p.add_argument("--image-size", type=int, dest="image_size")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size")

@@ -3,6 +3,7 @@ the street photos (per-instance boxes) and of composed scenes into detection dum
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ def _train(args) -> int:
     from detector.model import DetectorConfig
     from detector.train import DetectorTrainConfig, train_detector
 
-    base = DetectorTrainConfig.demo() if args.preset == "demo" else DetectorTrainConfig()
+    base = DetectorTrainConfig.preset(args.preset)
     model = {
         k: v
         for k, v in {
@@ -20,6 +21,8 @@ def _train(args) -> int:
             "min_size": args.min_size,
             "max_size": args.max_size,
             "pretrained": args.pretrained,
+            "trainable_layers": args.trainable_layers,
+            "stride16": args.stride16,
         }.items()
         if v is not None
     }
@@ -47,7 +50,9 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from detector.evaluate import evaluate_detector, format_report
 
-    result = evaluate_detector(args.data, args.models, limit=args.limit, score_threshold=args.threshold)
+    result = evaluate_detector(
+        args.data, args.models, limit=args.limit, score_threshold=args.threshold, guidance=args.guidance
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_report(result))
@@ -65,19 +70,36 @@ def _convert_ccp(args) -> int:
 def _convert_scenes(args) -> int:
     from catalogues.scenes import convert_scenes
 
-    dump, counts = convert_scenes(args.dir, args.out, n=args.n, seed=args.seed, split=args.split)
-    print(f"wrote {counts['products']} scenes with {counts['boxes']} boxes to {dump}")
+    dump, counts = convert_scenes(
+        args.dir, args.out, n=args.n, seed=args.seed, split=args.split, backgrounds=args.backgrounds
+    )
+    print(f"wrote {counts['products']} scenes with {counts['boxes']} boxes ({counts['pasted']} pasted) to {dump}")
     return 0
 
 
 def register(commands) -> None:
+    from detector.model import BACKBONES, GUIDANCE, PRETRAINED  # names only: no torch at start-up
+
     p = commands.train.add_parser("detector", help="train the Faster R-CNN garment detector on a dump's boxes")
-    p.add_argument("--data", required=True, help="training dump with boxes")
+    p.add_argument(
+        "--data", required=True, action="append", help="training dump with boxes (repeat it to train on several)"
+    )
     p.add_argument("--val", help="validation dump: Table 3 figures at the end")
     p.add_argument("--out", required=True, help="model directory to write detector.pt into")
     p.add_argument("--preset", choices=("default", "demo"), default="default")
-    p.add_argument("--backbone", choices=("mobilenet_v3_large_fpn", "resnet50_fpn"))
-    p.add_argument("--pretrained", choices=("imagenet",), help="start from torchvision's ImageNet backbone weights")
+    p.add_argument("--backbone", choices=BACKBONES, help="default mobilenet_v2")
+    p.add_argument(
+        "--pretrained",
+        choices=PRETRAINED,
+        help="imagenet: torchvision's ImageNet backbone weights (an error when not installed); none: from scratch; "
+        "auto (default): imagenet where installed",
+    )
+    p.add_argument("--trainable-layers", type=int, dest="trainable_layers", help="backbone stages trained (pretrained)")
+    p.add_argument(
+        "--stride16",
+        action=argparse.BooleanOptionalAction,
+        help="mobilenet_v2: a stride-16 FPN level (features.13) instead of a second stride-32 one",
+    )
     p.add_argument("--min-size", type=int, dest="min_size")
     p.add_argument("--max-size", type=int, dest="max_size")
     p.add_argument("--epochs", type=int)
@@ -96,6 +118,7 @@ def register(commands) -> None:
     p.add_argument("--models", required=True)
     p.add_argument("--limit", type=int)
     p.add_argument("--threshold", type=float, default=0.3, help="score threshold of the guided ROI (fallback rate)")
+    p.add_argument("--guidance", choices=GUIDANCE, default="ranked", help="how the guide selects ROIs")
     p.add_argument("--json")
     p.set_defaults(func=_evaluate)
 
@@ -111,4 +134,7 @@ def register(commands) -> None:
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=("train", "val"))
+    p.add_argument(
+        "--backgrounds", help="the ccp folder: paste onto its street photos (same split), keeping their boxes"
+    )
     p.set_defaults(func=_convert_scenes)

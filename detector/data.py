@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -15,12 +16,26 @@ from foundation.schema import Schema, default_schema
 logger = logging.getLogger(__name__)
 
 
-def products_with_boxes(dump: str | Path, *, schema: Schema | None = None, keep_empty: bool = False) -> list[Product]:
-    """The dump's products that carry boxes (all of them with ``keep_empty``: negatives)."""
-    products = list(read_dump(dump, schema=schema or default_schema()))
-    kept = [p for p in products if p.boxes or keep_empty]
-    if not kept:
-        raise ValueError(f"{dump} holds no product with boxes: the detector needs [x0, y0, x1, y1, category] boxes")
+def dumps_of(dumps: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One dump or several, as a list of paths."""
+    if isinstance(dumps, str | Path):
+        return [Path(dumps)]
+    if not dumps:
+        raise ValueError("no training dump given")
+    return [Path(d) for d in dumps]
+
+
+def products_with_boxes(
+    dump: str | Path | Sequence[str | Path], *, schema: Schema | None = None, keep_empty: bool = False
+) -> list[Product]:
+    """The products that carry boxes (all of them with ``keep_empty``: negatives), of one dump or several in turn."""
+    schema = schema or default_schema()
+    kept = []
+    for path in dumps_of(dump):
+        products = [p for p in read_dump(path, schema=schema) if p.boxes or keep_empty]
+        if not products:
+            raise ValueError(f"{path} holds no product with boxes: the detector needs [x0, y0, x1, y1, category] boxes")
+        kept += products
     return kept
 
 

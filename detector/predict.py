@@ -1,20 +1,39 @@
 """Guided garment detection: the ROI of the shopper's (or seller's) category, or a flagged fallback.
 
-Without a guide every ROI above the threshold is returned, best first. With a guide, ROIs of
-other categories are dropped and the best remaining one is the ROI; when none remains the
-detection says so (``fallback``) and its ``box`` is the whole image.
+Without a guide every ROI above the threshold is returned, best first, named with the category
+the detector gave it. With a guide the detector looks for the guide's garment and names what it
+finds after the guide (``guidance``):
+
+- ``"ranked"`` (the default): boxes of the guide's great-category (a "blouse" guide looks at
+  every top), the one the detector finds likeliest to be the guide's category scored with the
+  probability of its great-category, the others discounted by how much less likely they are to
+  be it. One top in the photo: it is the blouse, whatever top the detector took it for; a
+  T-shirt beside a shirt: the detector tells which is the T-shirt.
+- ``"great_category"``: every box of the guide's great-category, scored with its probability.
+- ``"category"``: only boxes the detector itself gave the guide's category, with that probability.
+
+The best remaining ROI is the ROI; when none clears the threshold the detection says so
+(``fallback``) and its ``box`` is the whole image.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from detector.model import DetectorConfig, build_detector, class_names
+from detector.model import (
+    GUIDANCE,
+    DetectorConfig,
+    build_detector,
+    class_groups,
+    class_names,
+    fold_batch_norm,
+    great_categories,
+)
 from foundation.devices import parse_device
 from foundation.modelfiles import ModelError, Preprocess, load_model
 from foundation.schema import Schema, default_schema
@@ -27,6 +46,15 @@ class ROI:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the input image
     category: str
     score: float
+
+
+@dataclass(frozen=True)
+class Raw:
+    """What the model returns for one image (see ``detector.model.GroupedRoIHeads``)."""
+
+    rois: list[ROI]  # category = a schema category, score = its probability
+    great: list[ROI] = field(default_factory=list)  # category = a great-category, score = its probability
+    ranked: list[ROI] = field(default_factory=list)  # category = a schema category, ranked in its great-category
 
 
 @dataclass(frozen=True)
@@ -47,12 +75,14 @@ def load(models_dir: str | Path, *, device: str = "cpu", schema: Schema | None =
     """(Faster R-CNN in eval mode on ``device``, its preprocessing: PIL image -> (3, H, W) in [0, 1]), as saved.
 
     ``model([preprocess(im) for im in images])`` gives torchvision's detections, class ``i + 1``
-    being the schema's ``category_names[i]``; a model trained on another schema is refused.
+    being the schema's ``category_names[i]`` and class ``C + g`` the great-category
+    ``great_categories(schema)[g]``; a model trained on another schema is refused. The ImageNet
+    file is not needed: the weights come from the checkpoint.
     """
     schema = schema or default_schema()
     ckpt = load_model(models_dir, "detector", schema=schema)
-    cfg = DetectorConfig(**{**ckpt["config"]["model"], "pretrained": None})  # the weights come from the file
-    model = build_detector(cfg, num_classes=len(class_names(schema)))
+    cfg = DetectorConfig(**ckpt["config"]["model"])
+    model = build_detector(cfg, num_classes=len(class_names(schema)), groups=class_groups(schema), imagenet_file=False)
     try:
         model.load_state_dict(ckpt["state_dicts"]["model"])
     except RuntimeError as exc:
@@ -71,6 +101,16 @@ def select(rois: list[ROI], guide: str | None, size: tuple[int, int], score_thre
     return Detection(rois=kept, roi=best, fallback=best is None, size=size)
 
 
+def guided_rois(raw: Raw, guide: str, guidance: str, schema: Schema) -> list[ROI]:
+    """The ROIs a guided detector considers for ``guide``, named with the guide's category."""
+    if guidance == "category":
+        return [r for r in raw.rois if r.category == guide]
+    if guidance == "ranked":
+        return [r for r in raw.ranked if r.category == guide]
+    great = schema.great_category(guide)
+    return [ROI(r.box, guide, r.score) for r in raw.great if r.category == great]
+
+
 class GarmentDetector:
     """A trained detector plus its preprocessing; ``detect`` batches images."""
 
@@ -82,34 +122,70 @@ class GarmentDetector:
         score_threshold: float = 0.3,
         device: str = "cpu",
         preprocess: Preprocess | None = None,
+        guidance: str = "ranked",
+        schema: Schema | None = None,
     ):
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must lie in [0, 1], got {score_threshold!r}")
+        if guidance not in GUIDANCE:
+            raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE)}")
         self.device = parse_device(device)
         self.model = model.eval().to(self.device)
         self.classes = classes
+        self.schema = schema or default_schema()
+        self.greats = great_categories(self.schema)
         self.score_threshold = score_threshold
+        self.guidance = guidance
         self.preprocess = preprocess or Preprocess()  # RGB in [0, 1]: the model resizes itself
 
     @classmethod
     def load(
-        cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None, score_threshold: float = 0.3
+        cls,
+        models_dir: str | Path,
+        *,
+        device: str = "cpu",
+        schema: Schema | None = None,
+        score_threshold: float = 0.3,
+        guidance: str = "ranked",
     ) -> GarmentDetector:
-        """The detector saved as ``models_dir/detector.pt``."""
+        """The detector saved as ``models_dir/detector.pt``, its batch norm folded for speed."""
         model, preprocess = load(models_dir, device=device, schema=schema)
+        fold_batch_norm(model)
         return cls(
-            model, classes=class_names(schema), score_threshold=score_threshold, device=device, preprocess=preprocess
+            model,
+            classes=class_names(schema),
+            score_threshold=score_threshold,
+            device=device,
+            preprocess=preprocess,
+            guidance=guidance,
+            schema=schema,
         )
 
     @classmethod
-    def from_model(cls, model, *, schema: Schema | None = None, score_threshold: float = 0.3, device: str = "cpu"):
-        return cls(model, classes=class_names(schema), score_threshold=score_threshold, device=device)
+    def from_model(
+        cls,
+        model,
+        *,
+        schema: Schema | None = None,
+        score_threshold: float = 0.3,
+        device: str = "cpu",
+        guidance: str = "ranked",
+    ):
+        return cls(
+            model,
+            classes=class_names(schema),
+            score_threshold=score_threshold,
+            device=device,
+            guidance=guidance,
+            schema=schema,
+        )
 
     @torch.inference_mode()
-    def raw(self, images) -> list[list[ROI]]:
+    def raw(self, images) -> list[Raw]:
         """Every ROI the model returns for each image (scores from torchvision's floor upwards)."""
         tensors = [self.preprocess(im).to(self.device) for im in images]
         outputs = self.model(tensors)
+        n = len(self.classes)
         result = []
         for out in outputs:
             boxes, labels, scores = (
@@ -117,17 +193,24 @@ class GarmentDetector:
                 out["labels"].cpu().tolist(),
                 out["scores"].cpu().tolist(),
             )
-            result.append(
-                [
-                    ROI(tuple(float(v) for v in b), self.classes[lab], float(s))
-                    for b, lab, s in zip(boxes, labels, scores)
-                    if lab > 0
-                ]
-            )
+            rois, great, ranked = [], [], []
+            g = len(self.greats)
+            for b, lab, s in zip(boxes, labels, scores):
+                box = tuple(float(v) for v in b)
+                if 0 < lab < n:
+                    rois.append(ROI(box, self.classes[lab], float(s)))
+                elif n <= lab < n + g:
+                    great.append(ROI(box, self.greats[lab - n], float(s)))
+                elif lab >= n + g:
+                    ranked.append(ROI(box, self.classes[lab - n - g + 1], float(s)))
+            result.append(Raw(rois, great, ranked))
         return result
 
+    def guided(self, raw: Raw, guide: str) -> list[ROI]:
+        return guided_rois(raw, guide, self.guidance, self.schema)
+
     def detect(self, images, guides: list[str | None] | None = None) -> list[Detection]:
-        """One Detection per image; ``guides[i]`` (a schema category or None) filters image i's ROIs."""
+        """One Detection per image; ``guides[i]`` (a schema category or None) guides image i's ROI."""
         images = list(images)
         if guides is None:
             guides = [None] * len(images)
@@ -139,4 +222,7 @@ class GarmentDetector:
                 raise ValueError(f"unknown guide category {g!r}; known: {', '.join(self.classes[1:])}")
         if not images:
             return []
-        return [select(rois, g, im.size, self.score_threshold) for rois, g, im in zip(self.raw(images), guides, images)]
+        return [
+            select(raw.rois if g is None else self.guided(raw, g), g, im.size, self.score_threshold)
+            for raw, g, im in zip(self.raw(images), guides, images)
+        ]

@@ -1,9 +1,9 @@
-"""The attribute model: shapes, a training step, constrained/guided decoding, save/load, quality floor."""
+"""The attribute model: shapes, a training step, constrained/guided decoding, save/load, presets,
+resume, quality floors (the encoder's backbones: test_attribute_encoder.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import urllib.error
 
 import pytest
 import torch
@@ -15,7 +15,8 @@ from attributes.data import group_targets, target_tokens
 from attributes.decode import Constraints, beam_decode, category_distribution, greedy_decode
 from attributes.model import AttributeModelConfig, LSTMAttributeModel, build_attribute_model
 from attributes.predict import AttributePredictor, load, load_sequence_model
-from attributes.train import AttributeTrainConfig, baseline_loss, sequence_loss, train_attributes
+from attributes.train import PRESETS, AttributeTrainConfig, baseline_loss, sequence_loss, train_attributes
+from foundation.backbones import default_backbone, default_pretrained
 from foundation.dump import read_dump
 from foundation.images import load_image
 from foundation.modelfiles import ModelError, load_model, save_model
@@ -48,7 +49,7 @@ def test_shapes_and_a_training_step_reach_the_encoder():
     loss = sequence_loss(logits, tokens)
     loss.backward()
     assert torch.isfinite(loss)
-    assert model.encoder.conv1.weight.grad.abs().sum() > 0  # gradients flow through the encoder
+    assert model.encoder.trunk.body.conv1.weight.grad.abs().sum() > 0  # gradients flow through the encoder
 
     base = build_attribute_model(AttributeModelConfig(kind="binary", vocab_size=V), schema=SCHEMA)
     out = base(images)
@@ -76,23 +77,12 @@ def test_garment_crops_add_each_boxed_product_once_more(synth_dump):
 
 
 def test_bad_configs_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown ResNet depth 19"):
-        AttributeModelConfig(depth=19)
     with pytest.raises(ValueError, match="image_size must be at least 32"):
         AttributeTrainConfig(image_size=8)
     with pytest.raises(ValueError, match="vocab_size 5"):
         build_attribute_model(AttributeModelConfig(vocab_size=5), schema=SCHEMA)
-
-
-def test_imagenet_weights_fail_clearly_when_unavailable(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(*a, **k):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match="ImageNet weights for resnet18.*train from scratch"):
-        build_attribute_model(AttributeModelConfig(vocab_size=V, pretrained="imagenet"), schema=SCHEMA)
+    with pytest.raises(ValueError, match="label_smoothing must lie in"):
+        AttributeTrainConfig(label_smoothing=1.0)
 
 
 def test_target_takes_the_category_from_text_when_attributes_lack_it(synth_dump):
@@ -240,9 +230,12 @@ def test_load_gives_the_model_and_the_preprocessing_saved_with_it(tmp_path):
 
 
 def test_presets_are_typed_and_an_unknown_one_is_named():
-    from attributes.train import PRESETS
-
-    assert set(PRESETS) == {"demo", "default"}
+    assert set(PRESETS) == {"demo", "default", "scratch"}
+    default = PRESETS["default"]
+    assert (default.backbone, default.pretrained) == (default_backbone(), default_pretrained())
+    assert default.frozen_stages == (3 if default.pretrained == "imagenet" else 0)
+    for name in ("demo", "scratch"):  # the paper's ResNet-18 from scratch, as their figures were measured
+        assert (PRESETS[name].backbone, PRESETS[name].pretrained, PRESETS[name].image_size) == ("resnet18", "none", 64)
     assert (
         AttributeTrainConfig.demo() == PRESETS["demo"] and AttributeTrainConfig.preset("default") == PRESETS["default"]
     )

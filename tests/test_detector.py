@@ -1,4 +1,4 @@
-"""Detector: model, guided selection, training step, checkpoint round trip, evaluation."""
+"""Detector: backbones, model, guided selection, training step, checkpoint round trip, evaluation."""
 
 from __future__ import annotations
 
@@ -7,12 +7,126 @@ import pytest
 import torch
 from PIL import Image
 
-from detector.model import DetectorConfig, build_detector, class_names
-from detector.predict import ROI, GarmentDetector, load, select
+from detector.model import (
+    BACKBONES,
+    DetectorConfig,
+    build_detector,
+    class_groups,
+    class_names,
+    fold_batch_norm,
+    great_categories,
+)
+from detector.predict import ROI, GarmentDetector, Raw, guided_rois, load, select
 from detector.train import DetectorTrainConfig, train_detector
 from foundation.modelfiles import ModelError, load_model, save_model
+from foundation.schema import default_schema
+from foundation.weights import WeightsMissing, is_available
 
-TINY = DetectorConfig(min_size=64, max_size=96)
+TINY = DetectorConfig(min_size=64, max_size=96, pretrained="none")
+NEEDS_IMAGENET = pytest.mark.skipif(
+    not is_available("mobilenet_v2"), reason="ImageNet MobileNetV2 weights not installed"
+)
+
+
+def _one_garment():
+    return [{"boxes": torch.tensor([[8.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([3])}]
+
+
+@pytest.mark.parametrize(("backbone", "stride16"), [(b, None) for b in BACKBONES] + [("mobilenet_v2", False)], ids=str)
+def test_each_backbone_builds_and_takes_a_training_step(backbone, stride16):
+    torch.manual_seed(0)
+    cfg = DetectorConfig(backbone=backbone, pretrained="none", min_size=64, max_size=64, stride16=stride16)
+    model = build_detector(cfg, num_classes=len(class_names()))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    losses = model([torch.rand(3, 64, 64)], _one_garment())
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    optimizer = torch.optim.SGD(params, lr=0.01)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, params))
+    with torch.inference_mode():
+        out = model.eval()([torch.rand(3, 64, 64)])[0]
+    assert out["boxes"].shape[1] == 4 and (out["labels"] >= 1).all()
+
+
+def test_mobilenet_v2_taps_a_stride_16_level_by_default():
+    model = build_detector(TINY, num_classes=len(class_names())).eval()
+    with torch.inference_mode():
+        features = model.backbone(torch.rand(1, 3, 64, 96))
+    assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {"0": (4, 6), "1": (2, 3), "pool": (1, 2)}
+    coarse = build_detector(DetectorConfig(min_size=64, max_size=96, pretrained="none", stride16=False), num_classes=3)
+    with torch.inference_mode():
+        assert coarse.eval().backbone(torch.rand(1, 3, 64, 96))["0"].shape[-2:] == (2, 3)  # detector_backbone's taps
+    with pytest.raises(ValueError, match="stride16 is a choice of the mobilenet_v2 backbone, not of resnet18"):
+        DetectorConfig(backbone="resnet18", stride16=True)
+
+
+def test_unknown_choices_are_named():
+    with pytest.raises(ValueError, match=r"unknown detector backbone 'resnet9'; choose one of mobilenet_v2, resnet18"):
+        DetectorConfig(backbone="resnet9")
+    with pytest.raises(ValueError, match=r"unknown pretrained value 'imagenet21k'; choose one of auto, imagenet, none"):
+        DetectorConfig(pretrained="imagenet21k")
+    with pytest.raises(ValueError, match="unknown guidance 'box'"):
+        GarmentDetector(build_detector(TINY, num_classes=len(class_names())), classes=class_names(), guidance="box")
+    from cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "detector", "--data", "x.jsonl", "--out", "o", "--backbone", "googlenet"])
+    assert DetectorConfig(pretrained=None).pretrained == "none"  # as checkpoints saved it before
+
+
+@NEEDS_IMAGENET
+def test_imagenet_backbone_starts_from_torchvisions_weights():
+    import torchvision.models as tvm
+
+    from foundation.weights import imagenet_weights
+
+    model = build_detector(DetectorConfig(pretrained="imagenet"), num_classes=len(class_names()))
+    reference = tvm.mobilenet_v2(weights=imagenet_weights("mobilenet_v2"))
+    torch.testing.assert_close(model.backbone.body["0"][0].weight, reference.features[0][0].weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.backbone.body["0"][1].running_var, reference.features[0][1].running_var)
+    assert DetectorConfig().resolved().pretrained == "imagenet"  # the default where the weights are installed
+    assert not model.backbone.body["0"][0].weight.requires_grad  # the first stages stay as trained on ImageNet
+
+
+@NEEDS_IMAGENET
+def test_a_pretrained_detector_loads_without_the_imagenet_file(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    cfg = DetectorTrainConfig(model=DetectorConfig(min_size=64, max_size=96, pretrained="imagenet"))
+    model = build_detector(cfg.model, num_classes=len(class_names())).eval()
+    prep = {"input": "RGB float [0, 1]", "resize": "none"}
+    save_model(
+        tmp_path, "detector", state_dicts={"model": model.state_dict()}, config=cfg.to_dict(), preprocessing=prep
+    )
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # no weights file any more
+    loaded, _ = load(tmp_path)
+    x = torch.rand(3, 70, 90)
+    with torch.inference_mode():
+        ours, theirs = loaded([x])[0], model([x])[0]
+        features = model.backbone(x[None])
+        folded = fold_batch_norm(loaded).backbone(x[None])  # as GarmentDetector.load runs it
+    torch.testing.assert_close(ours["scores"], theirs["scores"])
+    for key, value in features.items():
+        torch.testing.assert_close(folded[key], value, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_imagenet_weights_are_a_clear_error_never_a_silent_fallback(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    import torch.hub
+
+    def no_network(*a, **k):
+        raise AssertionError("nothing may be downloaded")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    for backbone in ("mobilenet_v2", "mobilenet_v3_large_fpn"):
+        with pytest.raises(WeightsMissing, match=r"ImageNet weights for .* are not installed.*--pretrained none"):
+            build_detector(DetectorConfig(backbone=backbone, pretrained="imagenet"), num_classes=3)
+    with caplog.at_level("WARNING"):
+        assert DetectorConfig(pretrained="auto").resolved().pretrained == "none"
+    assert "not installed: it trains from scratch" in caplog.text
 
 
 def test_select_guided_keeps_only_the_guide():
@@ -37,6 +151,93 @@ def test_no_garment_gives_zero_box_loss():
     losses = model([torch.rand(3, 64, 64)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])
     assert losses["loss_box_reg"].item() == 0.0 and losses["loss_rpn_box_reg"].item() == 0.0
     assert losses["loss_classifier"].item() > 0.0
+
+
+def test_great_category_detections_add_up_their_categories():
+    """The box head's great-category detection scores the sum of its categories' probabilities."""
+    torch.manual_seed(0)
+    model = build_detector(TINY, num_classes=len(class_names())).eval()
+    heads, classes, greats = model.roi_heads, class_names(), great_categories()
+    logits = torch.full((1, len(classes)), -20.0)
+    for name, p in (("blouse", 0.35), ("shirt", 0.3), ("pants", 0.2), ("__background__", 0.15)):
+        logits[0, classes.index(name)] = float(np.log(p))
+    regression = torch.zeros(1, 4 * len(classes))
+    regression[0, 4 * classes.index("shirt") : 4 * classes.index("shirt") + 2] = 0.5  # shirt's box moves right/down
+    boxes, scores, labels = heads.postprocess_detections(
+        logits, regression, [torch.tensor([[10.0, 10.0, 50.0, 70.0]])], [(100, 100)]
+    )
+    got = {int(lab): (float(s), b.tolist()) for b, s, lab in zip(boxes[0], scores[0], labels[0])}
+    tops = len(classes) + greats.index("tops")
+    assert got[tops][0] == pytest.approx(0.65, abs=1e-3) and got[len(classes) + greats.index("bottoms")][
+        0
+    ] == pytest.approx(0.2, abs=1e-3)
+    assert got[tops][1] == pytest.approx([10.0, 10.0, 50.0, 70.0])  # blouse, the likeliest top, places it
+    assert got[classes.index("blouse")][0] == pytest.approx(0.35, abs=1e-3)  # per-category detections as before
+    assert class_groups()[classes.index("jeans")] == greats.index("bottoms") and class_groups()[0] == -1
+
+
+def test_ranked_guidance_keeps_the_likeliest_box_of_the_guide_and_discounts_the_others():
+    """A T-shirt beside a shirt: each guide finds its own garment; a lone top answers any top's guide."""
+    torch.manual_seed(0)
+    model = build_detector(TINY, num_classes=len(class_names())).eval()
+    classes, n_greats = class_names(), len(great_categories())
+    logits = torch.full((2, len(classes)), -20.0)
+    for row, (tee, shirt) in enumerate(((0.7, 0.2), (0.2, 0.7))):
+        logits[row, classes.index("t-shirt")], logits[row, classes.index("shirt")] = np.log(tee), np.log(shirt)
+        logits[row, 0] = np.log(0.1)
+    proposals = [torch.tensor([[0.0, 0.0, 40.0, 40.0], [50.0, 50.0, 90.0, 90.0]])]
+    regression = torch.zeros(2, 4 * len(classes))
+    boxes, scores, labels = model.roi_heads.postprocess_detections(logits, regression, proposals, [(100, 100)])
+
+    def ranked(category):
+        label = len(classes) + n_greats + classes.index(category) - 1
+        return sorted(
+            (round(float(s), 3), b.tolist()) for b, s, lab in zip(boxes[0], scores[0], labels[0]) if lab == label
+        )
+
+    assert ranked("t-shirt") == [
+        (pytest.approx(0.257, abs=1e-3), [50.0, 50.0, 90.0, 90.0]),
+        (0.9, [0.0, 0.0, 40.0, 40.0]),
+    ]
+    assert ranked("shirt") == [
+        (pytest.approx(0.257, abs=1e-3), [0.0, 0.0, 40.0, 40.0]),
+        (0.9, [50.0, 50.0, 90.0, 90.0]),
+    ]
+    assert ranked("blouse")[-1][0] == pytest.approx(0.9, abs=1e-3)  # no blouse seen: the tops keep their probability
+
+
+def test_guidance_by_great_category_names_the_box_after_the_guide():
+    raw = Raw(
+        rois=[ROI((0, 0, 10, 10), "shirt", 0.4), ROI((0, 20, 10, 40), "pants", 0.8)],
+        great=[ROI((1, 1, 11, 11), "tops", 0.7), ROI((0, 20, 10, 40), "bottoms", 0.9)],
+        ranked=[ROI((1, 1, 11, 11), "blouse", 0.7), ROI((1, 1, 11, 11), "shirt", 0.7)],
+    )
+    schema = default_schema()
+    assert guided_rois(raw, "blouse", "ranked", schema) == [ROI((1, 1, 11, 11), "blouse", 0.7)]
+    assert guided_rois(raw, "blouse", "great_category", schema) == [ROI((1, 1, 11, 11), "blouse", 0.7)]
+    assert guided_rois(raw, "blouse", "category", schema) == []
+    assert guided_rois(raw, "shirt", "category", schema) == [ROI((0, 0, 10, 10), "shirt", 0.4)]
+    det = select(guided_rois(raw, "hat", "great_category", schema), "hat", (40, 40), 0.3)
+    assert det.fallback and det.box == (0.0, 0.0, 40.0, 40.0)
+
+
+def test_fold_batch_norm_keeps_what_the_model_computes():
+    torch.manual_seed(0)
+    model = build_detector(TINY, num_classes=len(class_names()))
+    model.train()
+    for _ in range(2):  # running statistics away from their initial values
+        model([torch.rand(3, 64, 80)], _one_garment())
+    model.eval()
+    x = torch.rand(3, 64, 80)
+    with torch.inference_mode():
+        before = model.backbone(x[None])
+        fold_batch_norm(model)
+        after = model.backbone(x[None])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(model.train())
 
 
 def test_bad_config_and_guide_are_named():
@@ -66,7 +267,7 @@ def test_training_step_and_checkpoint_round_trip(trained, synth_dump):
     from detector.train import LAST
 
     saved = load_model(out, "detector")["state_dicts"]["model"]
-    for k, v in detector.model.state_dict().items():
+    for k, v in load(out)[0].state_dict().items():  # unfolded: GarmentDetector.load folds batch norm
         assert torch.equal(v, saved[k]), k
     image = Image.open(next(iter((synth_dump.parent / "images").glob("*.jpg")))).convert("RGB")
     guided = detector.detect([image, image], ["pants", "hat"])
@@ -81,18 +282,6 @@ def test_resume_refuses_another_model_config(trained, synth_dump):
     cfg = DetectorTrainConfig(model=DetectorConfig(min_size=80, max_size=96), epochs=1, workers=0)
     with pytest.raises(ValueError, match="cannot resume"):
         train_detector(synth_dump, out, config=cfg, progress=False, resume=True)
-
-
-def test_imagenet_weights_unavailable_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache, no network here
-    import torch.hub
-
-    def no_network(*a, **k):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    with pytest.raises(RuntimeError, match="ImageNet weights"):
-        build_detector(DetectorConfig(pretrained="imagenet"), num_classes=3)
 
 
 def test_load_gives_the_model_and_the_preprocessing_saved_with_it(tmp_path):
@@ -121,6 +310,32 @@ def test_load_gives_the_model_and_the_preprocessing_saved_with_it(tmp_path):
     raw["groups"][3]["values"] = raw["groups"][3]["values"][:-1]
     with pytest.raises(ModelError, match="trained on attribute schema"):
         load(tmp_path, schema=Schema(raw, source="edited.toml"))
+
+
+def test_a_checkpoint_of_the_earlier_detector_still_loads(tmp_path):
+    """Detectors saved before the backbone choice: torchvision's MobileNetV3 builder, ``pretrained`` None."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    torch.manual_seed(0)
+    old = fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=len(class_names()), min_size=64, max_size=96
+    ).eval()
+    model = {
+        "backbone": "mobilenet_v3_large_fpn",
+        "min_size": 64,
+        "max_size": 96,
+        "pretrained": None,
+        "detections_per_image": 50,
+        "box_score_thresh": 0.01,
+        "box_batch_size_per_image": 64,
+        "rpn_post_nms_top_n_train": 300,
+    }
+    config = {**DetectorTrainConfig(model=TINY).to_dict(), "model": model}
+    prep = {"input": "RGB float [0, 1]", "resize": "none", "min_size": 64, "max_size": 96}
+    save_model(tmp_path, "detector", state_dicts={"model": old.state_dict()}, config=config, preprocessing=prep)
+    detector = GarmentDetector.load(tmp_path, score_threshold=0.0)
+    (det,) = detector.detect([Image.new("RGB", (80, 60), (200, 30, 30))], ["pants"])
+    assert all(r.category == "pants" for r in det.rois)
 
 
 def test_presets_are_typed_and_an_unknown_one_is_named():
@@ -167,7 +382,7 @@ def test_resume_from_a_one_step_checkpoint_names_the_settings_that_differ(synth_
     from dataclasses import replace
 
     dump = small_dump(synth_dump, tmp_path / "data", 4)
-    cfg = DetectorTrainConfig(model=TINY, epochs=1, batch_size=4, warmup_steps=1, workers=0, max_minutes=1e-9)
+    cfg = DetectorTrainConfig(model=TINY, epochs=1, batch_size=4, lr=1e-3, warmup_steps=1, workers=0, max_minutes=1e-9)
     first = train_detector(dump, tmp_path, config=cfg, progress=False)
     assert first["steps"] == 1 and load_model(tmp_path, "detector-last")["extra"]["step"] == 1
     other = replace(cfg, model=DetectorConfig(min_size=80, max_size=96), lr=0.01)

@@ -7,8 +7,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from catalogues.scenes import (
+    MAX_COVER,
+    _cover,
     ccp_instances,
     compose_for_evaluation,
+    compose_on_photo,
     compose_scene,
     convert_ccp,
     convert_scenes,
@@ -58,6 +61,25 @@ def test_compose_scene_boxes_hold_the_garments():
     assert len(boxes) == 2 and all(0 <= b[0] < b[2] <= scene.width and 0 <= b[1] < b[3] <= scene.height for b in boxes)
 
 
+def test_compose_on_photo_keeps_the_photos_boxes_and_pastes_beside_them():
+    rng = np.random.default_rng(0)
+    photo = Image.new("RGB", (400, 600), (90, 110, 120))
+    ImageDraw.Draw(photo).rectangle((150, 100, 260, 400), fill=(200, 40, 40))  # a "person" in a red coat
+    own = [[150, 100, 260, 400, "coat"], [160, 520, 200, 560, "shoes"]]
+    cutout = Image.new("RGB", (100, 120), (20, 200, 20))
+    garments = [(cutout, np.ones((120, 100), bool), "hat", f"p{i}") for i in range(3)]
+    scene, boxes = compose_on_photo(photo, own, garments, rng)
+    assert scene.size == photo.size and boxes[:2] == own and 2 <= len(boxes) <= 5
+    arr = np.asarray(scene).astype(int)
+    for box in boxes[2:]:
+        assert box[4] == "hat" and 0 <= box[0] < box[2] <= 400 and 0 <= box[1] < box[3] <= 600
+        region = arr[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])]
+        assert (np.abs(region - [20, 200, 20]).sum(-1) < 150).mean() > 0.6  # the pasted (rotated) garment
+        for other in boxes:
+            if other is not box:
+                assert _cover(other[:4], box[:4]) <= MAX_COVER and _cover(box[:4], other[:4]) <= MAX_COVER
+
+
 @pytest.mark.slow  # converts the shared ccp val split (its size, not a fixed one): ~2 s
 def test_convert_ccp_and_scenes(ccp_dir, clothing_dir, tmp_path):
     dump, counts = convert_ccp(ccp_dir, tmp_path / "ccp", split="val", progress=False)
@@ -67,3 +89,8 @@ def test_convert_ccp_and_scenes(ccp_dir, clothing_dir, tmp_path):
     dump, counts = convert_scenes(clothing_dir, tmp_path / "scenes", n=4, seed=1, split="val", progress=False)
     products = list(read_dump(dump))
     assert len(products) == 4 and all(1 <= len(p.boxes) <= 4 for p in products)
+    dump, counts = convert_scenes(
+        clothing_dir, tmp_path / "street", n=3, seed=1, split="val", backgrounds=ccp_dir, progress=False
+    )
+    products = list(read_dump(dump))
+    assert len(products) == 3 and counts["pasted"] >= 1 and counts["boxes"] == sum(len(p.boxes) for p in products)

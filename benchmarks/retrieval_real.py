@@ -50,8 +50,14 @@ def describer_without_detector(models: Path):
 class NoDetector:
     """Finds nothing: callers fall back to the whole photo."""
 
-    def detect(self, images, guides=None):
-        return [_WholePhoto(im.size) for im in images]
+    def raw(self, images):
+        return [im.size for im in images]
+
+    def presence(self, raw):
+        return {}
+
+    def choose(self, raw, guide, size):
+        return _WholePhoto(size)
 
 
 def main(argv=None) -> int:

@@ -209,6 +209,15 @@ class GarmentDetector:
     def guided(self, raw: Raw, guide: str) -> list[ROI]:
         return guided_rois(raw, guide, self.guidance, self.schema)
 
+    def presence(self, raw: Raw) -> dict[str, float]:
+        """Per category, the best score the guided detector gives a box of it in the photo (0 when none):
+        how sure the detector is that such a garment is there, whichever one it is."""
+        return {c: max((r.score for r in self.guided(raw, c)), default=0.0) for c in self.classes[1:]}
+
+    def choose(self, raw: Raw, guide: str | None, size: tuple[int, int]) -> Detection:
+        """The detection of ``raw`` (one image's, of ``size``) for ``guide`` (None: non-guided)."""
+        return select(raw.rois if guide is None else self.guided(raw, guide), guide, size, self.score_threshold)
+
     def detect(self, images, guides: list[str | None] | None = None) -> list[Detection]:
         """One Detection per image; ``guides[i]`` (a schema category or None) guides image i's ROI."""
         images = list(images)
@@ -222,7 +231,4 @@ class GarmentDetector:
                 raise ValueError(f"unknown guide category {g!r}; known: {', '.join(self.classes[1:])}")
         if not images:
             return []
-        return [
-            select(raw.rois if g is None else self.guided(raw, g), g, im.size, self.score_threshold)
-            for raw, g, im in zip(self.raw(images), guides, images)
-        ]
+        return [self.choose(raw, g, im.size) for raw, g, im in zip(self.raw(images), guides, images)]

@@ -6,7 +6,8 @@ picks the guiding category by the one precedence, describes the batch at the wor
 maps the ROI back to the photo's own pixels. ``Describer.describe`` is the batched core:
 
 1. category: the guide (the seller's text at indexing, the shopper's pick at query time), else
-   the attribute model's most likely category (auto);
+   (auto) the attribute model's category distribution weighed by the detector's evidence of which
+   garments the photo holds (``weigh_by_presence``), its likeliest;
 2. attributes: guided decoding with that category; both read the rectangle's crop when one is
    drawn (it says which garment is meant), else the whole photo;
 3. ROI: the rectangle given, else the guided detector's best box of that category, else the
@@ -135,18 +136,34 @@ class Describer:
         seen = [images[i].crop(rois[i]) if rois[i] is not None else images[i] for i in range(n)]
         preds = self.predictor.predict(seen, guides)
         categories = [guides[i] or preds[i].category for i in range(n)]
+        distributions = [[(str(c), float(p)) for c, p in pred.categories] for pred in preds]
         t["attributes"] = time.perf_counter() - t0
 
-        # 3. ROI: the rectangle, else the guided detector, else the whole image
+        # 3. ROI: the rectangle, else the guided detector, else the whole image. In auto the
+        # detector's evidence of which garments are in the photo weighs the attribute model's guess.
         t0 = time.perf_counter()
         fallback = [False] * n
         need = [i for i in range(n) if rois[i] is None]
-        if need:
-            for i, det in zip(need, self.detector.detect([images[i] for i in need], [categories[i] for i in need])):
-                fallback[i] = bool(det.fallback)
-                rois[i] = pixel_box(det.box, images[i].size) if not det.fallback else (0, 0, *images[i].size)
+        raws = self._raw([images[i] for i in need])
+        reguide = []
+        for i, raw in zip(need, raws):
+            if guides[i] is None:
+                distributions[i] = weigh_by_presence(distributions[i], self.detector.presence(raw))
+                if distributions[i][0][0] != categories[i]:
+                    categories[i] = distributions[i][0][0]
+                    reguide.append(i)
+            det = self.detector.choose(raw, categories[i], images[i].size)
+            fallback[i] = bool(det.fallback)
+            rois[i] = pixel_box(det.box, images[i].size) if not det.fallback else (0, 0, *images[i].size)
         crops = [seen[i] if boxes[i] is not None else images[i].crop(rois[i]) for i in range(n)]
         t["detector"] = time.perf_counter() - t0
+        if reguide:  # the attributes of the category the evidence chose, decoded guided by it
+            t0 = time.perf_counter()
+            for i, pred in zip(
+                reguide, self.predictor.predict([seen[i] for i in reguide], [categories[i] for i in reguide])
+            ):
+                preds[i] = pred
+            t["attributes"] += time.perf_counter() - t0
 
         # 4. appearance code and colour of the ROI
         t0 = time.perf_counter()
@@ -164,7 +181,7 @@ class Describer:
                 Description(
                     category=categories[i],
                     attributes={g: (str(v), float(pr)) for g, (v, pr) in p.attributes.items()},
-                    categories=[(str(c), float(pr)) for c, pr in p.categories],
+                    categories=distributions[i],
                     roi=tuple(int(v) for v in rois[i]),
                     fallback=fallback[i],
                     code=codes[i],
@@ -173,6 +190,36 @@ class Describer:
                 )
             )
         return out
+
+    def _raw(self, images: list[Image.Image]) -> list:
+        """The detector's raw output per image; the same photo object twice in a batch (auto's other
+        likely categories) is run once."""
+        unique = list({id(im): im for im in images}.values())
+        by_id = dict(zip((id(im) for im in unique), self.detector.raw(unique) if unique else []))
+        return [by_id[id(im)] for im in images]
+
+
+# A category the detector finds no box of keeps this share of its weight: the detector misses
+# garments (small, occluded), and a photo of one garment on a plain background needs none.
+PRESENCE_FLOOR = 0.05
+
+
+def weigh_by_presence(
+    categories: Sequence[tuple[str, float]], presence: dict[str, float], floor: float = PRESENCE_FLOOR
+) -> list[tuple[str, float]]:
+    """The attribute model's category distribution times the detector's evidence that each garment is
+    in the photo (``floor`` + its best guided score), renormalised, likeliest first.
+
+    The attribute model reads the whole photo and guesses which garment it shows; the detector
+    says which garments are there at all. Their product keeps the model's guess among garments
+    the photo holds (a street photo's "dress" guess is dropped when the detector finds a top and
+    trousers but no dress).
+    """
+    weighted = {c: p * (floor + presence.get(c, 0.0)) for c, p in categories}
+    total = sum(weighted.values())
+    if total <= 0:
+        return list(categories)
+    return sorted(((c, w / total) for c, w in weighted.items()), key=lambda cp: -cp[1])
 
 
 @dataclass

@@ -64,21 +64,34 @@ class FakePredictor:
 
 
 class FakeDetector:
-    def __init__(self):
+    """The detector's protocol: ``raw`` once per photo, ``presence`` of each category, ``choose`` a guide's ROI.
+
+    ``calls`` holds, per ``raw`` call, the guides ``choose`` was asked for; ``present`` is the
+    evidence ``presence`` reports (none by default: auto keeps the attribute model's guess).
+    """
+
+    def __init__(self, present: dict[str, float] | None = None):
         self.calls = []
+        self.present = dict(present or {})
+
+    def raw(self, images):
+        self.calls.append([])
+        return [im.size for im in images]
+
+    def presence(self, raw):
+        return dict(self.present)
+
+    def choose(self, raw, guide, size):
+        self.calls[-1].append(guide)
+        w, h = size
+        if guide == "hat":
+            return FakeDetection([], None, True, (w, h))
+        roi = FakeROI((w * 0.25, h * 0.2, w * 0.75, h * 0.9), guide or "t-shirt", 0.9)
+        return FakeDetection([roi], roi, False, (w, h))
 
     def detect(self, images, guides=None):
-        self.calls.append(list(guides) if guides is not None else None)
-        out = []
-        for i, im in enumerate(images):
-            w, h = im.size
-            guide = guides[i] if guides is not None else None
-            if guide == "hat":
-                out.append(FakeDetection([], None, True, (w, h)))
-                continue
-            roi = FakeROI((w * 0.25, h * 0.2, w * 0.75, h * 0.9), guide or "t-shirt", 0.9)
-            out.append(FakeDetection([roi], roi, False, (w, h)))
-        return out
+        guides = list(guides) if guides is not None else [None] * len(images)
+        return [self.choose(r, g, im.size) for r, g, im in zip(self.raw(images), guides, images)]
 
 
 def fake_models(models_dir, *, image_size=32, seed=0):

@@ -42,6 +42,40 @@ def test_auto_takes_the_models_category_and_guides_the_detector_with_it(describe
     assert d.categories[0][0] == d.category
 
 
+def test_weigh_by_presence_keeps_the_models_guess_among_the_garments_the_photo_holds():
+    from indexer.describe import PRESENCE_FLOOR, weigh_by_presence
+
+    guess = [("dress", 0.6), ("t-shirt", 0.3), ("pants", 0.1)]
+    kept = weigh_by_presence(guess, {})  # no evidence: the model's own guess
+    assert [c for c, _ in kept] == ["dress", "t-shirt", "pants"] and [p for _, p in kept] == pytest.approx(
+        [0.6, 0.3, 0.1]
+    )
+    weighed = weigh_by_presence(guess, {"t-shirt": 0.9, "pants": 0.8})
+    assert [c for c, _ in weighed] == ["t-shirt", "pants", "dress"]
+    assert sum(p for _, p in weighed) == pytest.approx(1.0)
+    assert dict(weighed)["dress"] == pytest.approx(0.6 * PRESENCE_FLOOR / (0.6 * 0.05 + 0.3 * 0.95 + 0.1 * 0.85))
+
+
+def test_auto_takes_a_garment_the_detector_finds_and_decodes_its_attributes_guided_by_it(tmp_path):
+    from appearance.model import AppearanceCoder
+
+    coder = AppearanceCoder.load(fake_models(tmp_path))
+    describer = Describer(predictor=FakePredictor(), detector=FakeDetector(present={"bag": 0.95}), coder=coder)
+    (d,) = describer.describe([_image()])  # the model's guess: one of FakePredictor.AUTO at 0.9, a bag at 0.05
+    assert d.category == "bag" and d.categories[0][0] == "bag"
+    assert describer.predictor.calls[-2:] == [[None], ["bag"]]  # auto, then guided by the detector's garment
+    assert describer.detector.calls[-1] == ["bag"] and d.attributes["category"][0] == "bag"
+
+
+def test_one_photo_twice_in_a_batch_is_detected_once(describer, monkeypatch):
+    seen = []
+    raw = describer.detector.raw
+    monkeypatch.setattr(describer.detector, "raw", lambda images: seen.append(len(images)) or raw(images))
+    im = _image()
+    a, b = describer.describe([im, im], guides=["pants", "dress"])
+    assert seen == [1] and (a.category, b.category) == ("pants", "dress")
+
+
 def test_box_overrides_the_detector_and_is_clamped(describer):
     calls = len(describer.detector.calls)
     (d,) = describer.describe([_image()], guides=["dress"], boxes=[(-5.2, 10.5, 80.4, 500)])

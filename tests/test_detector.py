@@ -248,6 +248,27 @@ def test_bad_config_and_guide_are_named():
         detector.detect([Image.new("RGB", (32, 32))], ["scarfs"])
 
 
+def test_presence_is_each_categorys_best_guided_score_and_choose_is_detect():
+    raw = Raw(
+        rois=[ROI((0, 0, 10, 10), "t-shirt", 0.6)],
+        great=[ROI((0, 0, 10, 10), "tops", 0.8)],
+        ranked=[
+            ROI((0, 0, 10, 10), "t-shirt", 0.8),
+            ROI((5, 5, 20, 20), "shirt", 0.5),
+            ROI((0, 0, 9, 9), "shirt", 0.2),
+        ],
+    )
+    detector = GarmentDetector.from_model(build_detector(TINY, num_classes=len(class_names())), score_threshold=0.3)
+    presence = detector.presence(raw)
+    assert set(presence) == set(class_names()[1:])
+    assert (presence["t-shirt"], presence["shirt"], presence["pants"]) == (0.8, 0.5, 0.0)
+    assert detector.choose(raw, "shirt", (40, 40)).roi == ROI((5, 5, 20, 20), "shirt", 0.5)
+    assert detector.choose(raw, "pants", (40, 40)).fallback
+    image = Image.new("RGB", (80, 60), (200, 30, 30))
+    (raw,) = detector.raw([image])
+    assert detector.choose(raw, "pants", image.size) == detector.detect([image], ["pants"])[0]
+
+
 @pytest.fixture(scope="session")
 def trained(synth_dump, tmp_path_factory):
     out = tmp_path_factory.mktemp("detector")

@@ -143,12 +143,12 @@ def evaluate_detector(
 
 
 def format_report(result: dict) -> str:
-    head = "IoU                     " + "  ".join(f"{t:>5}" for t in IOUS)
+    head = "IoU                         " + "  ".join(f"{t:>5}" for t in IOUS)
     lines = [f"Detector mAP on {result['images']} images (torchmetrics)", head]
     rows = [("non_guided", result["non_guided"]), (f"guided ({result['guidance']})", result["guided"])]
     rows += [(f"  guided by {mode}", figures) for mode, figures in result.get("guided_by", {}).items()]
     for name, figures in rows:
-        lines.append(f"{name:<24}" + "  ".join(f"{figures[f'map@{t}']:5.3f}" for t in IOUS))
+        lines.append(f"{name:<28}" + "  ".join(f"{figures[f'map@{t}']:5.3f}" for t in IOUS))
     lines.append(
         f"guided ({result['guidance']}), score >= {result['score_threshold']}: fallback rate "
         f"{result['fallback_rate']:.3f} of {result['guided_queries']} queries, top-1 ROI right (IoU >= 0.5) "

@@ -225,7 +225,7 @@ def check_product(
     for i, raw in enumerate(_json_field(row, "boxes", list) or []):
         if not (isinstance(raw, (list, tuple)) and len(raw) == 5):
             raise _Bad("boxes", f"box {i} must be [x0, y0, x1, y1, category], got {echo(raw)}")
-        *coords, category = raw
+        *coords, box_category = raw
         if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in coords):
             raise _Bad("boxes", f"box {i} has non-numeric coordinates {echo(coords)}")
         x0, y0, x1, y1 = (float(c) for c in coords)
@@ -233,9 +233,9 @@ def check_product(
             raise _Bad("boxes", f"box {i} is empty or inverted: {coords!r}")
         if x0 < 0 or y0 < 0:
             raise _Bad("boxes", f"box {i} {coords!r} has negative coordinates")
-        if category not in schema.categories:
-            raise _Bad("boxes", f"box {i} has unknown category {echo(category)}")
-        boxes.append(Box(x0, y0, x1, y1, category))
+        if box_category not in schema.categories:
+            raise _Bad("boxes", f"box {i} has unknown category {echo(box_category)}")
+        boxes.append(Box(x0, y0, x1, y1, box_category))
     if size is not None:
         check_boxes(boxes, size)
     return Product(

@@ -6,8 +6,8 @@ picks the guiding category by the one precedence, describes the batch at the wor
 maps the ROI back to the photo's own pixels. ``Describer.describe`` is the batched core:
 
 1. category: the guide (the seller's text at indexing, the shopper's pick at query time), else
-   (auto) the attribute model's category distribution weighed by the detector's evidence of which
-   garments the photo holds (``weigh_by_presence``), its likeliest;
+   (auto) the likeliest category once the detector has said which garments the photo holds and
+   the attribute model what each is (``weigh_by_presence``);
 2. attributes: guided decoding with that category; both read the rectangle's crop when one is
    drawn (it says which garment is meant), else the whole photo;
 3. ROI: the rectangle given, else the guided detector's best box of that category, else the
@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,7 +148,9 @@ class Describer:
         reguide = []
         for i, raw in zip(need, raws):
             if guides[i] is None:
-                distributions[i] = weigh_by_presence(distributions[i], self.detector.presence(raw))
+                distributions[i] = weigh_by_presence(
+                    distributions[i], self.detector.presence(raw), self.schema.great_category
+                )
                 if distributions[i][0][0] != categories[i]:
                     categories[i] = distributions[i][0][0]
                     reguide.append(i)
@@ -199,26 +201,40 @@ class Describer:
         return [by_id[id(im)] for im in images]
 
 
-# A category the detector finds no box of keeps this share of its weight: the detector misses
-# garments (small, occluded), and a photo of one garment on a plain background needs none.
+# A garment the detector finds no box of keeps this share of the attribute model's weight: the
+# detector misses garments (small, occluded), and a photo of one garment on a plain background needs none.
 PRESENCE_FLOOR = 0.05
 
 
 def weigh_by_presence(
-    categories: Sequence[tuple[str, float]], presence: dict[str, float], floor: float = PRESENCE_FLOOR
+    categories: Sequence[tuple[str, float]],
+    presence: dict[str, float],
+    great_of: Callable[[str], str],
+    floor: float = PRESENCE_FLOOR,
 ) -> list[tuple[str, float]]:
-    """The attribute model's category distribution times the detector's evidence that each garment is
-    in the photo (``floor`` + its best guided score), renormalised, likeliest first.
+    """Auto's category distribution: the detector says which garments the photo holds, the attribute
+    model what each of them is; renormalised, likeliest first.
 
-    The attribute model reads the whole photo and guesses which garment it shows; the detector
-    says which garments are there at all. Their product keeps the model's guess among garments
-    the photo holds (a street photo's "dress" guess is dropped when the detector finds a top and
-    trousers but no dress).
+    ``categories`` is the attribute model's distribution over the whole photo, ``presence`` the
+    detector's best guided score per category. A great-category ``g`` (a garment: tops, bottoms,
+    shoes ...) weighs ``floor * P(g) + presence(g)``, ``presence(g)`` its categories' best score;
+    within it each category keeps the model's share ``P(c | g)``. A photo with a top and trousers
+    thus puts most of its weight on those two garments, whichever the model found likelier over
+    the whole photo; a photo where the detector finds nothing keeps the model's own distribution.
     """
-    weighted = {c: p * (floor + presence.get(c, 0.0)) for c, p in categories}
+    great = {}
+    for c, p in categories:
+        g = great_of(c)
+        mass, seen = great.get(g, (0.0, 0.0))
+        great[g] = (mass + p, max(seen, presence.get(c, 0.0)))
+    weighted = {}
+    for c, p in categories:
+        mass, seen = great[great_of(c)]
+        if mass > 0:
+            weighted[c] = (p / mass) * (floor * mass + seen)
     total = sum(weighted.values())
     if total <= 0:
-        return list(categories)
+        return sorted(((str(c), float(p)) for c, p in categories), key=lambda cp: -cp[1])
     return sorted(((c, w / total) for c, w in weighted.items()), key=lambda cp: -cp[1])
 
 

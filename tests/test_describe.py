@@ -42,18 +42,25 @@ def test_auto_takes_the_models_category_and_guides_the_detector_with_it(describe
     assert d.categories[0][0] == d.category
 
 
-def test_weigh_by_presence_keeps_the_models_guess_among_the_garments_the_photo_holds():
+def test_weigh_by_presence_lets_the_detector_say_which_garments_and_the_model_what_each_is():
+    from foundation.schema import default_schema
     from indexer.describe import PRESENCE_FLOOR, weigh_by_presence
 
-    guess = [("dress", 0.6), ("t-shirt", 0.3), ("pants", 0.1)]
-    kept = weigh_by_presence(guess, {})  # no evidence: the model's own guess
-    assert [c for c, _ in kept] == ["dress", "t-shirt", "pants"] and [p for _, p in kept] == pytest.approx(
-        [0.6, 0.3, 0.1]
-    )
-    weighed = weigh_by_presence(guess, {"t-shirt": 0.9, "pants": 0.8})
-    assert [c for c, _ in weighed] == ["t-shirt", "pants", "dress"]
-    assert sum(p for _, p in weighed) == pytest.approx(1.0)
-    assert dict(weighed)["dress"] == pytest.approx(0.6 * PRESENCE_FLOOR / (0.6 * 0.05 + 0.3 * 0.95 + 0.1 * 0.85))
+    great = default_schema().great_category
+    guess = [("dress", 0.6), ("t-shirt", 0.2), ("shirt", 0.1), ("pants", 0.1)]
+    kept = weigh_by_presence(guess, {}, great)  # no evidence: the model's own distribution
+    assert [c for c, _ in kept] == ["dress", "t-shirt", "shirt", "pants"]
+    assert [p for _, p in kept] == pytest.approx([0.6, 0.2, 0.1, 0.1])
+    # a top and trousers found, no dress: the two garments weigh by the detector, the top split 2:1
+    weighed = dict(weigh_by_presence(guess, {"t-shirt": 0.9, "shirt": 0.9, "pants": 0.8}, great))
+    raw = {
+        "dress": PRESENCE_FLOOR * 0.6,
+        "t-shirt": (2 / 3) * (PRESENCE_FLOOR * 0.3 + 0.9),
+        "shirt": (1 / 3) * (PRESENCE_FLOOR * 0.3 + 0.9),
+        "pants": PRESENCE_FLOOR * 0.1 + 0.8,
+    }
+    assert weighed == pytest.approx({c: w / sum(raw.values()) for c, w in raw.items()})
+    assert max(weighed, key=weighed.get) == "pants"  # the likeliest garment, however the model saw the photo
 
 
 def test_auto_takes_a_garment_the_detector_finds_and_decodes_its_attributes_guided_by_it(tmp_path):

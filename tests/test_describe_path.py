@@ -171,6 +171,26 @@ def test_auto_hedges_across_the_likeliest_categories():
     assert hedge_categories([("dress", 0.6), ("skirt", 0.03)]) == [("dress", 0.6)]  # too unlikely to search
 
 
+def test_auto_hedges_across_the_garments_first_then_the_categories_of_one():
+    from foundation.schema import default_schema
+    from search.engine import hedge_categories
+
+    great = default_schema().great_category
+    # a top (a T-shirt or a shirt) and trousers: the trousers are searched before the second top
+    assert hedge_categories([("t-shirt", 0.4), ("shirt", 0.3), ("pants", 0.3)], great) == [
+        ("t-shirt", 0.4),
+        ("pants", 0.3),
+        ("shirt", 0.3),
+    ]
+    got = hedge_categories([("t-shirt", 0.3), ("shirt", 0.1), ("pants", 0.3), ("shoes", 0.3)], great)
+    assert got == [("t-shirt", 0.3), ("pants", 0.3), ("shoes", 0.3)]  # three garments fill the slots
+    # one top, unsure which: both categories of it
+    assert hedge_categories([("t-shirt", 0.55), ("longsleeve", 0.4), ("pants", 0.05)], great)[:2] == [
+        ("t-shirt", 0.55),
+        ("longsleeve", 0.4),
+    ]
+
+
 def test_a_catalogue_photo_is_found_whatever_the_category_guess(indexed):
     root, photo, _row, _bulk = indexed
     index = load_ram_index(root / "index")

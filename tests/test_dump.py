@@ -102,6 +102,23 @@ def test_reader_streams(images):
     assert first.id == "0"
 
 
+def test_a_rows_boxes_never_become_its_explicit_category(images):
+    """A training row's boxes name the garments in its photo; only its own ``category`` field is the
+    seller's explicit pick (the last box's category once leaked into it, indexing shoes as dresses)."""
+    dump = images / "boxed.jsonl"
+    boxes = [[1, 1, 20, 20, "shoes"], [30, 10, 90, 70, "dress"]]
+    _write(
+        dump,
+        [
+            {"id": "a", "image": "good.jpg", "title": "Kids' pink striped shoes", "boxes": boxes},
+            {"id": "b", "image": "good.jpg", "title": "tote", "category": "bag", "boxes": boxes},
+        ],
+    )
+    a, b = read_dump(dump)
+    assert a.category is None and [x.category for x in a.boxes] == ["shoes", "dress"]
+    assert b.category == "bag"
+
+
 def test_missing_dump_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no product dump"):
         list(read_dump(tmp_path / "nope.jsonl"))

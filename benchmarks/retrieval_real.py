@@ -53,7 +53,7 @@ class NoDetector:
     def raw(self, images):
         return [im.size for im in images]
 
-    def presence(self, raw):
+    def presence(self, raw, within=None):
         return {}
 
     def choose(self, raw, guide, size):

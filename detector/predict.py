@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.ops import box_iou
 
 from detector.model import (
     GUIDANCE,
@@ -46,6 +47,9 @@ class ROI:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the input image
     category: str
     score: float
+
+
+WITHIN_IOU = 0.5  # a detected box is the drawn rectangle's garment when they overlap this much
 
 
 @dataclass(frozen=True)
@@ -209,10 +213,18 @@ class GarmentDetector:
     def guided(self, raw: Raw, guide: str) -> list[ROI]:
         return guided_rois(raw, guide, self.guidance, self.schema)
 
-    def presence(self, raw: Raw) -> dict[str, float]:
+    def presence(self, raw: Raw, within: tuple[float, float, float, float] | None = None) -> dict[str, float]:
         """Per category, the best score the guided detector gives a box of it in the photo (0 when none):
-        how sure the detector is that such a garment is there, whichever one it is."""
-        return {c: max((r.score for r in self.guided(raw, c)), default=0.0) for c in self.classes[1:]}
+        how sure the detector is that such a garment is there, whichever one it is. With ``within``
+        (a drawn rectangle), only boxes that overlap it at IoU >= ``WITHIN_IOU`` count."""
+        out = {}
+        for c in self.classes[1:]:
+            rois = self.guided(raw, c)
+            if within is not None and rois:
+                iou = box_iou(torch.tensor([r.box for r in rois]), torch.tensor([within], dtype=torch.float32))
+                rois = [r for r, v in zip(rois, iou[:, 0].tolist()) if v >= WITHIN_IOU]
+            out[c] = max((r.score for r in rois), default=0.0)
+        return out
 
     def choose(self, raw: Raw, guide: str | None, size: tuple[int, int]) -> Detection:
         """The detection of ``raw`` (one image's, of ``size``) for ``guide`` (None: non-guided)."""

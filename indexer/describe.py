@@ -139,24 +139,25 @@ class Describer:
         distributions = [[(str(c), float(p)) for c, p in pred.categories] for pred in preds]
         t["attributes"] = time.perf_counter() - t0
 
-        # 3. ROI: the rectangle, else the guided detector, else the whole image. In auto the
-        # detector's evidence of which garments are in the photo weighs the attribute model's guess.
+        # 3. ROI: the rectangle, else the guided detector, else the whole image. Without a guide the
+        # detector's evidence of the garments in the photo (in the rectangle, when one is drawn)
+        # weighs the attribute model's guess.
         t0 = time.perf_counter()
         fallback = [False] * n
-        need = [i for i in range(n) if rois[i] is None]
+        need = [i for i in range(n) if boxes[i] is None or guides[i] is None]
         raws = self._raw([images[i] for i in need])
         reguide = []
         for i, raw in zip(need, raws):
             if guides[i] is None:
-                distributions[i] = weigh_by_presence(
-                    distributions[i], self.detector.presence(raw), self.schema.great_category
-                )
+                presence = self.detector.presence(raw, within=rois[i])
+                distributions[i] = weigh_by_presence(distributions[i], presence, self.schema.great_category)
                 if distributions[i][0][0] != categories[i]:
                     categories[i] = distributions[i][0][0]
                     reguide.append(i)
-            det = self.detector.choose(raw, categories[i], images[i].size)
-            fallback[i] = bool(det.fallback)
-            rois[i] = pixel_box(det.box, images[i].size) if not det.fallback else (0, 0, *images[i].size)
+            if boxes[i] is None:
+                det = self.detector.choose(raw, categories[i], images[i].size)
+                fallback[i] = bool(det.fallback)
+                rois[i] = pixel_box(det.box, images[i].size) if not det.fallback else (0, 0, *images[i].size)
         crops = [seen[i] if boxes[i] is not None else images[i].crop(rois[i]) for i in range(n)]
         t["detector"] = time.perf_counter() - t0
         if reguide:  # the attributes of the category the evidence chose, decoded guided by it

@@ -78,7 +78,7 @@ class FakeDetector:
         self.calls.append([])
         return [im.size for im in images]
 
-    def presence(self, raw):
+    def presence(self, raw, within=None):
         return dict(self.present)
 
     def choose(self, raw, guide, size):

@@ -74,6 +74,21 @@ def test_auto_takes_a_garment_the_detector_finds_and_decodes_its_attributes_guid
     assert describer.detector.calls[-1] == ["bag"] and d.attributes["category"][0] == "bag"
 
 
+def test_a_rectangle_without_a_category_asks_the_detector_what_lies_in_it(tmp_path):
+    from appearance.model import AppearanceCoder
+
+    detector = FakeDetector(present={"bag": 0.95})
+    asked = []
+    presence = detector.presence
+    detector.presence = lambda raw, within=None: asked.append(within) or presence(raw, within)
+    describer = Describer(
+        predictor=FakePredictor(), detector=detector, coder=AppearanceCoder.load(fake_models(tmp_path))
+    )
+    (d,) = describer.describe([_image()], boxes=[(40, 24, 120, 108)])
+    assert asked == [(40, 24, 120, 108)] and d.category == "bag" and d.roi == (40, 24, 120, 108)
+    assert detector.calls[-1] == []  # the rectangle is the ROI: no box is chosen
+
+
 def test_one_photo_twice_in_a_batch_is_detected_once(describer, monkeypatch):
     seen = []
     raw = describer.detector.raw

@@ -262,6 +262,8 @@ def test_presence_is_each_categorys_best_guided_score_and_choose_is_detect():
     presence = detector.presence(raw)
     assert set(presence) == set(class_names()[1:])
     assert (presence["t-shirt"], presence["shirt"], presence["pants"]) == (0.8, 0.5, 0.0)
+    inside = detector.presence(raw, within=(0, 0, 10, 11))  # only boxes overlapping it at IoU >= 0.5
+    assert (inside["t-shirt"], inside["shirt"]) == (0.8, 0.2)
     assert detector.choose(raw, "shirt", (40, 40)).roi == ROI((5, 5, 20, 20), "shirt", 0.5)
     assert detector.choose(raw, "pants", (40, 40)).fallback
     image = Image.new("RGB", (80, 60), (200, 30, 30))

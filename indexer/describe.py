@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,9 @@ class Describer:
         self.colour = colour or ColourConfig()
         self.schema = schema or default_schema()
         self.signature = signature  # of the model files: part of every content hash
+        # the last single photo's raw detections: auto's hedged categories, described in a second
+        # call on the same photo object, reuse them instead of running the detector again
+        self._last_raw: tuple[weakref.ref, object] | None = None
 
     @classmethod
     def load(
@@ -195,11 +199,19 @@ class Describer:
         return out
 
     def _raw(self, images: list[Image.Image]) -> list:
-        """The detector's raw output per image; the same photo object twice in a batch (auto's other
-        likely categories) is run once."""
+        """The detector's raw output per image, run once per photo object: the same photo twice in a
+        batch, or the photo of the previous call (auto's other likely categories), is not run again."""
         unique = list({id(im): im for im in images}.values())
-        by_id = dict(zip((id(im) for im in unique), self.detector.raw(unique) if unique else []))
-        return [by_id[id(im)] for im in images]
+        known = {}
+        last = self._last_raw  # one read: another thread may replace it meanwhile
+        if last is not None and (photo := last[0]()) is not None:
+            known[id(photo)] = last[1]  # ``photo`` is alive, so an equal id is the same object
+        todo = [im for im in unique if id(im) not in known]
+        if todo:
+            known.update(zip((id(im) for im in todo), self.detector.raw(todo)))
+        if len(unique) == 1:
+            self._last_raw = (weakref.ref(unique[0]), known[id(unique[0])])
+        return [known[id(im)] for im in images]
 
 
 # A garment the detector finds no box of keeps this share of the attribute model's weight: the

@@ -96,6 +96,10 @@ def test_one_photo_twice_in_a_batch_is_detected_once(describer, monkeypatch):
     im = _image()
     a, b = describer.describe([im, im], guides=["pants", "dress"])
     assert seen == [1] and (a.category, b.category) == ("pants", "dress")
+    (c,) = describer.describe([im], guides=["shirt"])  # auto's next likely category: the same photo
+    assert seen == [1] and c.category == "shirt"
+    describer.describe([_image()], guides=["shirt"])  # another photo, however alike
+    assert seen == [1, 1]
 
 
 def test_box_overrides_the_detector_and_is_clamped(describer):

@@ -9,7 +9,6 @@ median is fitted.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
@@ -18,23 +17,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.optim.swa_utils import update_bn
 from tqdm import tqdm
 
 from appearance.evaluate import bit_entropy, float_vs_binary
+from appearance.instance import VIEW_CANVAS, InstanceNetwork, InstanceTask, PairViews, instance_recall, shopper_view
 from appearance.model import IMAGENET_MEAN, IMAGENET_STD, AppearanceCoder, CodeNetwork
+from appearance.regions import held_out, load_regions
 from foundation import modelfiles
 from foundation.backbones import check_backbone, check_pretrained, default_backbone, default_pretrained
+from foundation.cutout import garment_mask
 from foundation.devices import check_device, parse_device
 from foundation.schema import Schema, default_schema
-from foundation.text import category_from_text
 from foundation.training import Checkpoint, LoopConfig, pick_preset, seed_everything, torch_threads, train_loop
 
 logger = logging.getLogger(__name__)
 
 LAST = "appearance-last"  # the resumable checkpoint, beside appearance.pt
 # where and how long a run goes, and how the trained network is calibrated: a resumed run may change these
+OBJECTIVES = ("category", "instance")
 RUN_SETTINGS = ("max_minutes", "device", "amp", "threads", "workers", "resume_checkpoint", "median_products")
 
 
@@ -50,6 +51,12 @@ class AppearanceConfig:
     backbone: str = "auto"
     pretrained: str = "auto"
     finetune: bool = True
+    # "instance": a product's catalogue photo and synthetic shopper's views of it are pulled together
+    # (InfoNCE on soft codes, ``appearance.instance``); "category": category classes + view invariance
+    objective: str = "category"
+    temperature: float = 0.1  # of the instance InfoNCE
+    category_weight: float = 0.2  # of the category term beside the instance term
+    frozen_stages: int = 0  # first backbone stages kept frozen when fine-tuning ImageNet weights
     image_size: int = 112
     epochs: int = 6
     batch_size: int = 48
@@ -83,6 +90,14 @@ class AppearanceConfig:
             check_pretrained(self.pretrained)
         if not self.finetune and self.pretrained == "none":
             raise ValueError("appearance: a network from scratch must be trained (finetune=True)")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown appearance objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+        if not self.temperature > 0:
+            raise ValueError(f"appearance temperature must be positive, got {self.temperature}")
+        if self.frozen_stages and self.pretrained == "none":
+            raise ValueError(
+                f"frozen_stages={self.frozen_stages} needs ImageNet weights: a frozen random stage never learns"
+            )
         check_device(self.device)
         self.loop_config()  # checks the loop's settings
 
@@ -100,7 +115,8 @@ class AppearanceConfig:
             backbone = self.backbone
         pretrained = default_pretrained(backbone) if self.pretrained == "auto" else self.pretrained
         finetune = self.finetune or pretrained == "none"
-        return replace(self, backbone=backbone, pretrained=pretrained, finetune=finetune)
+        frozen = self.frozen_stages if pretrained == "imagenet" else 0
+        return replace(self, backbone=backbone, pretrained=pretrained, finetune=finetune, frozen_stages=frozen)
 
     @classmethod
     def demo(cls) -> AppearanceConfig:
@@ -144,68 +160,28 @@ PRESETS = {
         max_minutes=4.0,
         resume_checkpoint=False,
     ),
+    # ImageNet MobileNetV2 fine-tuned to find products (instance objective), three stages frozen
+    # (GoogLeNet from scratch where the ImageNet file is not installed)
+    "default": AppearanceConfig(
+        objective="instance",
+        image_size=224,
+        epochs=3,
+        batch_size=32,
+        lr=2e-4,
+        warmup_share=0.1,
+        frozen_stages=3,
+        val_share=0.1,
+        max_minutes=17.0,
+    ),
     # the paper's method on ImageNet MobileNetV2: its features as they are, the median fitted on
-    # the catalogue (from scratch when the weights are not installed: then trained, 6 epochs)
-    "default": AppearanceConfig(finetune=False, image_size=224),
+    # the catalogue
+    "frozen": AppearanceConfig(finetune=False, image_size=224),
     # from scratch, the paper's GoogLeNet taps (measured: held-out clothing category mAP 0.437, 510 s)
     "scratch": AppearanceConfig(backbone="googlenet", pretrained="none"),
 }
 
 
 AppearanceTrainConfig = AppearanceConfig  # the name the demo uses
-
-
-def product_region(product, schema: Schema) -> tuple[tuple[float, float, float, float] | None, str | None]:
-    """The product's box and category from a dump row: its labelled category, else the seller's text."""
-    category = product.attributes.get("category") or category_from_text(
-        product.category_path, product.title, schema=schema
-    )
-    for b in product.boxes:
-        if b.category == category:
-            return (b.x0, b.y0, b.x1, b.y1), category
-    return None, category
-
-
-def load_regions(
-    dump: str | Path, *, size: int, limit: int | None = None, schema: Schema | None = None, progress: bool = True
-) -> tuple[list[Image.Image], list[str], list[str]]:
-    """The product regions of a dump, shrunk to ``size`` pixels: (images, categories, ids)."""
-    from foundation.dump import DumpReport, read_dump
-    from foundation.images import ImageError, load_image
-
-    schema = schema or default_schema()
-    images, cats, ids = [], [], []
-    report = DumpReport()
-    for p in tqdm(
-        read_dump(dump, schema=schema, report=report, check_images=False),
-        desc="regions",
-        unit="img",
-        disable=not progress,
-    ):
-        box, category = product_region(p, schema)
-        if category is None:
-            continue
-        try:
-            im = load_image(p.image)
-        except ImageError as exc:
-            logger.warning("skipping %s: %s", p.id, exc)
-            continue
-        if box is not None:
-            im = im.crop(tuple(int(round(v)) for v in box))
-        im.thumbnail((size, size), Image.Resampling.BILINEAR)
-        images.append(im)
-        cats.append(category)
-        ids.append(p.id)
-        if limit and len(images) >= limit:
-            break
-    if not images:
-        raise ValueError(f"no usable product regions in {dump} (need images and a category from text or attributes)")
-    return images, cats, ids
-
-
-def _split(ids: list[str], share: float) -> np.ndarray:
-    """A fixed validation mask by a hash of each id."""
-    return np.array([hashlib.sha1(i.encode()).digest()[0] < 256 * share for i in ids], bool)
 
 
 class _Views(torch.utils.data.Dataset):
@@ -277,6 +253,8 @@ def train_appearance(
     with torch_threads(config.threads):
         if not config.finetune:
             return _imagenet_appearance(train_dump, out_dir, config, schema, progress, t0)
+        if config.objective == "instance":
+            return _instance_appearance(train_dump, out_dir, config, schema, progress, resume, t0)
         load_size = int(config.image_size * 1.15)
         images, cats, ids = load_regions(
             train_dump, size=load_size, limit=config.max_products, schema=schema, progress=progress
@@ -285,7 +263,7 @@ def train_appearance(
         if len(classes) < 2:
             raise ValueError(f"the dump {train_dump} has regions of {len(classes)} category; training needs at least 2")
         y = np.array([classes.index(c) for c in cats])
-        val = _split(ids, config.val_share) if config.val_share > 0 else np.zeros(len(ids), bool)
+        val = held_out(ids, config.val_share) if config.val_share > 0 else np.zeros(len(ids), bool)
         if val.all():
             val[:] = False
         tr = np.flatnonzero(~val)
@@ -357,7 +335,7 @@ def _imagenet_appearance(
     images, cats, ids = load_regions(
         train_dump, size=config.image_size, limit=config.max_products, schema=schema, progress=progress
     )
-    val = _split(ids, config.val_share) if config.val_share > 0 else np.zeros(len(ids), bool)
+    val = held_out(ids, config.val_share) if config.val_share > 0 else np.zeros(len(ids), bool)
     tr, held = np.flatnonzero(~val), np.flatnonzero(val)
     coder.fit_median([images[i] for i in tr[: config.median_products]])
     metrics: dict = {
@@ -371,4 +349,81 @@ def _imagenet_appearance(
         out_dir, schema=schema, metrics=metrics, config=asdict(config), data_hash=modelfiles.file_hash(train_dump)
     )
     metrics["path"] = str(path)
+    return metrics
+
+
+def _instance_appearance(
+    train_dump, out_dir, config: AppearanceConfig, schema: Schema, progress: bool, resume: bool, t0: float
+) -> dict:
+    """Instance training (``appearance.instance``): catalogue photo vs synthetic shopper's views."""
+    images, cats, ids = load_regions(
+        train_dump, size=VIEW_CANVAS, limit=config.max_products, schema=schema, progress=progress
+    )
+    classes = sorted(set(cats))
+    y = torch.tensor([classes.index(c) for c in cats])
+    masks = [garment_mask(im) for im in tqdm(images, desc="cut-outs", unit="img", disable=not progress)]
+    val = held_out(ids, config.val_share) if config.val_share > 0 else np.zeros(len(ids), bool)
+    if val.all():
+        val[:] = False
+    tr, held = np.flatnonzero(~val), np.flatnonzero(val)
+    seed_everything(config.seed)  # the same initial weights for the same seed
+    net = CodeNetwork(config.backbone, pretrained=config.pretrained)
+    coder = AppearanceCoder(net, image_size=config.image_size, device=str(parse_device(config.device)))
+    # the held-out products' shopper views, drawn once: the same queries before and after training
+    rng = np.random.default_rng([config.seed, 17])
+    held_shop = [images[i] for i in held]
+    held_street = [
+        shopper_view(images[i], masks[i], rng, backdrop=images[held[(n + 1) % len(held)]]) for n, i in enumerate(held)
+    ]
+    before = None
+    if len(held) >= 10:
+        coder.fit_median([images[i] for i in tr[: config.median_products]])
+        before = instance_recall(coder, held_shop, held_street)
+        logger.info("held-out shopper views before training: %s", before)
+    ds = PairViews([images[i] for i in tr], [masks[i] for i in tr], y[tr], coder.preprocess)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(tr) > config.batch_size,
+        num_workers=config.workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    task = InstanceTask(
+        InstanceNetwork(net, frozen_stages=config.frozen_stages),
+        torch.nn.Linear(net.dims, len(classes)),
+        temperature=config.temperature,
+        category_weight=config.category_weight,
+    )
+    data_hash = modelfiles.file_hash(train_dump)
+    checkpoint = Checkpoint(
+        Path(out_dir),
+        LAST,
+        {**config.learning_settings(), "classes": classes},
+        {**coder.preprocess.to_dict(), "transform_input": bool(net.transform_input)},
+        schema=schema,
+        data_hash=data_hash,
+    )
+    run = train_loop(
+        task, loader, config.loop_config(), checkpoint=checkpoint, resume=resume, progress=progress, desc="appearance"
+    )
+    net.eval()
+    coder.fit_median([images[i] for i in tr[: config.median_products]])
+    metrics: dict = {
+        "objective": "instance",
+        "weights": f"{config.pretrained} {config.backbone}",
+        "train_regions": int(len(tr)),
+        "epochs": run.history,
+        "steps": run.steps,
+        "stopped": run.stopped,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    if before is not None:
+        metrics["held_out_shopper_views"] = {"before": before, "after": instance_recall(coder, held_shop, held_street)}
+        metrics["val"] = float_vs_binary(coder, held_shop, [cats[i] for i in held])
+        logger.info("held-out shopper views after training: %s", metrics["held_out_shopper_views"]["after"])
+    metrics["train_code"] = bit_entropy(coder.encode([images[i] for i in tr[: config.median_products]]))
+    path = coder.save(out_dir, schema=schema, metrics=metrics, config=asdict(config), data_hash=data_hash)
+    metrics["path"] = str(path)
+    logger.info("saved %s (%.0fs, %s)", path, time.perf_counter() - t0, run.stopped)
     return metrics

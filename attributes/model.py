@@ -21,38 +21,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from foundation.backbones import BACKBONES, build_trunk, check_backbone, check_pretrained
+from foundation.backbones import BACKBONES, N_STAGES, build_trunk, check_backbone, check_pretrained, frozen_modules
 from foundation.modelfiles import ModelError
 from foundation.schema import PAD, Schema
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("lstm", "binary")
-
-# The trunk's stages, the modules (names in torchvision's model) working at strides 2, 4, 8, 16 and
-# 32; ``frozen_stages=k`` freezes the first k. mobilenet_v2's features.18 (the 1280-channel 1x1 conv,
-# the final tap) belongs to the last stage.
-STAGES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "mobilenet_v2": (
-        ("features.0", "features.1"),
-        ("features.2", "features.3"),
-        ("features.4", "features.5", "features.6"),
-        tuple(f"features.{i}" for i in range(7, 14)),
-        tuple(f"features.{i}" for i in range(14, 19)),
-    ),
-    "resnet18": (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
-    "resnet50": (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
-    "googlenet": (
-        ("conv1",),
-        ("conv2", "conv3"),
-        ("inception3a", "inception3b"),
-        ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"),
-        ("inception5a", "inception5b"),
-    ),
-}
-N_STAGES = 5
-if set(STAGES) != set(BACKBONES) or any(len(s) != N_STAGES for s in STAGES.values()):
-    raise RuntimeError("every backbone needs its five stages")
 
 
 @dataclass(frozen=True)
@@ -96,7 +71,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.trunk = build_trunk(backbone, pretrained=pretrained)
         self.width = self.trunk.final_channels
-        self.frozen = [name for stage in STAGES[backbone][:frozen_stages] for name in stage]
+        self.frozen = frozen_modules(backbone, frozen_stages)
         for name in self.frozen:
             self.trunk.body.get_submodule(name).requires_grad_(False)
 

@@ -11,10 +11,8 @@ jackets). Components below ``MIN_PIXELS`` pixels or ``MIN_SIDE`` pixels a side a
 
 **composed scenes** (``convert_scenes``, ``compose_scene``): garments cut from the single-garment
 clothing photos and pasted, 1-4 per canvas, onto a synthetic background. The cut-out mask
-(``garment_mask``) is OpenCV's GrabCut on a copy shrunk to 160 pixels, initialised with the
-photo's 4 % border as sure background (shop photos are framed around the garment), then the
-largest connected component with its holes filled; when GrabCut keeps under 5 % of the photo the
-inner rectangle is used. Each pasted garment may be transformed: random crop keeping >= 85 % of
+(``foundation.cutout.garment_mask``: GrabCut from the photo's border) is shared with the
+appearance code's instance training. Each pasted garment may be transformed: random crop keeping >= 85 % of
 each side, scale, rotation within +-8 degrees, colour jitter; the scene is JPEG-recompressed
 (quality 60-90). Garments are placed in disjoint slots, so boxes are those of the pasted pixels.
 
@@ -39,6 +37,7 @@ from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
 from catalogues.datasets import ccp_rows, clothing_rows
+from foundation.cutout import garment_mask
 from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ logger = logging.getLogger(__name__)
 MIN_PIXELS = 300
 MIN_SIDE = 12
 PAIRED = ("shoes", "boots")  # categories whose label covers a pair: split by connected components
-MASK_SIDE = 160
 SPLITS = ("train", "val")
 MAX_COVER = 0.15  # share of a box that a cut-out pasted onto a street photo may cover, and be covered
 PLACE_TRIES = 30
@@ -116,42 +114,6 @@ def convert_ccp(
         counts["products"] += 1
         counts["boxes"] += len(boxes)
     return write_dump(rows, out), counts
-
-
-# -- cutting garments out -------------------------------------------------------------------------
-def garment_mask(image: Image.Image, *, border: float = 0.04, iterations: int = 4) -> np.ndarray:
-    """Bool ``[H, W]`` mask of the garment in a single-garment photo (GrabCut from the border)."""
-    w, h = image.size
-    scale = MASK_SIDE / max(w, h)
-    small = np.asarray(image.convert("RGB").resize((max(8, round(w * scale)), max(8, round(h * scale)))))
-    sh, sw = small.shape[:2]
-    bx, by = max(1, round(sw * border)), max(1, round(sh * border))
-    rect = (bx, by, sw - 2 * bx, sh - 2 * by)
-    m = np.zeros((sh, sw), np.uint8)
-    try:
-        cv2.grabCut(
-            cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
-            m,
-            rect,
-            np.zeros((1, 65)),
-            np.zeros((1, 65)),
-            iterations,
-            cv2.GC_INIT_WITH_RECT,
-        )
-        fg = np.isin(m, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
-    except cv2.error:
-        fg = np.zeros((sh, sw), np.uint8)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    if n > 1:
-        fg = (lab == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-        # fill holes: flood the background from the border, the rest is garment
-        flood = np.pad(fg, 1).copy()
-        cv2.floodFill(flood, None, (0, 0), 2)
-        fg = (flood[1:-1, 1:-1] != 2).astype(np.uint8)
-    if fg.mean() < 0.05:
-        fg = np.zeros((sh, sw), np.uint8)
-        fg[by : sh - by, bx : sw - bx] = 1
-    return np.asarray(Image.fromarray(fg * 255).resize((w, h), Image.NEAREST)) > 127
 
 
 # -- composing ------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ def _train_appearance(args) -> int:
             ("backbone", args.backbone),
             ("pretrained", args.pretrained),
             ("finetune", {"yes": True, "no": False}.get(args.finetune)),
+            ("objective", args.objective),
             ("epochs", args.epochs),
             ("image_size", args.image_size),
             ("max_products", args.max_products),
@@ -92,13 +93,18 @@ def register(commands) -> None:
     p.add_argument(
         "--preset",
         default="default",
-        help="default (ImageNet MobileNetV2 features as they are, when installed), scratch (GoogLeNet "
-        "trained here) or demo",
+        help="default (ImageNet MobileNetV2 fine-tuned to find products, when installed), frozen (its "
+        "ImageNet features as they are), scratch (GoogLeNet trained here) or demo",
     )
     p.add_argument("--backbone", help="mobilenet_v2, resnet18, resnet50 or googlenet (default: the preset's)")
     p.add_argument("--pretrained", choices=["imagenet", "none"], help="start from ImageNet weights or from scratch")
     p.add_argument(
         "--finetune", choices=["yes", "no"], help="train the network here (no: ImageNet features as they are)"
+    )
+    p.add_argument(
+        "--objective",
+        choices=["instance", "category"],
+        help="instance: find the same product in synthetic shopper's photos; category: classes + view invariance",
     )
     p.add_argument("--max-minutes", type=float, help="training time budget in minutes")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")

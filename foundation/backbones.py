@@ -53,6 +53,39 @@ if tuple(_SPECS) != BACKBONES:
     raise RuntimeError("every backbone needs its taps")
 
 
+# The trunk's stages, the modules (names in torchvision's model) working at strides 2, 4, 8, 16 and
+# 32; a model's ``frozen_stages=k`` freezes the first k. mobilenet_v2's features.18 (the 1280-channel 1x1 conv,
+# the final tap) belongs to the last stage.
+STAGES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "mobilenet_v2": (
+        ("features.0", "features.1"),
+        ("features.2", "features.3"),
+        ("features.4", "features.5", "features.6"),
+        tuple(f"features.{i}" for i in range(7, 14)),
+        tuple(f"features.{i}" for i in range(14, 19)),
+    ),
+    "resnet18": (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+    "resnet50": (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+    "googlenet": (
+        ("conv1",),
+        ("conv2", "conv3"),
+        ("inception3a", "inception3b"),
+        ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"),
+        ("inception5a", "inception5b"),
+    ),
+}
+N_STAGES = 5
+if set(STAGES) != set(BACKBONES) or any(len(s) != N_STAGES for s in STAGES.values()):
+    raise RuntimeError("every backbone needs its five stages")
+
+
+def frozen_modules(name: str, stages: int) -> list[str]:
+    """The module names of backbone ``name``'s first ``stages`` stages (those a fine-tuning keeps frozen)."""
+    if not 0 <= stages <= N_STAGES:
+        raise ValueError(f"frozen stages must be between 0 and {N_STAGES}, got {stages}")
+    return [module for stage in STAGES[check_backbone(name)][:stages] for module in stage]
+
+
 def check_backbone(name: str) -> str:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")

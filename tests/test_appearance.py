@@ -8,7 +8,8 @@ from PIL import Image
 
 from appearance.evaluate import bit_entropy, float_vs_binary
 from appearance.model import CODE_BYTES, DIMS, AppearanceCoder, untrained_coder
-from appearance.train import AppearanceConfig, load_regions, train_appearance
+from appearance.regions import load_regions
+from appearance.train import AppearanceConfig, train_appearance
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +121,7 @@ def test_train_command_names_an_unknown_preset(synth_dump, tmp_path, capsys):
     from cli.main import main
 
     assert main(["train", "appearance", "--data", str(synth_dump), "--out", str(tmp_path), "--preset", "huge"]) == 2
-    assert "unknown appearance preset 'huge'; choose from default, demo, scratch" in capsys.readouterr().err
+    assert "unknown appearance preset 'huge'; choose from default, demo, frozen, scratch" in capsys.readouterr().err
 
 
 def test_imagenet_style_input_transform_survives_save_and_load(regions, tmp_path):
@@ -151,7 +152,7 @@ def test_imagenet_mobilenet_features_as_they_are(synth_dump, tmp_path, regions):
 
     if not is_available("mobilenet_v2"):
         pytest.skip("ImageNet MobileNetV2 weights not installed (python -m foundation.weights install)")
-    cfg = AppearanceConfig.preset("default", image_size=64, max_products=40, median_products=40, val_share=0.0)
+    cfg = AppearanceConfig.preset("frozen", image_size=64, max_products=40, median_products=40, val_share=0.0)
     metrics = train_appearance(synth_dump, tmp_path, config=cfg, progress=False)
     assert metrics["weights"] == "imagenet mobilenet_v2"
     coder = AppearanceCoder.load(tmp_path)
@@ -218,9 +219,12 @@ def test_load_gives_the_coder_and_the_preprocessing_saved_with_it(regions, coder
 def test_presets_are_typed_and_an_unknown_one_is_named():
     from appearance.train import PRESETS
 
-    assert set(PRESETS) == {"demo", "default", "scratch"} and AppearanceConfig.demo() == PRESETS["demo"]
+    assert set(PRESETS) == {"demo", "default", "frozen", "scratch"} and AppearanceConfig.demo() == PRESETS["demo"]
     assert AppearanceConfig.preset("demo", epochs=1).epochs == 1
-    with pytest.raises(ValueError, match="unknown appearance preset .huge.; choose from default, demo, scratch"):
+    assert PRESETS["default"].objective == "instance" and not PRESETS["frozen"].finetune
+    with pytest.raises(
+        ValueError, match="unknown appearance preset .huge.; choose from default, demo, frozen, scratch"
+    ):
         AppearanceConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         AppearanceConfig(device="gpu")

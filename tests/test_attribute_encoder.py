@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from attributes.model import STAGES, AttributeModelConfig, Encoder, LSTMAttributeModel, build_attribute_model
+from attributes.model import AttributeModelConfig, Encoder, LSTMAttributeModel, build_attribute_model
 from attributes.predict import AttributePredictor, load_sequence_model
 from attributes.train import PRESETS, AttributeTrainConfig, sequence_loss
-from foundation.backbones import BACKBONES, PRETRAINED, default_backbone, default_pretrained
+from foundation.backbones import BACKBONES, PRETRAINED, STAGES, default_backbone, default_pretrained
 from foundation.modelfiles import ModelError, save_model
 from foundation.schema import default_schema
 from foundation.weights import WeightsMissing, is_available

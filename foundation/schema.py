@@ -46,6 +46,7 @@ class Schema:
 
     GREAT = "great_category"
     CATEGORY = "category"
+    COLOUR = "colour"
 
     def __init__(self, raw: Mapping, source: str = "<memory>"):
         self.source = source
@@ -63,6 +64,10 @@ class Schema:
             for ds, labels in raw.get("datasets", {}).items()
         }
         self.generic_words: frozenset[str] = frozenset(raw.get("generic_words", ()))
+        # colour value -> RGB shades of it (the `[colours]` table; not part of the fingerprint)
+        self.colour_swatches: dict[str, tuple[tuple[int, int, int], ...]] = {
+            name: tuple(tuple(shade) for shade in shades) for name, shades in raw.get("colours", {}).items()
+        }
         self._group_by_name = {g.name: g for g in self.groups}
         self.tokens: tuple[str, ...] = SPECIAL_TOKENS + tuple(f"{g.name}={v}" for g in self.groups for v in g.values)
         self._token_ids = {t: i for i, t in enumerate(self.tokens)}
@@ -98,6 +103,14 @@ class Schema:
         for c in self.categories.values():
             if c.great not in self.great_categories:
                 raise SchemaError(f"{self.source}: category {c.name!r} has unknown great-category {c.great!r}")
+        colours = self._group_by_name.get(self.COLOUR)
+        for name, shades in self.colour_swatches.items():
+            if colours is None or name not in colours.values:
+                raise SchemaError(f"{self.source}: [colours] names {name!r}, which is not a value of group 'colour'")
+            if not shades or any(
+                len(s) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in s) for s in shades
+            ):
+                raise SchemaError(f"{self.source}: colour {name!r} needs a list of [r, g, b] shades, 0 to 255 each")
         for ds, labels in self.datasets.items():
             for label, cat in labels.items():
                 if cat is not None and cat not in self.categories:
@@ -111,6 +124,12 @@ class Schema:
     @property
     def category_names(self) -> tuple[str, ...]:
         return self._group_by_name[self.CATEGORY].values
+
+    @property
+    def attribute_groups(self) -> tuple[Group, ...]:
+        """The groups below the category (colour, pattern, ...): what tells products of one category
+        apart, and what a search may filter on."""
+        return tuple(g for g in self.groups if g.name not in (self.GREAT, self.CATEGORY))
 
     def group(self, name: str) -> Group:
         try:
@@ -213,6 +232,7 @@ class Schema:
             ],
             "categories": {c.name: {"great": c.great, "synonyms": list(c.synonyms)} for c in self.categories.values()},
             "generic_words": sorted(self.generic_words),
+            "colours": {name: [list(s) for s in shades] for name, shades in self.colour_swatches.items()},
             "datasets": {ds: {k: v or "" for k, v in m.items()} for ds, m in self.datasets.items()},
         }
 

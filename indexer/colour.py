@@ -83,6 +83,19 @@ def colour_histogram(image: Image.Image | np.ndarray, cfg: ColourConfig = Colour
     return (hist / max(float(hist.sum()), 1.0)).astype(np.float16)
 
 
+def swatch_histogram(shades, cfg: ColourConfig = ColourConfig()) -> np.ndarray:
+    """The histogram of a colour name: the mean of ``colour_histogram`` over its RGB ``shades``
+    (``Schema.colour_swatches``), so it is binned exactly as a garment's region is.
+
+    Each shade is taken as a uniform patch: a white one is then the garment itself, not background.
+    """
+    shades = [tuple(int(v) for v in s) for s in shades]
+    if not shades:
+        raise ValueError("a colour needs at least one shade")
+    patches = [colour_histogram(np.full((8, 8, 3), s, np.uint8), cfg).astype(np.float32) for s in shades]
+    return (np.mean(patches, axis=0)).astype(np.float16)
+
+
 def colour_bin_name(index: int, cfg: ColourConfig = ColourConfig()) -> str:
     """A readable name of bin ``index`` (for tests and debugging): ``h3 s1 v2`` or ``grey2``."""
     chroma = cfg.h_bins * cfg.s_bins * cfg.v_bins

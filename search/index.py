@@ -7,8 +7,13 @@ them, and one small column per attribute group holding the value index of each p
 unknown). The postings of any other key ``group=value`` inside a shard are that column compared
 with the value: 1 byte per product and group instead of an id list per key.
 
-Ranking. Among the products of the query's category (narrowed by any hard ``filters`` keys),
-the ``shortlist`` nearest by Hamming distance are re-ranked by
+Narrowing. Hard ``filters`` (``group=value`` keys: a shop's filters, a shopper's attribute edits)
+and a price range narrow the category's products to those that hold every key and whose price
+(a float32 column, NaN when unknown) lies in the range; a product of unknown price is left out
+whenever a bound is given.
+
+Ranking. Among the products of the query's category so narrowed, the ``shortlist`` nearest by
+Hamming distance are re-ranked by
 
     score = w_appearance * hamming / bits
           + w_colour     * colour_distance
@@ -18,6 +23,11 @@ where ``colour_distance`` is half the L1 distance between the L1-normalised colo
 (0 = identical, 1 = disjoint) and ``shared_attributes`` counts the query's attributes other than
 its category that the product has too. Lower is better. Ties are broken by product id, so
 results are deterministic; the Hamming shortlist keeps every product tied at its boundary.
+
+Pages. ``offset`` pages through one ranking: the products in Hamming order (distance, then id)
+fall into tiers of ``shortlist``, each re-ranked by score, tier after tier. The first tier is the
+ranking above; a deeper page re-ranks the next tier, so every page is the same slice of the same
+list whatever the page size, and no product is shown twice or skipped.
 
 Default weights (0.25, 2.0, 0.25) were chosen by ``benchmarks/ranking_weights.py`` on the shared
 clothing val photos: 300 composed shop scenes, weights picked on one half by recall@10 of the
@@ -29,7 +39,7 @@ with models trained from scratch on the CPU: re-run the script for your own mode
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,8 +48,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from foundation.atomic import atomic_write
 from foundation.schema import Schema, default_schema
+from search.hamming import hamming_topk
+
+__all__ = ["InvertedIndex", "RankingConfig", "Hit", "SearchResult", "hamming_topk", "photo_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +81,8 @@ class Hit:
     hamming: int
     colour_distance: float
     shared_attributes: tuple[str, ...]
+    attributes: tuple[tuple[str, str], ...] = ()  # the product's own (group, value), schema order
+    tier: int = 0  # which shortlist of the Hamming order it was re-ranked in (module docstring: Pages)
 
 
 @dataclass(frozen=True)
@@ -86,9 +100,7 @@ class _Shard:
     colours: np.ndarray | None  # (n, bins)
     values: np.ndarray  # (n, groups) uint8 value indices
     photos: np.ndarray  # (n,) uint64 key of each product photo's bytes (0: unknown)
-
-
-SNAPSHOT_FORMAT = 2  # 2: each shard keeps its products' photo keys
+    prices: np.ndarray  # (n,) float32 (NaN: unknown)
 
 
 def photo_key(image_hash: str) -> int:
@@ -107,31 +119,6 @@ def _encode_ids(ids: Sequence[str]) -> np.ndarray:
     return np.array([i.encode("utf-8") for i in ids], dtype=np.bytes_) if len(ids) else np.empty(0, "S1")
 
 
-def hamming_topk(
-    index: faiss.IndexBinaryFlat, ids: Sequence[str], query: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and distances of the ``k`` nearest codes, ordered by (distance, id), ties at the boundary kept.
-
-    faiss returns the k nearest in an order of its own among equal distances; this asks for one
-    more, and when the boundary is tied collects every tied code with a range search, so the
-    result is exact and deterministic.
-    """
-    n = index.ntotal
-    if n == 0 or k <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.int32)
-    q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.uint8)
-    if k >= n:
-        dist, rows = index.search(q, n)
-    else:
-        dist, rows = index.search(q, k + 1)
-        if dist[0, k] == dist[0, k - 1]:
-            lims, rdist, rrows = index.range_search(q, int(dist[0, k - 1]) + 1)
-            dist, rows = rdist[None, :], rrows[None, :]
-    dist, rows = dist[0].astype(np.int32), rows[0].astype(np.int64)
-    order = np.lexsort((np.asarray(ids)[rows], dist))[:k]
-    return rows[order], dist[order]
-
-
 class InvertedIndex:
     """Products sharded by fashion category; codes in faiss binary indexes; colours beside them."""
 
@@ -144,7 +131,8 @@ class InvertedIndex:
         self.code_bytes = code_bytes
         self.colour_bins = colour_bins
         self.ranking = ranking or RankingConfig()
-        self._groups = [g for g in self.schema.groups if g.name not in (Schema.GREAT, Schema.CATEGORY)]
+        self._groups = list(self.schema.attribute_groups)
+        self._column = {g.name: j for j, g in enumerate(self._groups)}
         self._value_index = [{v: i for i, v in enumerate(g.values)} for g in self._groups]
         self._shards: dict[str, _Shard] = {}
         self.version: str | None = None  # the store version a snapshot was taken from
@@ -180,6 +168,7 @@ class InvertedIndex:
                 None,
                 np.empty((0, len(self._groups)), np.uint8),
                 np.empty(0, np.uint64),
+                np.empty(0, np.float32),
             )
             self._shards[category] = shard
         return shard
@@ -192,13 +181,19 @@ class InvertedIndex:
         codes: np.ndarray,
         colours: np.ndarray,
         photos: Sequence[int] | None = None,
+        prices: Sequence[float | None] | None = None,
     ) -> None:
         """Add (or replace) products. ``codes``: (n, code_bytes) uint8; ``colours``: (n, bins);
-        ``photos``: each photo's :func:`photo_key` (0 or None: unknown)."""
+        ``photos``: each photo's :func:`photo_key` (0 or None: unknown); ``prices``: None for unknown."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         colours = np.asarray(colours)
         n = len(ids)
         photos = np.zeros(n, np.uint64) if photos is None else np.asarray(photos, np.uint64).reshape(-1)
+        prices = np.array(
+            [np.nan if p is None else p for p in (prices if prices is not None else [None] * n)], np.float32
+        )
+        if prices.shape != (n,):
+            raise ValueError(f"prices must be one per product, got {prices.shape}")
         if not (len(categories) == len(attributes) == n == codes.shape[0] == colours.shape[0]):
             raise ValueError("ids, categories, attributes, codes and colours must have the same length")
         if codes.shape[1] != self.code_bytes or colours.shape[1] != self.colour_bins:
@@ -224,6 +219,7 @@ class InvertedIndex:
             )
             shard.values = np.concatenate([shard.values, np.stack([self._encode_values(attributes[i]) for i in sel])])
             shard.photos = np.concatenate([shard.photos, photos[sel]])
+            shard.prices = np.concatenate([shard.prices, prices[sel]])
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove products; returns how many were there."""
@@ -238,7 +234,7 @@ class InvertedIndex:
             shard.index.remove_ids(np.nonzero(hit)[0].astype(np.int64))  # compacts, keeping order
             keep = ~hit
             shard.ids, shard.colours, shard.values = shard.ids[keep], shard.colours[keep], shard.values[keep]
-            shard.photos = shard.photos[keep]
+            shard.photos, shard.prices = shard.photos[keep], shard.prices[keep]
             removed += int(hit.sum())
         return removed
 
@@ -265,7 +261,7 @@ class InvertedIndex:
                 if c in self._shards and self.schema.great_category(c) == value
                 for pid in _decode_ids(self._shards[c].ids)
             ]
-        j = next((j for j, g in enumerate(self._groups) if g.name == group), None)
+        j = self._column.get(group)
         if j is None or value not in self._value_index[j]:
             raise ValueError(f"unknown attribute key {key!r}")
         v = self._value_index[j][value]
@@ -277,6 +273,24 @@ class InvertedIndex:
         return out
 
     # -- search ---------------------------------------------------------------------------
+    def _mask(
+        self, shard: _Shard, filters: Mapping[str, str] | None, price_min: float | None, price_max: float | None
+    ) -> np.ndarray | None:
+        """The rows of ``shard`` that hold every filter key and lie in the price range (None: all rows)."""
+        if not filters and price_min is None and price_max is None:
+            return None
+        mask = np.ones(shard.index.ntotal, bool)
+        for group, value in (filters or {}).items():
+            j = self._column.get(group)
+            if j is None or value not in self._value_index[j]:
+                raise ValueError(f"unknown filter {group}={value}")
+            mask &= shard.values[:, j] == self._value_index[j][value]
+        if price_min is not None:
+            mask &= shard.prices >= np.float32(price_min)  # NaN (unknown) compares False: left out
+        if price_max is not None:
+            mask &= shard.prices <= np.float32(price_max)
+        return mask
+
     def search(
         self,
         code: np.ndarray,
@@ -286,11 +300,17 @@ class InvertedIndex:
         *,
         k: int = 20,
         filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        offset: int = 0,
     ) -> SearchResult:
-        """The ``k`` best products of ``category`` for a query description (module docstring)."""
+        """The products ranked ``offset`` to ``offset + k`` of ``category`` for a query description,
+        among those that hold the ``filters`` keys and lie in the price range (module docstring)."""
         self.schema.check_category(category)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        if not isinstance(offset, (int, np.integer)) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
         code = np.asarray(code, np.uint8).reshape(-1)
         if code.size != self.code_bytes:
             raise ValueError(f"the query code has {code.size} bytes, the index {self.code_bytes}")
@@ -303,133 +323,119 @@ class InvertedIndex:
         if n == 0:
             return SearchResult([], 0, 0, note)
         index, ids = shard.index, shard.ids
+        mask = self._mask(shard, filters, price_min, price_max)
         rows_map = None
-        if filters:
-            mask = np.ones(n, bool)
-            for group, value in filters.items():
-                j = next((j for j, g in enumerate(self._groups) if g.name == group), None)
-                if j is None or value not in self._value_index[j]:
-                    raise ValueError(f"unknown filter {group}={value}")
-                mask &= shard.values[:, j] == self._value_index[j][value]
+        if mask is not None:
             rows_map = np.nonzero(mask)[0]
             # A temporary index over the postings' codes: one gather, then the same popcount scan.
             index = faiss.IndexBinaryFlat(self.code_bytes * 8)
             if rows_map.size:
-                index.add(
-                    faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes)[rows_map]
-                )
+                index.add(self._codes(shard)[rows_map])
             ids = shard.ids[rows_map]
             if rows_map.size < r.min_category_products:
-                note = f"only {rows_map.size} products in category {category!r} with {dict(filters)}"
+                bounds = [f"{g}={v}" for g, v in (filters or {}).items()]
+                bounds += [f"price >= {price_min:g}"] if price_min is not None else []
+                bounds += [f"price <= {price_max:g}"] if price_max is not None else []
+                note = f"only {rows_map.size} products in category {category!r} with {', '.join(bounds)}"
         candidates = index.ntotal
-        rows, ham = hamming_topk(index, ids, code, max(r.shortlist, k))
+        depth = r.shortlist * -(-(k + offset) // r.shortlist)  # whole tiers
+        rows, ham = hamming_topk(index, ids, code, depth)
         if rows_map is not None:
             rows = rows_map[rows]
-        hits = self._hits(shard, rows, ham, colour, attributes)
-        # Rounding keeps float noise from breaking ties that should go to the id.
-        hits.sort(key=lambda h: (h.score, h.id))
-        return SearchResult(hits[:k], candidates, candidates * self.code_bytes, note)
+        tier = np.arange(rows.size) // r.shortlist
+        score, colour_dist, shared = self._scores(shard, rows, ham, colour, attributes)
+        # The score is rounded, so float noise cannot break ties that should go to the id.
+        order = np.lexsort((shard.ids[rows], score, tier))[offset : offset + k]
+        hits = self._hits(shard, rows[order], ham[order], score[order], colour_dist[order], shared[order], attributes)
+        hits = [dataclasses.replace(h, tier=int(t)) if t else h for h, t in zip(hits, tier[order])]
+        return SearchResult(hits, candidates, candidates * self.code_bytes, note)
 
-    def _hits(self, shard: _Shard, rows: np.ndarray, ham: np.ndarray, colour, attributes) -> list[Hit]:
-        """Scored hits for ``rows`` of ``shard`` at Hamming distances ``ham`` (module docstring)."""
+    def _codes(self, shard: _Shard) -> np.ndarray:
+        """The shard's codes as an (n, code_bytes) view of faiss' own storage (no copy)."""
+        n = shard.index.ntotal
+        return faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes)
+
+    def _scores(self, shard: _Shard, rows: np.ndarray, ham: np.ndarray, colour, attributes):
+        """Score, colour distance and shared-attribute mask of ``rows`` of ``shard`` (module docstring)."""
         r = self.ranking
         q_colour = np.asarray(colour, np.float32).reshape(-1)
         q_colour = q_colour / max(float(q_colour.sum()), 1e-12)
         cand_colour = shard.colours[rows].astype(np.float32)
         cand_colour /= np.maximum(cand_colour.sum(1, keepdims=True), 1e-12)
-        colour_dist = 0.5 * np.abs(cand_colour - q_colour).sum(1)
+        colour_dist = np.round(0.5 * np.abs(cand_colour - q_colour).sum(1), 6)
         q_values = self._encode_values(attributes)
         known = q_values != UNKNOWN
         shared = (shard.values[rows] == q_values) & known
         n_query = max(int(known.sum()), 1)
         score = np.round(
-            r.w_appearance * ham / (self.code_bytes * 8)
-            + r.w_colour * colour_dist
-            - r.w_shared * shared.sum(1) / n_query,
-            9,
+            np.round(
+                r.w_appearance * ham / (self.code_bytes * 8)
+                + r.w_colour * (0.5 * np.abs(cand_colour - q_colour).sum(1))
+                - r.w_shared * shared.sum(1) / n_query,
+                9,
+            ),
+            6,
         )
+        return score, colour_dist, shared
+
+    def _hits(self, shard: _Shard, rows, ham, score, colour_dist, shared, attributes) -> list[Hit]:
         names = [g.name for g in self._groups]
+        q_values = self._encode_values(attributes)
+        own = shard.values[rows]
         return [
             Hit(
                 id=shard.ids[rows[i]].decode("utf-8"),
-                score=round(float(score[i]), 6),
+                score=float(score[i]),
                 hamming=int(ham[i]),
-                colour_distance=round(float(colour_dist[i]), 6),
+                colour_distance=float(colour_dist[i]),
                 shared_attributes=tuple(
                     f"{names[j]}={self._groups[j].values[q_values[j]]}" for j in np.nonzero(shared[i])[0]
+                ),
+                attributes=tuple(
+                    (names[j], self._groups[j].values[own[i, j]]) for j in np.nonzero(own[i] != UNKNOWN)[0]
                 ),
             )
             for i in range(len(rows))
         ]
 
-    def hits_for(self, ids: Sequence[str], code: np.ndarray, colour, attributes) -> list[Hit]:
-        """Scored hits for named products, in any category (the same photo found whatever the guess)."""
+    def hits_for(
+        self,
+        ids: Sequence[str],
+        code: np.ndarray,
+        colour,
+        attributes,
+        *,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+    ) -> list[Hit]:
+        """Scored hits for named products, in any category (the same photo found whatever the guess),
+        those that hold the ``filters`` keys and lie in the price range."""
         code = np.asarray(code, np.uint8).reshape(-1)
         out = []
         for shard in self._shards.values():
-            rows = np.nonzero(np.isin(shard.ids, _encode_ids(list(ids))))[0]
+            hit = np.isin(shard.ids, _encode_ids(list(ids)))
+            mask = self._mask(shard, filters, price_min, price_max)
+            rows = np.nonzero(hit if mask is None else hit & mask)[0]
             if rows.size == 0:
                 continue
-            n = shard.index.ntotal
-            codes = faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes)[rows]
+            codes = self._codes(shard)[rows]
             ham = np.unpackbits(codes ^ code, axis=1).sum(1).astype(np.int32)
-            out.extend(self._hits(shard, rows, ham, colour, attributes))
+            out.extend(self._hits(shard, rows, ham, *self._scores(shard, rows, ham, colour, attributes), attributes))
         return out
 
-    # -- snapshot -------------------------------------------------------------------------
+    # -- snapshot (search.snapshot) ------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write a snapshot (one .npz) atomically, so the daemon can start without re-reading the store."""
-        path = Path(path)
-        arrays = {}
-        meta = {
-            "code_bytes": self.code_bytes,
-            "colour_bins": self.colour_bins,
-            "schema": self.schema.fingerprint,
-            "categories": sorted(self._shards),
-            "version": self.version,
-            "format": SNAPSHOT_FORMAT,
-        }
-        for c, shard in self._shards.items():
-            n = shard.index.ntotal
-            arrays[f"{c}/codes"] = (
-                faiss.rev_swig_ptr(shard.index.xb.data(), n * self.code_bytes).reshape(n, self.code_bytes).copy()
-                if n
-                else np.empty((0, self.code_bytes), np.uint8)
-            )
-            arrays[f"{c}/colours"] = shard.colours
-            arrays[f"{c}/values"] = shard.values
-            arrays[f"{c}/ids"] = shard.ids
-            arrays[f"{c}/photos"] = shard.photos
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        from search.snapshot import save_snapshot
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-
-        atomic_write(path, write)
+        save_snapshot(self, path)
 
     @classmethod
     def load(
         cls, path: str | Path, *, schema: Schema | None = None, ranking: RankingConfig | None = None
     ) -> InvertedIndex:
-        schema = schema or default_schema()
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes())
-            if meta.get("format", 1) != SNAPSHOT_FORMAT:
-                raise ValueError(
-                    f"the index snapshot {path} is of format {meta.get('format', 1)}, not {SNAPSHOT_FORMAT}"
-                )
-            if meta["schema"] != schema.fingerprint:
-                raise ValueError(
-                    f"the index snapshot {path} was built with schema {meta['schema']}, this one is {schema.fingerprint}"
-                )
-            idx = cls(code_bytes=meta["code_bytes"], colour_bins=meta["colour_bins"], schema=schema, ranking=ranking)
-            idx.version = meta.get("version")
-            for c in meta["categories"]:
-                shard = idx._shard(c)
-                shard.index.add(np.ascontiguousarray(z[f"{c}/codes"]))
-                shard.ids = z[f"{c}/ids"]
-                shard.colours = z[f"{c}/colours"]
-                shard.values = z[f"{c}/values"]
-                shard.photos = z[f"{c}/photos"]
-        return idx
+        """The index a snapshot holds; ``ValueError`` when it is of another format or schema."""
+        from search.snapshot import load_snapshot
+
+        return load_snapshot(path, schema=schema, ranking=ranking)

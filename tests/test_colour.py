@@ -52,3 +52,22 @@ def test_bad_settings_and_inputs_are_named():
         ColourConfig(background_value=1.5)
     with pytest.raises(ValueError, match="uint8"):
         colour_histogram(np.zeros((4, 4), np.float32))
+
+
+def test_a_colour_names_histogram_is_near_garments_of_that_colour():
+    from foundation.schema import default_schema
+    from indexer.colour import swatch_histogram
+
+    cfg = ColourConfig()
+    swatches = default_schema().colour_swatches
+    assert set(swatches) == set(default_schema().group("colour").values)
+
+    def dist(a, b):
+        return 0.5 * float(np.abs(a.astype(np.float32) - b.astype(np.float32)).sum())
+
+    names = {name: swatch_histogram(shades, cfg) for name, shades in swatches.items()}
+    for name, rgb in (("red", (200, 30, 35)), ("blue", (35, 70, 190)), ("white", (240, 240, 236))):
+        garment = colour_histogram(_garment_on_white(rgb), cfg)
+        nearest = min(names, key=lambda n: dist(names[n], garment))
+        assert nearest == name, (name, nearest)
+        assert names[name].shape == (cfg.bins,) and abs(float(names[name].astype(np.float32).sum()) - 1) < 1e-2

@@ -161,3 +161,94 @@ def test_snapshot_round_trip(tmp_path):
             back.search(codes[i], colours[i], cats[i], attrs[i]).hits
             == idx.search(codes[i], colours[i], cats[i], attrs[i]).hits
         )
+
+
+def _priced_index(n=200, seed=1):
+    idx, ids, cats, attrs, codes, colours = _index(n=n, seed=seed)
+    rng = np.random.default_rng(seed)
+    prices = [None if i % 7 == 0 else float(rng.integers(5, 100)) for i in range(n)]
+    idx.add(ids, cats, attrs, codes, colours, prices=prices)  # re-adding replaces: now with prices
+    return idx, ids, cats, attrs, codes, colours, prices
+
+
+def _brute_ranked(idx, code, colour, category, attributes, keep):
+    """Every product of ``category`` that ``keep`` accepts, ranked by the index's own score: the reference."""
+    everything = idx.search(code, colour, category, attributes, k=10_000).hits
+    return [h.id for h in everything if keep(h.id)]
+
+
+def test_filters_and_a_price_range_narrow_to_exactly_the_matching_products():
+    idx, ids, cats, attrs, codes, colours, prices = _priced_index()
+    by_id = {i: (c, a, p) for i, c, a, p in zip(ids, cats, attrs, prices)}
+    q = {"colour": "red"}
+    for filters, lo, hi in [
+        ({"colour": "blue"}, None, None),
+        ({"colour": "red", "fit": "slim"}, None, None),
+        ({}, 20.0, None),
+        ({}, None, 50.0),
+        ({"fit": "loose"}, 30.0, 60.0),
+        ({}, 40.0, 40.0),
+    ]:
+
+        def keep(i, filters=filters, lo=lo, hi=hi):
+            _c, a, p = by_id[i]
+            if any(a.get(g) != v for g, v in filters.items()):
+                return False
+            if (lo is not None or hi is not None) and p is None:
+                return False  # an unknown price is out of any range
+            return (lo is None or p >= lo) and (hi is None or p <= hi)
+
+        want = _brute_ranked(idx, codes[0], colours[0], "pants", q, keep)
+        res = idx.search(codes[0], colours[0], "pants", q, k=500, filters=filters, price_min=lo, price_max=hi)
+        assert [h.id for h in res.hits] == want, (filters, lo, hi)
+        assert res.candidates == len(want)
+        # the same photo pinned by hits_for obeys the same narrowing
+        pinned = idx.hits_for(ids, codes[0], colours[0], q, filters=filters, price_min=lo, price_max=hi)
+        assert {h.id for h in pinned} == {i for i in ids if keep(i)}
+    assert idx.search(codes[0], colours[0], "pants", q, filters={"colour": "blue"}, price_min=1e9).hits == []
+
+
+def test_offset_pages_through_the_same_ranking():
+    idx, ids, cats, attrs, codes, colours = _index(n=300, shortlist=10)
+    whole = idx.search(codes[1], colours[1], cats[1], attrs[1], k=60).hits
+    pages = [idx.search(codes[1], colours[1], cats[1], attrs[1], k=15, offset=o).hits for o in (0, 15, 30, 45)]
+    assert [h for page in pages for h in page] == whole
+    assert idx.search(codes[1], colours[1], cats[1], attrs[1], k=5, offset=10_000).hits == []
+    with pytest.raises(ValueError, match="offset must be a non-negative integer, got -1"):
+        idx.search(codes[1], colours[1], cats[1], attrs[1], offset=-1)
+
+
+def test_each_hit_carries_the_products_own_attributes():
+    idx, ids, cats, attrs, codes, colours = _index()
+    own = dict(zip(ids, attrs))
+    for h in idx.search(codes[2], colours[2], cats[2], {"colour": "red"}, k=50).hits:
+        assert dict(h.attributes) == own[h.id]
+        assert [g for g, _v in h.attributes] == ["colour", "fit"]  # schema order
+
+
+def test_an_unknown_filter_is_a_clear_error():
+    idx, ids, cats, attrs, codes, colours = _index(n=20)
+    with pytest.raises(ValueError, match="unknown filter colour=teal"):
+        idx.search(codes[0], colours[0], "pants", {}, filters={"colour": "teal"})
+    with pytest.raises(ValueError, match="unknown filter shape=round"):
+        idx.search(codes[0], colours[0], "pants", {}, filters={"shape": "round"})
+
+
+def test_prices_survive_the_snapshot_and_an_old_format_is_refused(tmp_path):
+    import json
+
+    idx, ids, cats, attrs, codes, colours, prices = _priced_index()
+    idx.save(tmp_path / "ram.npz")
+    back = InvertedIndex.load(tmp_path / "ram.npz")
+    kw = {"k": 500, "price_min": 10.0, "price_max": 60.0}
+    assert (
+        back.search(codes[0], colours[0], "dress", {}, **kw).hits
+        == idx.search(codes[0], colours[0], "dress", {}, **kw).hits
+    )
+    with np.load(tmp_path / "ram.npz") as z:
+        arrays = {name: z[name] for name in z.files if not name.endswith("/prices")}
+    meta = json.loads(arrays["meta"].tobytes())
+    arrays["meta"] = np.frombuffer(json.dumps({**meta, "format": 2}).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    with pytest.raises(ValueError, match="of format 2, not 3"):
+        InvertedIndex.load(tmp_path / "old.npz")

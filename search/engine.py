@@ -9,6 +9,12 @@ Every option goes through the indexer's ``describe_items()``, the same code path
 the catalogue (the photo oriented, shrunk to the working size and checked before any model
 runs), then through the in-RAM inverted index (``search.index``). The engine opens an index
 directory written by ``fashion-search index`` and needs nothing else.
+
+Filters and edits (``search.narrowing``): each ``group=value`` is a hard key of the index in every
+searched category it applies to, and replaces the description's own value in the ranking's
+shared-attribute term; a colour also replaces the photo's colour histogram by that colour's
+(``indexer.colour.swatch_histogram`` of the schema's swatches). The description is kept for a
+while under ``query.id`` (``search.recent``), so ``rerun`` edits a query without the photo.
 """
 
 from __future__ import annotations
@@ -16,18 +22,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from foundation.boxes import parse_box
+from foundation.echo import echo
 from foundation.schema import Schema, default_schema
+from indexer.colour import swatch_histogram
 from indexer.describe import Item, describe_items
 from indexer.prepare import prepare_image
 from indexer.products import add_products, product_from_fields
 from search.index import InvertedIndex, RankingConfig, photo_key
+from search.narrowing import check_filters, check_offset, check_price_range, narrowed_keys
+from search.protocol import UnknownQuery
+from search.recent import RecentQueries
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +139,7 @@ def load_ram_index(
                 np.stack([r.description.code for r in batch]),
                 np.stack([r.description.colour for r in batch]),
                 [photo_key(r.image_hash) for r in batch],
+                [r.price for r in batch],
             )
             batch.clear()
 
@@ -147,16 +160,36 @@ def load_ram_index(
     return ram
 
 
+@dataclass(frozen=True)
+class Described:
+    """What a search learnt of its photo: kept under the query's id for re-runs."""
+
+    option: str
+    descs: list  # one Description per searched category, the query's own first
+    hedge: list[tuple[str, float]]  # the categories searched and their probability
+    same: list[str]  # products whose photo has the very bytes of the query's
+
+
 class SearchEngine:
     """Describer + store + RAM index, loaded once; ``search`` is safe to call from many threads."""
 
-    def __init__(self, *, describer, store, index: InvertedIndex, schema: Schema | None = None):
+    def __init__(
+        self,
+        *,
+        describer,
+        store,
+        index: InvertedIndex,
+        schema: Schema | None = None,
+        recent: RecentQueries | None = None,
+    ):
         self.describer = describer
         self.store = store
         self.index = index
         self.schema = schema or default_schema()
+        self.recent = recent or RecentQueries()
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()  # guards the RAM index while it is being changed
+        self._swatches: dict[str, np.ndarray] = {}
 
     @classmethod
     def open(
@@ -190,14 +223,26 @@ class SearchEngine:
 
     # -- search ---------------------------------------------------------------------------
     def search(
-        self, image: bytes | Path | Image.Image, option: str, *, category: str | None = None, box=None, k: int = 20
+        self,
+        image: bytes | Path | Image.Image,
+        option: str,
+        *,
+        category: str | None = None,
+        box=None,
+        k: int = 20,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        offset: int = 0,
     ) -> dict:
         """Search with a photo (its bytes as sent, or a decoded image) and one of the three options.
 
-        ``box`` is ``x0,y0,x1,y1`` in the upright photo's own pixels.
+        ``box`` is ``x0,y0,x1,y1`` in the upright photo's own pixels; ``filters`` (group -> value),
+        the price range and ``offset`` narrow and page the results (module docstring).
         """
         check_option(option)
         k = check_k(k)
+        narrowing = self._narrowing(filters, price_min, price_max, offset)
         guide = None
         if option == "guided":
             if not category:
@@ -225,20 +270,92 @@ class SearchEngine:
             descs += [
                 d.description for d in describe_items(self.describer, [Item(prepared, category=c) for c in extra])
             ]
-        t1 = time.perf_counter()
         with self._read_lock:
-            results = [self.index.search(d.code, d.colour, d.category, _attributes_of(d), k=k) for d in descs]
             same = [pid for pid, _c in self.index.same_photo(photo_key(prepared.image_hash))]
-            pinned = self.index.hits_for(same, desc.code, desc.colour, _attributes_of(desc)) if same else []
-        merged = sorted((h for r in results for h in r.hits), key=lambda h: (h.score, h.id))
+        query = Described(option, descs, hedge, same)
+        timings = dict(desc.timings_ms)
+        timings["describe"] = round((time.perf_counter() - t0) * 1e3, 2)
+        return self._answer(self.recent.put(query), query, k, *narrowing, timings, t0)
+
+    def rerun(
+        self,
+        query_id: str,
+        *,
+        k: int = 20,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        offset: int = 0,
+    ) -> dict:
+        """The search ``query_id`` named, again, with these filters, price range and page: no photo,
+        no model. ``UnknownQuery`` when the id is unknown or has expired."""
+        k = check_k(k)
+        narrowing = self._narrowing(filters, price_min, price_max, offset)
+        t0 = time.perf_counter()
+        query = self.recent.get(query_id)
+        if query is None:
+            minutes = f"{self.recent.ttl_s / 60:g}"
+            raise UnknownQuery(
+                f"query id {echo(query_id)} is unknown or has expired (a query is kept {minutes} minutes "
+                "after its last use): search with the photo again"
+            )
+        return self._answer(query_id, query, k, *narrowing, {"describe": 0.0}, t0)
+
+    def _narrowing(self, filters, price_min, price_max, offset) -> tuple:
+        lo, hi = check_price_range(price_min, price_max)
+        return check_filters(filters, self.schema), lo, hi, check_offset(offset)
+
+    def _colour_of(self, name: str, photo_colour: np.ndarray) -> np.ndarray:
+        """The histogram of a colour name (the schema's swatches, binned as the index's colours)."""
+        if name not in self._swatches:
+            shades = self.schema.colour_swatches.get(name)
+            cfg = getattr(self.describer, "colour", None)
+            if not shades or cfg is None or cfg.bins != self.index.colour_bins:
+                logger.warning("no histogram for colour %r: the photo's colour is kept", name)
+                return photo_colour
+            self._swatches[name] = swatch_histogram(shades, cfg)
+        return self._swatches[name]
+
+    def _answer(self, query_id: str, query: Described, k, filters, price_min, price_max, offset, timings, t0) -> dict:
+        """Search the index with a described query, narrowed and paged, and say how (openapi.json)."""
+        t1 = time.perf_counter()
+        desc = query.descs[0]
+        runs, unused = [], set()
+        for d in query.descs:
+            hard = {g: v for g, v in filters.items() if self.schema.applies(g, d.category)}
+            unused |= {f"{g}={v}" for g, v in filters.items() if g not in hard}
+            attributes = {**_attributes_of(d), **hard}
+            colour = self._colour_of(filters["colour"], d.colour) if "colour" in hard else d.colour
+            runs.append((d, hard, attributes, colour))
+        depth = offset + k + 1  # one more than the page: is there another page?
+        with self._read_lock:
+            results = [
+                self.index.search(
+                    d.code, c, d.category, a, k=depth, filters=h, price_min=price_min, price_max=price_max
+                )
+                for d, h, a, c in runs
+            ]
+            _d, hard0, attrs0, colour0 = runs[0]
+            pinned = (
+                self.index.hits_for(
+                    query.same, desc.code, colour0, attrs0, filters=filters, price_min=price_min, price_max=price_max
+                )
+                if query.same
+                else []
+            )
+        merged = sorted((h for r in results for h in r.hits), key=lambda h: (h.tier, h.score, h.id))
         seen: set[str] = set()
-        ranked = [h for h in [*pinned, *merged] if not (h.id in seen or seen.add(h.id))][:k]
+        ranked = [h for h in [*pinned, *merged] if not (h.id in seen or seen.add(h.id))]
+        page = ranked[offset : offset + k]
         notes = [r.note for r in results if r.note]
         if pinned:
             notes.insert(0, f"the same photo as product {pinned[0].id!r}")
+        used = {f"{g}={v}" for _d, h, _a, _c in runs for g, v in h.items()}
+        for key in sorted(unused - used):
+            notes.append(f"{key} does not apply to {', '.join(c for c, _p in query.hedge)}: not used")
         t2 = time.perf_counter()
         hits = []
-        for h in ranked:
+        for h in page:
             meta = self.store.metadata(h.id) or {}
             hits.append(
                 {
@@ -249,26 +366,36 @@ class SearchEngine:
                     "hamming": h.hamming,
                     "colour_distance": h.colour_distance,
                     "shared_attributes": list(h.shared_attributes),
+                    "attributes": dict(h.attributes),
                     "price": meta.get("price"),
                     "url": meta.get("url"),
                 }
             )
-        timings = dict(desc.timings_ms)
-        timings["describe"] = round((t1 - t0) * 1e3, 2)
         timings["search"] = round((t2 - t1) * 1e3, 2)
         timings["total"] = round((time.perf_counter() - t0) * 1e3, 2)
+        edited = {g: v for g, v in filters.items()}
+        attributes = [
+            {"group": g, "value": v, "p": round(float(p), 4)}
+            for g, (v, p) in desc.attributes.items()
+            if g not in edited
+        ]
+        attributes += [{"group": g, "value": v, "p": 1.0, "edited": True} for g, v in edited.items()]
+        order = [g.name for g in self.schema.groups]
+        attributes.sort(key=lambda a: order.index(a["group"]) if a["group"] in order else len(order))
         return {
             "query": {
-                "option": option,
+                "id": query_id,
+                "option": query.option,
                 "category": desc.category,
                 "categories": [{"category": c, "p": round(float(p), 4)} for c, p in desc.categories],
-                "attributes": [
-                    {"group": g, "value": v, "p": round(float(p), 4)} for g, (v, p) in desc.attributes.items()
-                ],
+                "attributes": attributes,
                 "roi": [int(round(v)) for v in desc.roi],
                 "fallback": bool(desc.fallback),
-                "searched": [{"category": c, "p": round(float(p), 4)} for c, p in hedge],
+                "searched": [{"category": c, "p": round(float(p), 4)} for c, p in query.hedge],
                 "candidates": sum(r.candidates for r in results),
+                "filters": [key for key in narrowed_keys(filters, price_min, price_max) if key not in unused - used],
+                "offset": offset,
+                "more": len(ranked) > offset + k,
                 "note": "; ".join(notes) or None,
                 "timings_ms": timings,
             },
@@ -299,6 +426,7 @@ class SearchEngine:
                     d.code[None],
                     d.colour[None],
                     [photo_key(record.image_hash)],
+                    [record.price],
                 )
             return self.store.metadata(record.id)
 

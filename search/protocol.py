@@ -8,12 +8,17 @@ engines match them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-ENGINE_METHODS = ("__len__", "categories", "search", "product", "thumbnail", "add", "delete", "stats")
+ENGINE_METHODS = ("__len__", "categories", "search", "rerun", "product", "thumbnail", "add", "delete", "stats")
+
+
+class UnknownQuery(LookupError):
+    """``rerun`` was given a query id the engine does not hold (never issued, or expired)."""
 
 
 @runtime_checkable
@@ -23,7 +28,9 @@ class Engine(Protocol):
     ``search`` and ``add`` take the photo as sent (its bytes) or decoded. ``search`` answers
     ``{"query": {...}, "results": [...]}`` as ``webui/openapi.json`` describes (without each
     result's ``image_url``, which the web layer adds) and raises ``ValueError`` for an option,
-    category, box, k or photo it cannot use. ``product`` and ``add`` answer a product's metadata
+    category, box, k, filter, price, offset or photo it cannot use. ``rerun`` answers the same for
+    the search whose ``query.id`` it is given, narrowed and paged anew, and raises ``UnknownQuery``
+    when it no longer holds that id. ``product`` and ``add`` answer a product's metadata
     (``id``, ``title``, ``category``, ...); ``product``, ``thumbnail`` and ``delete`` answer None or
     False for an unknown id.
     """
@@ -33,7 +40,28 @@ class Engine(Protocol):
     def categories(self) -> list[str]: ...
 
     def search(
-        self, image: bytes | Path | Image.Image, option: str, *, category: str | None = None, box=None, k: int = 20
+        self,
+        image: bytes | Path | Image.Image,
+        option: str,
+        *,
+        category: str | None = None,
+        box=None,
+        k: int = 20,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        offset: int = 0,
+    ) -> dict: ...
+
+    def rerun(
+        self,
+        query_id: str,
+        *,
+        k: int = 20,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        offset: int = 0,
     ) -> dict: ...
 
     def product(self, product_id: str) -> dict | None: ...

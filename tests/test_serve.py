@@ -29,7 +29,10 @@ class TinyEngine:
     def categories(self) -> list[str]:
         return ["dress"]
 
-    def search(self, image, option, *, category=None, box=None, k=20) -> dict:
+    def search(self, image, option, *, category=None, box=None, k=20, **narrowing) -> dict:
+        raise ValueError("no products")
+
+    def rerun(self, query_id, **narrowing) -> dict:
         raise ValueError("no products")
 
     def product(self, product_id):

@@ -316,7 +316,7 @@ class Broken:
     def __init__(self, engine):
         self.engine = engine
 
-    def search(self, image, option, *, category=None, box=None, k=20):
+    def search(self, image, option, *, category=None, box=None, k=20, **narrowing):
         raise RuntimeError("model exploded")
 
     def __len__(self) -> int:

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ from foundation.text import category_from_text
 from indexer.prepare import prepare_image
 from indexer.products import product_from_fields
 from search.engine import check_k, check_option, parse_box
-from search.protocol import Engine
+from search.narrowing import check_filters, check_offset, check_price_range, narrowed_keys
+from search.protocol import Engine, UnknownQuery
+from search.recent import RecentQueries
 
 FEATURE = 6  # side of the colour thumbnail compared
 
@@ -56,6 +59,7 @@ class FakeEngine:
         self.schema = schema or default_schema()
         self._lock = threading.Lock()
         self._products: dict[str, dict] = {}
+        self.recent = RecentQueries()
         dump = Path(dump)
         for line in dump.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
@@ -67,6 +71,7 @@ class FakeEngine:
     def copy(self) -> FakeEngine:
         twin = object.__new__(FakeEngine)
         twin.schema, twin._lock, twin._products = self.schema, threading.Lock(), dict(self._products)
+        twin.recent = RecentQueries()
         return twin
 
     def _put(self, row: dict, attributes: dict, image: Image.Image, box, thumbnail: bytes | None = None) -> dict:
@@ -103,10 +108,21 @@ class FakeEngine:
         return list(self.schema.category_names)
 
     def search(
-        self, image: bytes | Path | Image.Image, option: str, *, category: str | None = None, box=None, k: int = 20
+        self,
+        image: bytes | Path | Image.Image,
+        option: str,
+        *,
+        category: str | None = None,
+        box=None,
+        k: int = 20,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        offset: int = 0,
     ) -> dict:
         check_option(option)
         k = check_k(k)
+        narrowing = (check_filters(filters, self.schema), *check_price_range(price_min, price_max), check_offset(offset))
         if category is not None:
             self.schema.check_category(category)
         entries = self._entries()
@@ -133,9 +149,39 @@ class FakeEngine:
             roi = prepared.to_original(working)
         cat = category or seen["meta"]["category"]
         attributes = {**seen["attributes"], "category": cat, "great_category": self.schema.great_category(cat)}
+        described = {"option": option, "category": cat, "p": 1.0 if category else 0.8, "query": query}
+        described |= {"attributes": attributes, "roi": [int(round(v)) for v in roi]}
+        return self._answer(self.recent.put(described), described, k, *narrowing)
+
+    def rerun(
+        self,
+        query_id: str,
+        *,
+        k: int = 20,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        offset: int = 0,
+    ) -> dict:
+        k = check_k(k)
+        narrowing = (check_filters(filters, self.schema), *check_price_range(price_min, price_max), check_offset(offset))
+        described = self.recent.get(query_id)
+        if described is None:
+            raise UnknownQuery(f"query id {query_id!r} is unknown or has expired: search with the photo again")
+        return self._answer(query_id, described, k, *narrowing)
+
+    def _answer(self, query_id, described, k, filters, price_min, price_max, offset) -> dict:
+        cat, query = described["category"], described["query"]
+        hard = {g: v for g, v in filters.items() if self.schema.applies(g, cat)}
+        attributes = {**described["attributes"], **hard}
         hits = []
-        for e in entries:
-            if e["meta"]["category"] != cat:
+        for e in self._entries():
+            price = e["meta"]["price"]
+            if e["meta"]["category"] != cat or any(e["attributes"].get(g) != v for g, v in hard.items()):
+                continue
+            if (price_min is not None or price_max is not None) and price is None:
+                continue
+            if (price_min is not None and price < price_min) or (price_max is not None and price > price_max):
                 continue
             distance = float(np.abs(e["crop"] - query).mean())
             shared = [
@@ -143,6 +189,7 @@ class FakeEngine:
                 for g, v in attributes.items()
                 if g not in ("category", "great_category") and e["attributes"].get(g) == v
             ]
+            own = {g.name: e["attributes"][g.name] for g in self.schema.attribute_groups if g.name in e["attributes"]}
             hits.append(
                 {
                     **{f: e["meta"][f] for f in ("id", "title", "category", "price", "url")},
@@ -150,23 +197,34 @@ class FakeEngine:
                     "hamming": int(distance * 512),
                     "colour_distance": round(distance, 6),
                     "shared_attributes": shared,
+                    "attributes": own,
                 }
             )
         hits.sort(key=lambda h: (h["score"], h["id"]))
         groups = [g.name for g in self.schema.groups]
+        p = described["p"]
         return {
             "query": {
-                "option": option,
+                "id": query_id,
+                "option": described["option"],
                 "category": cat,
-                "categories": [{"category": cat, "p": 1.0 if category else 0.8}],
-                "attributes": [{"group": g, "value": attributes[g], "p": 0.9} for g in groups if g in attributes],
-                "roi": [int(round(v)) for v in roi],
+                "categories": [{"category": cat, "p": p}],
+                "attributes": [
+                    {"group": g, "value": attributes[g], "p": 1.0 if g in hard else 0.9}
+                    | ({"edited": True} if g in hard else {})
+                    for g in groups
+                    if g in attributes
+                ],
+                "roi": described["roi"],
                 "fallback": False,
-                "searched": [{"category": cat, "p": 1.0 if category else 0.8}],
+                "searched": [{"category": cat, "p": p}],
+                "filters": narrowed_keys(hard, price_min, price_max),
+                "offset": offset,
+                "more": len(hits) > offset + k,
                 "note": None,
                 "timings_ms": {"total": 1.0},
             },
-            "results": hits[:k],
+            "results": hits[offset : offset + k],
         }
 
     def product(self, product_id: str) -> dict | None:

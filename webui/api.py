@@ -11,6 +11,7 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from foundation.echo import echo
+from search.protocol import UnknownQuery
 from webui.app import AppState
 from webui.forms import RequestError, parse_product, parse_search, read_image
 
@@ -57,6 +58,12 @@ def _request_error(exc: RequestError):
     return response
 
 
+@bp.errorhandler(UnknownQuery)
+def _unknown_query(exc: UnknownQuery):
+    _state().stats.error(404)
+    return jsonify(error=str(exc)), 404
+
+
 @bp.errorhandler(ValueError)
 def _engine_refused(exc: ValueError):
     # The engine checks its inputs too; what it refuses is the client's to fix.
@@ -93,11 +100,18 @@ def search():
     state = _state()
     q = parse_search(request.form, request.files, state.categories)
     t0 = time.perf_counter()
-    response = state.engine.search(q.image, q.option, category=q.category, box=q.box, k=q.k)
+    if q.query_id is not None:
+        response = state.engine.rerun(q.query_id, **q.narrowing())
+    else:
+        response = state.engine.search(q.image, q.option, category=q.category, box=q.box, **q.narrowing())
     ms = (time.perf_counter() - t0) * 1e3
-    state.stats.search(q.option, ms)
+    state.stats.search("rerun" if q.query_id is not None else q.option, ms)
     logger.debug(
-        "search %s %s: %d results in %.0f ms", q.option, response["query"].get("category"), len(response["results"]), ms
+        "search %s %s: %d results in %.0f ms",
+        q.option or "rerun",
+        response["query"].get("category"),
+        len(response["results"]),
+        ms,
     )
     response["results"] = [_with_image_url(r) for r in response["results"]]
     return jsonify(response)

@@ -18,13 +18,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from foundation.dump import MAX_ID_CHARS, MAX_TEXT, MAX_URL, check_id
 from foundation.echo import echo
 from foundation.images import ImageError, upright_size
+from foundation.schema import default_schema
 from foundation.text import category_from_text
 from search.engine import MAX_K, OPTIONS, check_k, check_option, parse_box
+from search.narrowing import MAX_OFFSET, check_offset, check_price_range, parse_filters
+from search.recent import ID_PATTERN as QUERY_ID_PATTERN
 
 DEFAULT_K = 20
 MAX_ID = MAX_ID_CHARS  # characters in a product id
@@ -49,6 +52,7 @@ _NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 BOX_PATTERN = rf"^[ \t]*{_NUMBER}[ \t]*(?:,[ \t]*{_NUMBER}[ \t]*){{3}}$"
 PRICE_PATTERN = rf"^{_NUMBER}$"
 K_PATTERN = r"^-?[0-9]+$"
+OFFSET_PATTERN = K_PATTERN
 
 
 class RequestError(ValueError):
@@ -61,11 +65,26 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class SearchRequest:
-    image: bytes  # as uploaded: the engine's one describe path decodes, orients and shrinks it
-    option: str
+    image: bytes | None  # as uploaded (the engine's one describe path decodes it); None with query_id
+    option: str | None  # None with query_id: the query's own
     category: str | None
     box: tuple[float, float, float, float] | None
     k: int
+    query_id: str | None = None  # a re-run of this query, edited by the filters below
+    filters: dict[str, str] = field(default_factory=dict)  # group -> value, schema order
+    price_min: float | None = None
+    price_max: float | None = None
+    offset: int = 0
+
+    def narrowing(self) -> dict:
+        """The keyword arguments ``Engine.search`` and ``Engine.rerun`` take for the filters and page."""
+        return {
+            "k": self.k,
+            "filters": self.filters,
+            "price_min": self.price_min,
+            "price_max": self.price_max,
+            "offset": self.offset,
+        }
 
 
 @dataclass(frozen=True)
@@ -120,11 +139,69 @@ def parse_category(value: str | None, categories: Sequence[str]) -> str | None:
     return value
 
 
+def _every(form: Mapping, name: str) -> list[str]:
+    """Every value of a repeatable field (a MultiDict's list; a plain mapping's value or list)."""
+    if hasattr(form, "getlist"):
+        return list(form.getlist(name))
+    value = form.get(name)
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def parse_filters_field(values: Sequence[str]) -> dict[str, str]:
+    try:
+        return parse_filters(values, default_schema())
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def parse_offset(value: str | None) -> int:
+    if value is None:
+        return 0
+    if not _matches(OFFSET_PATTERN, value):
+        raise RequestError(f"offset must be an integer from 0 to {MAX_OFFSET}, got {echo(value)}")
+    try:
+        return check_offset(int(value))
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def parse_query_id(value: str) -> str:
+    if not _matches(QUERY_ID_PATTERN, value):
+        raise RequestError(f"query_id must be the 16 characters of a search's query.id, got {echo(value)}")
+    return value
+
+
 def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> SearchRequest:
-    """A search request from multipart fields ``image``, ``option``, ``category``, ``box``, ``k``."""
+    """A search request from multipart fields ``image`` (or ``query_id``), ``option``, ``category``,
+    ``box``, ``k``, ``filter`` (repeatable), ``price_min``, ``price_max``, ``offset``."""
+    k = parse_k(form.get("k"))
+    narrowing = {
+        "filters": parse_filters_field(_every(form, "filter")),
+        "offset": parse_offset(form.get("offset")),
+    }
+    lo, hi = parse_price(form.get("price_min"), "price_min"), parse_price(form.get("price_max"), "price_max")
+    try:
+        narrowing["price_min"], narrowing["price_max"] = check_price_range(lo, hi)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    if form.get("query_id") is not None:
+        query_id = parse_query_id(form.get("query_id"))
+        given = [f for f in ("option", "category", "box") if form.get(f) is not None]
+        if files.get("image") is not None:
+            given.insert(0, "image")
+        if given:
+            raise RequestError(
+                f"query_id re-runs a search as it was described; it takes no {', '.join(given)} "
+                "(send a photo instead to search anew)"
+            )
+        return SearchRequest(None, None, None, None, k, query_id=query_id, **narrowing)
+    request = _parse_photo_search(form, files, categories, k)
+    return SearchRequest(request.image, request.option, request.category, request.box, k, **narrowing)
+
+
+def _parse_photo_search(form: Mapping, files: Mapping, categories: Sequence[str], k: int) -> SearchRequest:
     option = parse_option(form.get("option"))
     category = parse_category(form.get("category"), categories)
-    k = parse_k(form.get("k"))
     box_text = form.get("box")
     if option == "guided" and category is None:
         raise RequestError(f"the guided option needs a category, one of: {', '.join(categories)}")
@@ -173,14 +250,14 @@ def parse_id(value: str | None) -> str:
         raise RequestError(str(exc)) from None
 
 
-def parse_price(value: str | None) -> float | None:
+def parse_price(value: str | None, name: str = "price") -> float | None:
     if value is None:
         return None
     if len(value) > MAX_PRICE_TEXT or not _matches(PRICE_PATTERN, value):
-        raise RequestError(f"price must be a number, got {echo(value)}")
+        raise RequestError(f"{name} must be a number, got {echo(value)}")
     price = float(value)
     if not math.isfinite(price) or price < 0:
-        raise RequestError(f"price must be a non-negative number, got {echo(value)}")
+        raise RequestError(f"{name} must be a non-negative number, got {echo(value)}")
     return price
 
 
@@ -226,6 +303,11 @@ __all__ = [
     "parse_option",
     "parse_k",
     "parse_category",
+    "parse_offset",
+    "parse_query_id",
+    "parse_filters_field",
+    "QUERY_ID_PATTERN",
+    "OFFSET_PATTERN",
     "ID_PATTERN",
     "TEXT_PATTERN",
     "NOT_BLANK_PATTERN",

@@ -8,7 +8,8 @@ Two things a generator cannot know from ``webui/openapi.json`` alone:
   orientation tag) or PNG. So positive requests reach decoding and the models, not the 400 that
   random bytes or a 1x1 PNG earn.
 * the rules the document states in words because JSON Schema cannot: a rectangle box must lie
-  inside the photo sent with it; a product's title or category_path must name a fashion category
+  inside the photo sent with it; price_min is not above price_max; a filter names each group once;
+  a product's title or category_path must name a fashion category
   unless ``category`` is given; an id is at most 511 bytes in UTF-8. A *positive* case (one that
   obeys the document) is brought inside those rules here, so that a 400 for it is a real
   disagreement between the document and the server; negative cases are left as generated.
@@ -117,12 +118,30 @@ def _addressable_id(pid: str) -> str:
     return pid if pid not in ("", ".", "..") else "x"
 
 
+def _in_words(body: dict) -> None:
+    """A search's price range the right way up, and each filter group once (the first value kept)."""
+    lo, hi = body.get("price_min"), body.get("price_max")
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo > hi:
+        body["price_min"], body["price_max"] = hi, lo
+    if isinstance(body.get("filter"), list):
+        seen: set[str] = set()
+        kept = []
+        for token in body["filter"]:
+            group = str(token).partition("=")[0]
+            if group not in seen:
+                seen.add(group)
+                kept.append(token)
+        body["filter"] = kept
+
+
 @schemathesis.hook
 def map_case(context, case):
     if not _positive(case) or not isinstance(case.body, dict) or context.operation is None:
         return case
     body = case.body
     operation = context.operation.label
+    if operation == "POST /api/search":
+        _in_words(body)
     if operation == "POST /api/search" and body.get("option") == "rectangle" and isinstance(body.get("box"), str):
         data = _image_bytes(body.get("image"))
         if data is not None:

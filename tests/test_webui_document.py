@@ -47,6 +47,13 @@ def test_the_document_states_the_forms_own_patterns():
     from foundation.schema import default_schema
 
     assert schemas["Category"]["enum"] == list(default_schema().category_names)
+    from search.narrowing import filter_tokens
+
+    assert schemas["Filter"]["enum"] == filter_tokens(default_schema())
+    assert schemas["QueryId"]["pattern"] == forms.QUERY_ID_PATTERN
+    search = _form_schema("/api/search")["properties"]
+    assert search["filter"]["maxItems"] == len(default_schema().attribute_groups)
+    assert search["offset"]["maximum"] == forms.MAX_OFFSET
 
 
 def test_the_served_document_lists_the_servers_own_categories(client, engine):
@@ -151,3 +158,66 @@ def test_an_empty_field_is_refused_not_ignored(client, photo):
     assert_error(add(client, png_bytes(), id="", title="Red pants"), 400, "needs an id")
     assert_error(add(client, png_bytes(), id="n1", title="Red pants", category=""), 400, "category ''")
     assert_error(add(client, png_bytes(), id=" n1", title="Red pants"), 400, "white space")
+
+
+NARROWINGS = [
+    {},
+    {"filter": ["colour=red"]},
+    {"filter": ["colour=red", "sleeve_length=long"]},
+    {"filter": ["colour=teal"]},
+    {"filter": ["shape=round"]},
+    {"filter": ["category=dress"]},
+    {"filter": ["red"]},
+    {"price_min": "10"},
+    {"price_min": "10", "price_max": "20.5"},
+    {"price_max": "-1"},
+    {"price_min": "ten"},
+    {"offset": "0"},
+    {"offset": "1000"},
+    {"offset": "1001"},
+    {"offset": "-1"},
+    {"offset": "2.5"},
+]
+QUERY_IDS = [None, "AbCdEfGh_-123456", "short", "AbCdEfGh_-1234567", "AbCdEfGh_-12345!"]
+
+
+def test_the_document_allows_exactly_the_narrowings_and_reruns_the_server_accepts():
+    import itertools
+
+    from webui.forms import parse_search
+
+    photo = png_bytes((120, 100))
+    upload = type("Upload", (), {"read": lambda self: photo, "filename": "q.png"})()
+    schema = _doc_validator({"$ref": "#/paths/~1api~1search/post/requestBody/content/multipart~1form-data/schema"})
+    disagree = []
+    for narrowing, query_id, with_image, option in itertools.product(
+        NARROWINGS, QUERY_IDS, (True, False), (None, "auto", "guided")
+    ):
+        fields = dict(narrowing)
+        if query_id is not None:
+            fields["query_id"] = query_id
+        if option is not None:
+            fields["option"] = option
+        if option == "guided":
+            fields["category"] = "dress"
+        files = {"image": upload} if with_image else {}
+        body = {**fields, **({"image": "photo"} if with_image else {})}
+        for name in ("price_min", "price_max", "offset"):
+            if name in body and re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", body[name]):
+                body[name] = float(body[name]) if "." in body[name] else int(body[name])
+        server = _accepted(lambda f, files=files: parse_search(f, files, ["dress"]), fields)
+        if server != schema.is_valid(body):
+            disagree.append((body, server))
+    assert not disagree, disagree[:5]
+
+
+def test_price_min_above_price_max_is_refused_as_the_document_says_in_words():
+    from webui.forms import parse_search
+
+    photo = png_bytes((120, 100))
+    files = {"image": type("Upload", (), {"read": lambda self: photo, "filename": "q.png"})()}
+    assert not _accepted(lambda f: parse_search(f, files, ["dress"]), {"price_min": "30", "price_max": "20"})
+    assert not _accepted(lambda f: parse_search(f, files, ["dress"]), {"filter": ["colour=red", "colour=blue"]})
+    described = _form_schema("/api/search")["properties"]
+    assert "not below price_min" in described["price_max"]["description"]
+    assert "at most one value per group" in described["filter"]["description"]

@@ -157,7 +157,9 @@ def test_both_engines_are_engines_and_anything_else_is_refused(engine):
         def categories(self) -> list[str]:
             return []
 
-    with pytest.raises(TypeError, match="Half is not a search engine: it has no search, rerun, product, thumbnail, add, del"):
+    with pytest.raises(
+        TypeError, match="Half is not a search engine: it has no search, rerun, product, thumbnail, add, del"
+    ):
         create_app({"ENGINE": Half()})
 
 

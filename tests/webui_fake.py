@@ -122,7 +122,11 @@ class FakeEngine:
     ) -> dict:
         check_option(option)
         k = check_k(k)
-        narrowing = (check_filters(filters, self.schema), *check_price_range(price_min, price_max), check_offset(offset))
+        narrowing = (
+            check_filters(filters, self.schema),
+            *check_price_range(price_min, price_max),
+            check_offset(offset),
+        )
         if category is not None:
             self.schema.check_category(category)
         entries = self._entries()
@@ -164,7 +168,11 @@ class FakeEngine:
         offset: int = 0,
     ) -> dict:
         k = check_k(k)
-        narrowing = (check_filters(filters, self.schema), *check_price_range(price_min, price_max), check_offset(offset))
+        narrowing = (
+            check_filters(filters, self.schema),
+            *check_price_range(price_min, price_max),
+            check_offset(offset),
+        )
         described = self.recent.get(query_id)
         if described is None:
             raise UnknownQuery(f"query id {query_id!r} is unknown or has expired: search with the photo again")

@@ -14,10 +14,12 @@ def _table(response: dict) -> str:
         + f", roi {q['roi']}, {q['timings_ms']['total']:.0f} ms",
         "attributes: " + ", ".join(f"{a['group']}={a['value']} ({a['p']:.2f})" for a in q["attributes"]),
     ]
+    if q.get("filters"):
+        lines.append("narrowed by: " + ", ".join(q["filters"]))
     if q.get("note"):
         lines.append(f"note: {q['note']}")
     lines.append(f"{'#':>3}  {'id':<20} {'score':>7} {'hamming':>7} {'colour':>6}  title / shared attributes")
-    for i, r in enumerate(response["results"], 1):
+    for i, r in enumerate(response["results"], q.get("offset", 0) + 1):
         shared = ", ".join(a.split("=", 1)[1] for a in r["shared_attributes"])
         lines.append(
             f"{i:>3}  {r['id']:<20} {r['score']:>7.3f} {r['hamming']:>7d} {r['colour_distance']:>6.3f}  {r['title']}"
@@ -25,17 +27,41 @@ def _table(response: dict) -> str:
         )
     if not response["results"]:
         lines.append("  (no results)")
+    if q.get("more"):
+        lines.append(f"  more: --offset {q.get('offset', 0) + len(response['results'])}")
     return "\n".join(lines)
 
 
+def _jsonl(response: dict) -> str:
+    """One JSON object per result, in rank order, each with its ``rank`` (1 = best, counting the offset)."""
+    first = response["query"].get("offset", 0) + 1
+    return "\n".join(json.dumps({"rank": i, **r}, ensure_ascii=False) for i, r in enumerate(response["results"], first))
+
+
 def _query(args) -> int:
-    from search.engine import SearchEngine
+    from foundation.schema import default_schema
+    from search.engine import SearchEngine, check_k
+    from search.narrowing import check_offset, check_price_range, parse_filters
 
     image = Path(args.image)
     option = "rectangle" if args.box else "guided" if args.category else "auto"
+    # every flag is checked before the models load
+    narrowing = {
+        "k": check_k(args.k),
+        "filters": parse_filters(args.filter, default_schema()),
+        "offset": check_offset(args.offset),
+    }
+    narrowing["price_min"], narrowing["price_max"] = check_price_range(args.price_min, args.price_max)
     engine = SearchEngine.open(args.index, device=args.device)
-    response = engine.search(image, option, category=args.category, box=args.box, k=args.k)
-    print(json.dumps(response, indent=1) if args.json else _table(response))
+    try:
+        response = engine.search(image, option, category=args.category, box=args.box, **narrowing)
+    finally:
+        engine.store.close()
+    if args.jsonl:
+        if response["results"]:
+            print(_jsonl(response))
+    else:
+        print(json.dumps(response, indent=1) if args.json else _table(response))
     return 0
 
 
@@ -47,7 +73,20 @@ def register(commands) -> None:
     which.add_argument("--category", help="guided: the fashion category meant (e.g. pants)")
     which.add_argument("--box", help="rectangle: x0,y0,x1,y1 in the photo's pixels")
     p.add_argument("--k", type=int, default=10, help="results to return (default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="GROUP=VALUE",
+        help="only products with this attribute (e.g. colour=red; repeat for more groups); it also replaces "
+        "the photo's own value in the ranking",
+    )
+    p.add_argument("--price-min", type=float, help="only products priced at least this (unknown prices left out)")
+    p.add_argument("--price-max", type=float, help="only products priced at most this (unknown prices left out)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many results: the next page (default 0)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the whole answer as JSON instead of a table")
+    out.add_argument("--jsonl", action="store_true", help="print one JSON object per result (JSON Lines)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=_query)
 

@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from foundation.schema import default_schema
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +146,9 @@ def page(browser, server, api_contract):
         lambda m: problems.append(m.text) if m.type == "error" and "Failed to load resource" not in m.text else None,
     )
     p.goto(server)
-    p.wait_for_function("document.getElementById('category').options.length > 1")
+    # the list is enabled once the categories came; a selector, not wait_for_function, whose polling
+    # evaluates a string, which the page's Content-Security-Policy (no 'unsafe-eval') refuses
+    p.wait_for_selector("#category:enabled", state="attached")  # hidden until "Pick a category"
     yield p
     fetched: set[str] = set()
     for r in responses:
@@ -204,7 +208,12 @@ def test_three_options(page, rows, synth_dump):
     _cards(page, auto["results"])
     expect(page.locator("#seen")).to_have_attribute("data-option", "auto")
     expect(page.locator("#seen")).to_contain_text(auto["query"]["category"].replace("_", " "))
-    assert page.locator("#attributes .chip").count() == len(auto["query"]["attributes"]) - 2  # all but the categories
+    # a chip per attribute group of the category (and any other seen), schema-ordered, each a select
+    seen = {a["group"] for a in auto["query"]["attributes"]}
+    schema = default_schema()
+    groups = [g.name for g in schema.attribute_groups if schema.applies(g, auto["query"]["category"]) or g.name in seen]
+    assert page.locator("#attributes .chip").evaluate_all("cs => cs.map(c => c.dataset.group)") == groups
+    assert page.locator("#attributes .chip select").count() == len(groups)
     assert page.locator(".card").first.locator(".shared-chip").count() == len(auto["results"][0]["shared_attributes"])
     _shot(page, "1-auto")
 
@@ -247,6 +256,66 @@ def test_three_options(page, rows, synth_dump):
     _cards(page, more["results"])
     expect(page.locator("#photo-size")).to_have_text("256 × 256 px")
     _shot(page, "4-more-like-this")
+
+
+def _edit_target(rows):
+    """A dress of the catalogue and a (colour, sleeve length) of other dresses unlike its own in both."""
+    dresses = [r for r in rows if r["attributes"]["category"] == "dress"]
+    for row in dresses:
+        own = row["attributes"]
+        for other in dresses:
+            pair = other["attributes"]["colour"], other["attributes"]["sleeve_length"]
+            if pair[0] != own["colour"] and pair[1] != own["sleeve_length"]:
+                return row, pair
+    raise AssertionError("the synthetic catalogue has no two dresses unlike in colour and sleeve length")
+
+
+def test_editing_attributes_narrows_the_results_without_sending_the_photo_again(page, rows, synth_dump):
+    from playwright.sync_api import expect
+
+    row, (colour, sleeve) = _edit_target(rows)
+    with page.expect_response(_is_search) as info:
+        page.set_input_files("#file", str(synth_dump.parent / row["image"]))
+    first = info.value.json()
+    assert first["query"]["category"] == "dress" and first["query"]["id"]
+    seen = {a["group"]: a["value"] for a in first["query"]["attributes"]}
+    assert seen["colour"] != colour and seen["sleeve_length"] != sleeve
+    expect(page.locator("#attr-colour")).to_have_value(seen["colour"])
+
+    with page.expect_response(_is_search) as info:
+        page.select_option("#attr-colour", colour)
+    sent = info.value.request.post_data_buffer
+    assert b'name="query_id"' in sent and b'name="image"' not in sent  # the photo is not sent again
+    assert b"colour=" + colour.encode() in sent
+    by_colour = info.value.json()
+    assert by_colour["query"]["filters"] == [f"colour={colour}"]
+    _cards(page, by_colour["results"])
+
+    with page.expect_response(_is_search) as info:
+        page.select_option("#attr-sleeve_length", sleeve)
+    edited = info.value.json()
+    assert edited["query"]["filters"] == [f"colour={colour}", f"sleeve_length={sleeve}"]
+    assert edited["results"], edited["query"]
+    for hit in edited["results"]:
+        assert hit["attributes"]["colour"] == colour and hit["attributes"]["sleeve_length"] == sleeve, hit
+    _cards(page, edited["results"])
+    shown = page.locator(".card").evaluate_all("cs => cs.map(c => JSON.parse(c.dataset.attributes))")
+    assert all(a["colour"] == colour and a["sleeve_length"] == sleeve for a in shown), shown
+    expect(page.locator("#narrowed")).to_be_visible()
+    expect(page.locator("#narrowed")).to_have_attribute("data-filters", f"colour={colour} sleeve_length={sleeve}")
+    expect(page.locator("#attributes .chip.edited")).to_have_count(2)
+    expect(page.locator("#attr-sleeve_length")).to_have_value(sleeve)
+    _shot(page, "8-edited-attributes")
+
+    # back to the colour seen: only the sleeve length narrows
+    with page.expect_response(_is_search) as info:
+        page.select_option("#attr-colour", seen["colour"])
+    assert info.value.json()["query"]["filters"] == [f"sleeve_length={sleeve}"]
+    expect(page.locator("#attributes .chip.edited")).to_have_count(1)
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    _shot(page, "9-edited-attributes-phone")
 
 
 def test_errors_are_shown_clearly(page, tmp_path):

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 
+from foundation.schema import default_schema
+
 bp = Blueprint("views", __name__)
+
+
+def attribute_groups() -> dict:
+    """What the page's attribute chips offer: each group below the category with its values, in
+    schema order, and the categories it applies to (the page sends the shopper's pick as a filter)."""
+    schema = default_schema()
+    return {
+        "groups": [
+            {
+                "name": g.name,
+                "values": list(g.values),
+                "categories": [c for c in schema.category_names if schema.applies(g, c)],
+            }
+            for g in schema.attribute_groups
+        ]
+    }
 
 
 @bp.get("/")
 def index():
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    return render_template("index.html", max_upload_mb=f"{limit / 2**20:g}" if limit else None)
+    return render_template(
+        "index.html", max_upload_mb=f"{limit / 2**20:g}" if limit else None, attribute_groups=attribute_groups()
+    )

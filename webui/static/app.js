@@ -14,8 +14,11 @@
     recognised: $("recognised"), seen: $("seen"), attributes: $("attributes"), fallback: $("fallback"),
     note: $("note"), error: $("error"), errorText: $("error-text"), errorClose: $("error-close"),
     status: $("status"), welcome: $("welcome"), grid: $("grid"), card: $("card-template"),
-    catalogue: $("catalogue-size"), unreadable: $("unreadable"),
+    catalogue: $("catalogue-size"), unreadable: $("unreadable"), narrowed: $("narrowed"),
+    editHint: $("edit-hint"), more: $("more-results"), moreButton: $("more-button"),
   };
+  // The schema's attribute groups below the category, in schema order, with the categories each applies to.
+  const GROUPS = JSON.parse($("attribute-groups").textContent).groups;
 
   const state = {
     file: null,        // the query photo (File or Blob)
@@ -26,6 +29,11 @@
     roi: null,         // the region the server searched, in photo pixels
     roiLabel: "",
     controller: null,  // aborts a search that a newer one replaces
+    queryId: null,     // the server keeps the photo's description under it for a while
+    seen: {},          // group -> value the model saw
+    prob: {},          // group -> its probability
+    edits: {},         // group -> value the shopper picked instead: sent as filters
+    shown: 0,          // results on the page (the next page starts there)
   };
 
   // -- small helpers ----------------------------------------------------------------------
@@ -90,6 +98,8 @@
     state.url = URL.createObjectURL(file);
     state.box = state.draft = state.roi = null;
     state.size = null;
+    state.queryId = null;
+    state.edits = {};
     els.photo.src = state.url;
     els.stage.hidden = false;
     els.actions.hidden = false;
@@ -263,6 +273,10 @@
   els.category.addEventListener("change", () => { if (option() === "guided") runSearch(); });
 
   // -- searching ----------------------------------------------------------------------------
+  function appendFilters(form) {
+    for (const [group, value] of Object.entries(state.edits)) form.append("filter", `${group}=${value}`);
+  }
+
   async function runSearch() {
     if (!state.file) return;
     const o = option();
@@ -278,12 +292,28 @@
       if (!state.box) return;
       form.append("box", state.box.join(","));
     }
+    appendFilters(form);
+    await send(form);
+  }
+
+  // The same photo again with the shopper's edits, or the next page: by query id, without the photo.
+  async function rerun(offset = 0) {
+    if (!state.queryId) { runSearch(); return; }
+    const form = new FormData();
+    form.append("query_id", state.queryId);
+    form.append("k", String(K));
+    if (offset) form.append("offset", String(offset));
+    appendFilters(form);
+    await send(form, { append: offset > 0, retry: () => { state.queryId = null; runSearch(); } });
+  }
+
+  async function send(form, { append = false, retry = null } = {}) {
     if (state.controller) state.controller.abort();
     const controller = new AbortController();
     state.controller = controller;
     clearError();
-    setStatus("Searching…", true);
-    els.grid.classList.add("stale");
+    setStatus(append ? "Loading more…" : "Searching…", true);
+    if (!append) els.grid.classList.add("stale");
     let res, body = null;
     try {
       res = await fetch("api/search", { method: "POST", body: form, signal: controller.signal });
@@ -296,13 +326,14 @@
     }
     if (controller !== state.controller) return; // a newer search is on its way
     state.controller = null;
+    if (res.status === 404 && retry) { retry(); return; } // the server forgot the photo: send it again
     if (!res.ok) {
       setStatus("");
       const why = body && body.error ? body.error : `the server answered ${res.status} ${res.statusText}`;
       showError(res.status === 413 ? `The photo is too large: ${why}.` : `${why.charAt(0).toUpperCase()}${why.slice(1)}.`);
       return;
     }
-    render(body);
+    render(body, append);
   }
 
   // -- rendering ------------------------------------------------------------------------------
@@ -317,15 +348,26 @@
       ...(also.length ? [el("span", `; also searched ${also.map((c) => `${niceName(c.category)} (${pct(c.p)})`).join(", ")}`)] : []));
     els.seen.dataset.option = q.option;
     els.seen.dataset.category = q.category || "";
-    els.attributes.replaceChildren(...(q.attributes || [])
-      .filter((a) => a.group !== "great_category" && a.group !== "category")
-      .map((a) => {
-        const li = el("li", "", "chip");
-        li.append(el("span", `${niceName(a.group)} `, "chip-group"), el("span", niceName(a.value)));
-        if (typeof a.p === "number") li.append(el("span", ` ${pct(a.p)}`, "chip-p"));
-        li.title = `${niceName(a.group)}: ${a.value} (probability ${a.p})`;
-        return li;
-      }));
+    // What the model saw: an edited attribute comes back with the shopper's value, so a re-run of
+    // the same query keeps what was seen before.
+    if (q.id !== state.queryId) { state.seen = {}; state.prob = {}; }
+    state.queryId = q.id || null;
+    for (const a of q.attributes || []) {
+      if (!a.edited) { state.seen[a.group] = a.value; state.prob[a.group] = a.p; }
+    }
+    const prob = state.prob;
+    els.attributes.replaceChildren(...GROUPS
+      .filter((g) => g.categories.includes(q.category) || state.seen[g.name] || state.edits[g.name])
+      .map((g) => attributeChip(g, prob[g.name])));
+    els.editHint.hidden = !q.id;
+    const narrowed = q.filters || [];
+    els.narrowed.hidden = !narrowed.length;
+    els.narrowed.replaceChildren(el("span", "Only products with "), ...narrowed.flatMap((key, i) => {
+      const [group, value] = key.split("=", 2);
+      const what = group === "price_min" ? `price from ${value}` : group === "price_max" ? `price up to ${value}` : `${niceName(group)} ${niceName(value)}`;
+      return [...(i ? [el("span", ", ")] : []), el("strong", what)];
+    }));
+    els.narrowed.dataset.filters = narrowed.join(" ");
     els.fallback.hidden = !q.fallback;
     els.note.hidden = !q.note;
     els.note.textContent = q.note || "";
@@ -337,10 +379,40 @@
     }
   }
 
+  // One attribute as a chip holding a select: the value seen (with the model's confidence), or the
+  // shopper's pick, which narrows the results to the products that have it.
+  function attributeChip(g, p) {
+    const li = el("li", "", "chip chip-edit");
+    li.dataset.group = g.name;
+    const id = `attr-${g.name}`;
+    const label = el("label", niceName(g.name), "chip-group");
+    label.htmlFor = id;
+    const select = el("select");
+    select.id = id;
+    const seen = state.seen[g.name];
+    if (!seen) { const any = el("option", "any"); any.value = ""; select.append(any); }
+    for (const v of g.values) {
+      const o = el("option", v === seen && typeof p === "number" ? `${niceName(v)} · ${pct(p)}` : niceName(v));
+      o.value = v;
+      select.append(o);
+    }
+    select.value = state.edits[g.name] || seen || "";
+    li.classList.toggle("edited", Boolean(state.edits[g.name]));
+    li.title = state.edits[g.name] ? `Only products with ${niceName(g.name)} ${state.edits[g.name]}` : seen ? `Seen: ${seen} (probability ${p})` : "Not seen";
+    select.addEventListener("change", () => {
+      if (!select.value || select.value === seen) delete state.edits[g.name];
+      else state.edits[g.name] = select.value;
+      rerun();
+    });
+    li.append(label, select);
+    return li;
+  }
+
   function renderCard(r, i) {
     const card = els.card.content.firstElementChild.cloneNode(true);
     card.dataset.id = r.id;
     card.dataset.category = r.category || "";
+    card.dataset.attributes = JSON.stringify(r.attributes || {});
     const img = card.querySelector("img");
     img.src = r.image_url;
     img.alt = r.title || r.id;
@@ -364,17 +436,24 @@
     return card;
   }
 
-  function render(body) {
+  function render(body, append = false) {
     const q = body.query, results = body.results;
-    renderQuery(q);
+    const start = append ? state.shown : 0;
+    if (!append) renderQuery(q);
     els.grid.classList.remove("stale");
-    els.grid.replaceChildren(...results.map(renderCard));
+    const cards = results.map((r, i) => renderCard(r, start + i));
+    if (append) els.grid.append(...cards); else els.grid.replaceChildren(...cards);
+    state.shown = start + results.length;
+    els.more.hidden = !q.more;
     const ms = q.timings_ms && typeof q.timings_ms.total === "number" ? ` · ${Math.round(q.timings_ms.total)} ms` : "";
     const what = niceName(q.category || "any category");
-    setStatus(results.length
-      ? `${results.length} similar product${results.length === 1 ? "" : "s"} in ${what}${ms}`
-      : `No products found in ${what}${ms}. Try another option or another photo.`);
+    const n = state.shown;
+    const hint = (q.filters || []).length ? "Try changing an attribute back." : "Try another option or another photo.";
+    setStatus(n
+      ? `${n} similar product${n === 1 ? "" : "s"} in ${what}${ms}`
+      : `No products found in ${what}${ms}. ${hint}`);
   }
+  els.moreButton.addEventListener("click", () => rerun(state.shown));
 
   async function moreLikeThis(r) {
     clearError();

@@ -258,18 +258,18 @@ class SearchEngine:
         roi_box = parse_box(box, prepared.original_size) if option == "rectangle" else None
         (described,) = describe_items(self.describer, [Item(prepared, category=guide, box=roi_box)])
         desc = described.description
-        # auto hedges: the other likely categories are described (their own ROI) and searched too
+        # where the model picks the category (auto, or a rectangle drawn without one) it hedges: the
+        # other likely categories are described (auto: their own ROI) and searched too
         hedge = (
             hedge_categories(desc.categories, self.schema.great_category)
-            if option == "auto"
+            if guide is None
             else [(desc.category, 1.0)]
         )
         descs = [desc]
         extra = [c for c, _p in hedge if c != desc.category]
         if extra:
-            descs += [
-                d.description for d in describe_items(self.describer, [Item(prepared, category=c) for c in extra])
-            ]
+            items = [Item(prepared, category=c, box=roi_box) for c in extra]
+            descs += [d.description for d in describe_items(self.describer, items)]
         with self._read_lock:
             same = [pid for pid, _c in self.index.same_photo(photo_key(prepared.image_hash))]
         query = Described(option, descs, hedge, same)

@@ -205,3 +205,41 @@ def test_a_catalogue_photo_is_found_whatever_the_category_guess(indexed):
         assert auto["searched"][0]["category"] == auto["category"]
     finally:
         store.close()
+
+
+class _UnsurePredictor:
+    """Unguided, it hesitates between two tops; guided, it takes the guide."""
+
+    def __init__(self):
+        from tests.indexer_fakes import FakePredictor
+
+        self.inner = FakePredictor()
+        self.schema = self.inner.schema
+
+    def predict(self, images, guides=None, *, beam=1):
+        out = self.inner.predict(images, guides, beam=beam)
+        unsure = [("t-shirt", 0.5), ("longsleeve", 0.4), ("pants", 0.1)]
+        return [
+            p if guides is not None and guides[i] else type(p)("t-shirt", p.attributes, unsure)
+            for i, p in enumerate(out)
+        ]
+
+
+def test_a_rectangle_without_a_category_hedges_like_auto_and_keeps_its_box(indexed):
+    root, photo, _row, _bulk = indexed
+    describer = fake_describer(root / "index" / "models")
+    describer.predictor = _UnsurePredictor()
+    index = load_ram_index(root / "index")  # opens and closes the store: LMDB allows one open per process
+    store = Store(root / "index", readonly=True)
+    engine = SearchEngine(describer=describer, store=store, index=index)
+    box = (100, 300, 700, 1200)  # in the upright 900x1600 photo
+    try:
+        drawn = engine.search(photo, "rectangle", box=box, k=3)["query"]
+        assert [s["category"] for s in drawn["searched"]] == ["t-shirt", "longsleeve"]
+        assert drawn["roi"] == list(box) and not drawn["fallback"]
+        named = engine.search(photo, "rectangle", box=box, category="pants", k=3)["query"]
+        assert [s["category"] for s in named["searched"]] == ["pants"]  # the shopper said what it is
+        guided = engine.search(photo, "guided", category="dress", k=3)["query"]
+        assert [s["category"] for s in guided["searched"]] == ["dress"]
+    finally:
+        store.close()

@@ -261,9 +261,7 @@ class SearchEngine:
         # where the model picks the category (auto, or a rectangle drawn without one) it hedges: the
         # other likely categories are described (auto: their own ROI) and searched too
         hedge = (
-            hedge_categories(desc.categories, self.schema.great_category)
-            if guide is None
-            else [(desc.category, 1.0)]
+            hedge_categories(desc.categories, self.schema.great_category) if guide is None else [(desc.category, 1.0)]
         )
         descs = [desc]
         extra = [c for c, _p in hedge if c != desc.category]

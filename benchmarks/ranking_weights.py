@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GRID = {
-    "w_appearance": (0.0, 0.25, 0.5, 1.0),
+    "w_appearance": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "w_colour": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "w_shared": (0.0, 0.25, 0.5),
 }

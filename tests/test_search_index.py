@@ -87,8 +87,8 @@ def test_each_ranking_term_moves_results_the_right_way():
     idx, base = _two_product_index()
     idx.add(["a", "b"], ["pants", "pants"], [{}, {}], np.stack([base, base]), np.stack([other, col]))
     assert [h.id for h in idx.search(base, col, "pants", {}).hits] == ["b", "a"]
-    # Shared attributes: same code and colour, more shared attributes first.
-    idx, base = _two_product_index()
+    # Shared attributes: same code and colour, more shared attributes first (a term off by default).
+    idx, base = _two_product_index(w_shared=0.25)
     idx.add(
         ["a", "b"],
         ["pants", "pants"],

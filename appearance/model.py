@@ -131,6 +131,9 @@ class AppearanceCoder:
         self.code_bytes = (self.dims + 7) // 8
         self.median = None if median is None else np.asarray(median, np.float32).reshape(self.dims)
         self.preprocess = Preprocess(self.image_size, tuple(map(float, mean)), tuple(map(float, std)))
+        # the ranking weights chosen for codes of this kind (w_appearance, w_colour, w_shared), saved
+        # with the model so that an index searches with them; None: the index's defaults
+        self.ranking: dict[str, float] | None = None
 
     @classmethod
     def load(cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None) -> AppearanceCoder:
@@ -164,6 +167,7 @@ class AppearanceCoder:
             data_hash=data_hash,
             preprocessing={**self.preprocess.to_dict(), "transform_input": bool(self.net.transform_input)},
             extra={
+                "ranking": self.ranking,
                 "dims": self.dims,
                 "code_bytes": self.code_bytes,
                 "backbone": self.net.backbone,
@@ -225,6 +229,7 @@ def load(
     coder = AppearanceCoder(
         net, image_size=preprocess.image_size, median=median, mean=preprocess.mean, std=preprocess.std, device=device
     )
+    coder.ranking = extra.get("ranking")
     return coder, coder.preprocess
 
 

@@ -181,6 +181,14 @@ PRESETS = {
 }
 
 
+# The ranking weights (search.index.RankingConfig's) each kind of code is saved with, both chosen by
+# benchmarks/ranking_weights.py on half of the clothing val scenes: a code trained to find products
+# carries the ranking (held-out R@10 guided 0.787, rectangle 0.720); ImageNet features as they are,
+# or a code trained on categories, find categories more than products and leave much to colour
+# (those weights gave the demo's guided search 0.59 same-colour P@10, the instance ones 0.26).
+INSTANCE_RANKING = {"w_appearance": 2.0, "w_colour": 0.25, "w_shared": 0.0}
+CATEGORY_RANKING = {"w_appearance": 0.25, "w_colour": 2.0, "w_shared": 0.25}
+
 AppearanceTrainConfig = AppearanceConfig  # the name the demo uses
 
 
@@ -318,6 +326,7 @@ def train_appearance(
             metrics["val"] = float_vs_binary(coder, [images[i] for i in held], [cats[i] for i in held])
         train_codes = coder.encode([images[i] for i in med_idx])
         metrics["train_code"] = bit_entropy(train_codes)
+        coder.ranking = CATEGORY_RANKING
         path = coder.save(out_dir, schema=schema, metrics=metrics, config=asdict(config), data_hash=data_hash)
         metrics["path"] = str(path)
         logger.info("saved %s (%.0fs, %s)", path, time.perf_counter() - t0, run.stopped)
@@ -345,6 +354,7 @@ def _imagenet_appearance(
     }
     if len(held) >= 10:
         metrics["val"] = float_vs_binary(coder, [images[i] for i in held], [cats[i] for i in held])
+    coder.ranking = CATEGORY_RANKING
     path = coder.save(
         out_dir, schema=schema, metrics=metrics, config=asdict(config), data_hash=modelfiles.file_hash(train_dump)
     )
@@ -423,6 +433,7 @@ def _instance_appearance(
         metrics["val"] = float_vs_binary(coder, held_shop, [cats[i] for i in held])
         logger.info("held-out shopper views after training: %s", metrics["held_out_shopper_views"]["after"])
     metrics["train_code"] = bit_entropy(coder.encode([images[i] for i in tr[: config.median_products]]))
+    coder.ranking = INSTANCE_RANKING
     path = coder.save(out_dir, schema=schema, metrics=metrics, config=asdict(config), data_hash=data_hash)
     metrics["path"] = str(path)
     logger.info("saved %s (%.0fs, %s)", path, time.perf_counter() - t0, run.stopped)

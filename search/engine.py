@@ -181,10 +181,16 @@ class SearchEngine:
         index: InvertedIndex,
         schema: Schema | None = None,
         recent: RecentQueries | None = None,
+        ranking: RankingConfig | None = None,
     ):
         self.describer = describer
         self.store = store
         self.index = index
+        saved = getattr(getattr(describer, "coder", None), "ranking", None)
+        if ranking is not None:
+            index.ranking = ranking
+        elif saved:  # the weights chosen for this kind of code, saved with the appearance model
+            index.ranking = RankingConfig(**{**index.ranking.__dict__, **saved})
         self.schema = schema or default_schema()
         self.recent = recent or RecentQueries()
         self._write_lock = threading.Lock()
@@ -213,7 +219,7 @@ class SearchEngine:
         store = Store(index_dir, readonly=not writable)
         describer = Describer.load(store.models_dir(), device=device)
         logger.info("opened %s: %d products in %.1fs", index_dir, len(index), time.perf_counter() - t0)
-        return cls(describer=describer, store=store, index=index)
+        return cls(describer=describer, store=store, index=index, ranking=ranking)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -36,7 +36,9 @@ recall@10 of the guided and rectangle options, reported on the other. Held-out R
 and rectangle 0.720, against 0.473 and 0.607 for the weights chosen the same way for the codes
 trained from scratch before (0.25, 2.0, 0.25): a code that finds products deserves the larger
 weight, and colour then adds little (0.0 for it: 0.773 / 0.720). The shared-attribute term added
-nothing on top (0.0). Re-run the script for your own models.
+nothing on top (0.0). The appearance model carries the weights chosen for its kind of code
+(``appearance.train.INSTANCE_RANKING`` / ``CATEGORY_RANKING``) and the engine ranks with them; these
+are the defaults for a model that says nothing. Re-run the script for your own models.
 """
 
 from __future__ import annotations

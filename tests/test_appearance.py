@@ -9,7 +9,7 @@ from PIL import Image
 from appearance.evaluate import bit_entropy, float_vs_binary
 from appearance.model import CODE_BYTES, DIMS, AppearanceCoder, untrained_coder
 from appearance.regions import load_regions
-from appearance.train import AppearanceConfig, train_appearance
+from appearance.train import CATEGORY_RANKING, AppearanceConfig, train_appearance
 
 
 @pytest.fixture(scope="session")
@@ -156,6 +156,7 @@ def test_imagenet_mobilenet_features_as_they_are(synth_dump, tmp_path, regions):
     metrics = train_appearance(synth_dump, tmp_path, config=cfg, progress=False)
     assert metrics["weights"] == "imagenet mobilenet_v2"
     coder = AppearanceCoder.load(tmp_path)
+    assert coder.ranking == CATEGORY_RANKING  # features that find categories leave much to colour
     assert (coder.dims, coder.code_bytes) == (96 + 1280, 172)
     codes = coder.encode(regions[0][:6])
     assert codes.shape == (6, 172)

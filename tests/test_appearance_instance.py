@@ -16,7 +16,7 @@ from appearance.instance import (
     soft_codes,
 )
 from appearance.model import AppearanceCoder, CodeNetwork
-from appearance.train import AppearanceConfig, train_appearance
+from appearance.train import INSTANCE_RANKING, AppearanceConfig, train_appearance
 from foundation.cutout import garment_mask
 
 
@@ -95,6 +95,7 @@ def test_instance_objective_trains_saves_and_reports_before_and_after(synth_dump
     assert set(held) == {"before", "after"} and held["after"]["queries"] >= 10
     coder = AppearanceCoder.load(tmp_path)
     assert coder.encode([_garment()]).shape == (1, coder.code_bytes)
+    assert coder.ranking == INSTANCE_RANKING  # an index built on it ranks by the code first
 
 
 def test_instance_settings_are_checked():

@@ -243,3 +243,21 @@ def test_a_rectangle_without_a_category_hedges_like_auto_and_keeps_its_box(index
         assert [s["category"] for s in guided["searched"]] == ["dress"]
     finally:
         store.close()
+
+
+def test_the_engine_ranks_with_the_weights_saved_with_the_appearance_model(indexed):
+    from search.index import RankingConfig
+
+    root, _photo, _row, _bulk = indexed
+    describer = fake_describer(root / "index" / "models")
+    describer.coder.ranking = {"w_appearance": 3.0, "w_colour": 0.5, "w_shared": 0.0}
+    index = load_ram_index(root / "index")
+    store = Store(root / "index", readonly=True)
+    try:
+        SearchEngine(describer=describer, store=store, index=index)
+        r = index.ranking
+        assert (r.w_appearance, r.w_colour, r.w_shared, r.shortlist) == (3.0, 0.5, 0.0, RankingConfig().shortlist)
+        SearchEngine(describer=describer, store=store, index=index, ranking=RankingConfig(w_colour=9.0))
+        assert index.ranking == RankingConfig(w_colour=9.0)  # the caller's weights win
+    finally:
+        store.close()

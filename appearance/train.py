@@ -192,6 +192,18 @@ CATEGORY_RANKING = {"w_appearance": 0.25, "w_colour": 2.0, "w_shared": 0.25}
 AppearanceTrainConfig = AppearanceConfig  # the name the demo uses
 
 
+def _loader(ds, config: AppearanceConfig) -> torch.utils.data.DataLoader:
+    """Shuffled batches in a seeded order (so a resumed run replays it); a last short batch is dropped."""
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(ds) > config.batch_size,
+        num_workers=config.workers,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+
 class _Views(torch.utils.data.Dataset):
     def __init__(self, images, labels, size: int):
         from torchvision.transforms import v2 as T
@@ -276,14 +288,7 @@ def train_appearance(
             val[:] = False
         tr = np.flatnonzero(~val)
         ds = _Views([images[i] for i in tr], torch.from_numpy(y[tr]), config.image_size)
-        loader = torch.utils.data.DataLoader(
-            ds,
-            batch_size=config.batch_size,
-            shuffle=True,
-            drop_last=len(tr) > config.batch_size,
-            num_workers=config.workers,
-            generator=torch.Generator().manual_seed(config.seed),
-        )
+        loader = _loader(ds, config)
         seed_everything(config.seed)  # the same initial weights for the same seed
         net = CodeNetwork(config.backbone, pretrained=config.pretrained, num_classes=len(classes))
         data_hash = modelfiles.file_hash(train_dump)
@@ -391,14 +396,7 @@ def _instance_appearance(
         before = instance_recall(coder, held_shop, held_street)
         logger.info("held-out shopper views before training: %s", before)
     ds = PairViews([images[i] for i in tr], [masks[i] for i in tr], y[tr], coder.preprocess)
-    loader = torch.utils.data.DataLoader(
-        ds,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(tr) > config.batch_size,
-        num_workers=config.workers,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    loader = _loader(ds, config)
     task = InstanceTask(
         InstanceNetwork(net, frozen_stages=config.frozen_stages),
         torch.nn.Linear(net.dims, len(classes)),

@@ -186,11 +186,9 @@ class SearchEngine:
         self.describer = describer
         self.store = store
         self.index = index
-        saved = getattr(getattr(describer, "coder", None), "ranking", None)
-        if ranking is not None:
-            index.ranking = ranking
-        elif saved:  # the weights chosen for this kind of code, saved with the appearance model
-            index.ranking = RankingConfig(**{**index.ranking.__dict__, **saved})
+        saved = getattr(getattr(describer, "coder", None), "ranking", None)  # chosen for its kind of code
+        if ranking is not None or saved:
+            index.ranking = ranking or RankingConfig(**{**index.ranking.__dict__, **saved})
         self.schema = schema or default_schema()
         self.recent = recent or RecentQueries()
         self._write_lock = threading.Lock()

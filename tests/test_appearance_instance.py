@@ -98,11 +98,16 @@ def test_instance_objective_trains_saves_and_reports_before_and_after(synth_dump
     assert coder.ranking == INSTANCE_RANKING  # an index built on it ranks by the code first
 
 
-def test_instance_settings_are_checked():
+def test_instance_settings_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="unknown appearance objective 'pairs'"):
         AppearanceConfig(objective="pairs")
     with pytest.raises(ValueError, match="temperature must be positive"):
         AppearanceConfig(objective="instance", temperature=0)
     with pytest.raises(ValueError, match="frozen_stages=2 needs ImageNet weights"):
         AppearanceConfig(pretrained="none", frozen_stages=2)
-    assert AppearanceConfig(frozen_stages=3).resolved().frozen_stages in (0, 3)
+    # frozen stages are kept for ImageNet weights and dropped when the network starts from scratch
+    imagenet = AppearanceConfig(backbone="mobilenet_v2", pretrained="imagenet", frozen_stages=3)
+    assert imagenet.resolved().frozen_stages == 3
+    scratch = AppearanceConfig(backbone="mobilenet_v2", pretrained="auto", frozen_stages=3)
+    monkeypatch.setattr("appearance.train.default_pretrained", lambda name=None: "none")
+    assert scratch.resolved().frozen_stages == 0 and scratch.resolved().pretrained == "none"

@@ -1,10 +1,12 @@
 """The product dump: JSON Lines or CSV, streamed, validated row by row.
 
-One product a row: ``id`` (unique string), ``image`` (path relative to the dump, or absolute),
-``title`` and/or ``category_path``, optional ``price``, ``url`` and ``category`` (the seller's
-explicit fashion category, which wins over what the text says), and for training data
-optional ``attributes`` (group -> value) and ``boxes`` (``[x0, y0, x1, y1, category]`` in
-pixels). In a CSV, ``attributes`` and ``boxes`` hold JSON text.
+One product a row: ``id`` (unique string), ``image`` (path relative to the dump, or absolute)
+and/or ``images`` (a list of such paths: a product with several photos; ``image`` first when both
+are given, a path given twice kept once, at most ``MAX_PHOTOS``), ``title`` and/or
+``category_path``, optional ``price``, ``url`` and ``category`` (the seller's explicit fashion
+category, which wins over what the text says), and for training data optional ``attributes``
+(group -> value) and ``boxes`` (``[x0, y0, x1, y1, category]`` in pixels, on the first photo).
+In a CSV, ``images``, ``attributes`` and ``boxes`` hold JSON text.
 
 A bad row is reported (line, id, field, reason) and skipped; reading goes on.
 """
@@ -26,7 +28,7 @@ from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
 
-FIELDS = ("id", "image", "title", "category_path", "price", "url", "category", "attributes", "boxes")
+FIELDS = ("id", "image", "images", "title", "category_path", "price", "url", "category", "attributes", "boxes")
 
 
 class Box(NamedTuple):
@@ -52,10 +54,17 @@ class Product:
     line: int = 0
     size: tuple[int, int] | None = None  # (width, height) from the header, when checked
     category: str | None = None  # the seller's explicit category (schema name)
+    more_images: tuple[Path, ...] = ()  # the product's other photos, after ``image``
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        """Every photo of the product, ``image`` first."""
+        return (self.image, *self.more_images)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["image"] = str(self.image)
+        d["more_images"] = [str(p) for p in self.more_images]
         d["boxes"] = [list(b) for b in self.boxes]
         return d
 
@@ -98,6 +107,7 @@ MAX_ID_CHARS = 200
 MAX_ID_BYTES = 511  # LMDB's key limit
 MAX_TEXT = 1000  # characters in a title or category path
 MAX_URL = 2000
+MAX_PHOTOS = 16  # photos of one product (the Cdiscount dump has 1 to 4)
 
 
 class ProductError(ValueError):
@@ -190,12 +200,10 @@ def check_product(
     category_path = check_text("category_path", row.get("category_path"))
     if not title and not category_path:
         raise _Bad("title", "neither title nor category_path is given")
-    image = row.get("image")
-    if image_required and (not isinstance(image, str) or not image.strip()):
-        raise _Bad("image", "missing image path")
-    image_path = Path(str(image or "").strip())
-    if base is not None and str(image_path) not in ("", ".") and not image_path.is_absolute():
-        image_path = base / image_path
+    paths = _image_paths(row, base)
+    if image_required and not paths:
+        raise _Bad("image", "missing image path: give image or images")
+    image_path, *more = paths or [Path("")]
     size = None
     if check_images:
         try:
@@ -249,7 +257,29 @@ def check_product(
         boxes=tuple(boxes),
         size=size,
         category=category,
+        more_images=tuple(more),
     )
+
+
+def _image_paths(row: Mapping, base: Path | None) -> list[Path]:
+    """``image`` then ``images``, each path once, relative ones under ``base``."""
+    image = row.get("image")
+    if image is not None and not isinstance(image, str):
+        raise _Bad("image", f"must be a path, got {type(image).__name__}")
+    listed = _json_field(row, "images", list) or []
+    raw = ([image] if image and image.strip() else []) + listed
+    paths: list[Path] = []
+    for i, value in enumerate(raw):
+        if not isinstance(value, str) or not value.strip():
+            raise _Bad("images", f"photo {i} must be a non-empty path, got {echo(value)}")
+        path = Path(value.strip())
+        if base is not None and not path.is_absolute():
+            path = base / path
+        if path not in paths:
+            paths.append(path)
+    if len(paths) > MAX_PHOTOS:
+        raise _Bad("images", f"{len(paths)} photos; the limit is {MAX_PHOTOS} a product")
+    return paths
 
 
 def check_boxes(boxes, size: tuple[int, int], *, slack: float = 1.0) -> None:

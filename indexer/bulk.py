@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Iterator
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,49 +61,91 @@ class Decoded:
 
     product: Product
     content_hash: str
-    image_hash: str = ""
-    prepared: Prepared | None = None
-    error: str | None = None
+    image_hash: str = ""  # the first photo's
+    photos: list[Prepared] = dataclasses.field(default_factory=list)  # its usable photos, each once
+    images: list[str] = dataclasses.field(default_factory=list)  # their paths
+    error: str | None = None  # no usable photo: why not (the first photo's problem)
     field: str = "image"  # the dump field the error is about
     blank: bool = False
     unchanged: bool = False
     decode_s: float = 0.0
+    photo_problems: list[dict] = dataclasses.field(default_factory=list)  # photos left out of a product kept
+
+    @property
+    def prepared(self) -> Prepared | None:
+        return self.photos[0] if self.photos else None
+
+
+def _read_photos(product: Product) -> tuple[list[tuple[str, bytes, str]], list[dict]]:
+    """(path, bytes, hash) of each readable photo, identical bytes once; and what was left out."""
+    photos, problems, seen = [], [], {}
+    for n, path in enumerate(product.images):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            problems.append({"photo": n, "image": str(path), "reason": f"cannot read the image: {exc.strerror or exc}"})
+            continue
+        h = bytes_hash(data)
+        if h in seen:
+            problems.append({"photo": n, "image": str(path), "reason": f"the same bytes as photo {seen[h]}: stored once"})
+            continue
+        seen[h] = n
+        photos.append((str(path), data, h))
+    return photos, problems
 
 
 def _decode(job: tuple[Product, str | None, str, ImageLimits]) -> Decoded:
-    """Worker: read bytes, hash, and (unless unchanged) prepare: decode, orient, shrink, check, thumbnail."""
+    """Worker: read every photo's bytes, hash, and (unless unchanged) prepare each: decode, orient,
+    shrink, check, thumbnail. A product keeps the photos that can be used."""
     product, old_hash, signature, limits = job
     t0 = time.perf_counter()
-    try:
-        data = Path(product.image).read_bytes()
-    except OSError as exc:
-        return Decoded(product, "", error=f"cannot read the image: {exc.strerror or exc}")
-    ihash = bytes_hash(data)
-    chash = content_hash(ihash, product_fields(product), signature)
+    readable, problems = _read_photos(product)
+    if not readable:
+        return Decoded(product, "", error=problems[0]["reason"], photo_problems=problems)
+    ihash = readable[0][2]
+    chash = content_hash(",".join(h for _p, _d, h in readable), product_fields(product), signature)
+    out = Decoded(product, chash, ihash, photo_problems=problems)
     if chash == old_hash:
-        return Decoded(product, chash, ihash, unchanged=True, decode_s=time.perf_counter() - t0)
-    try:
-        prepared = prepare_image(data, limits=limits)
-        check_boxes(product.boxes, prepared.original_size)
-    except ImageError as exc:
-        blank = str(exc).startswith("blank")
-        return Decoded(product, chash, ihash, error=str(exc), blank=blank, decode_s=time.perf_counter() - t0)
-    except ProductError as exc:
-        return Decoded(product, chash, ihash, error=exc.reason, field=exc.field, decode_s=time.perf_counter() - t0)
-    return Decoded(product, chash, ihash, prepared=prepared, decode_s=time.perf_counter() - t0)
+        out.unchanged, out.decode_s = True, time.perf_counter() - t0
+        return out
+    first_error = None
+    for n, (path, data, _h) in enumerate(readable):
+        try:
+            prepared = prepare_image(data, limits=limits)
+            if n == 0:
+                check_boxes(product.boxes, prepared.original_size)
+        except (ImageError, ProductError) as exc:
+            reason = exc.reason if isinstance(exc, ProductError) else str(exc)
+            if first_error is None:
+                blank = isinstance(exc, ImageError) and reason.startswith("blank")
+                first_error = (reason, exc.field if isinstance(exc, ProductError) else "image", blank)
+            problems.append({"photo": product.images.index(Path(path)), "image": path, "reason": reason})
+            continue
+        out.photos.append(prepared)
+        out.images.append(path)
+    if not out.photos:
+        out.error, out.field, out.blank = first_error
+    out.decode_s = time.perf_counter() - t0
+    return out
 
 
-def _describe_batch(describer, batch: list[Decoded], skip) -> list[tuple[Decoded, Described]]:
-    """Describe a batch; when it fails, one product at a time, so one bad product is reported and skipped."""
-    items = [product_item(d.product, d.prepared) for d in batch]
+def _describe_batch(describer, batch: list[Decoded], skip) -> list[tuple[Decoded, list[Described]]]:
+    """Describe a batch (every photo of each product); when it fails, one product at a time, so one
+    bad product is reported and skipped."""
+
+    def describe(products: list[Decoded]) -> list[tuple[Decoded, list[Described]]]:
+        items = [product_item(d.product, p) for d in products for p in d.photos]
+        described = iter(describe_items(describer, items))
+        return [(d, [next(described) for _ in d.photos]) for d in products]
+
     try:
-        return list(zip(batch, describe_items(describer, items)))
+        return describe(batch)
     except Exception:  # noqa: BLE001 - any failure: find the product behind it, keep the rest
         logger.warning("a batch of %d failed to describe; describing its products one by one", len(batch))
     out = []
-    for d, item in zip(batch, items):
+    for d in batch:
         try:
-            out.extend(zip([d], describe_items(describer, [item])))
+            out.extend(describe([d]))
         except Exception as exc:  # noqa: BLE001
             skip(d, f"cannot describe: {exc.__class__.__name__}: {str(exc)[:200]}", "image")
     return out
@@ -226,10 +269,12 @@ def build_index(
     report = DumpReport()
     skipped: list[dict] = []
     duplicates: list[dict] = []
+    photos_left_out: list[dict] = []
     first_of_bytes: dict[str, str] = {}
     good_ids: set[str] = set()
     stages = dict.fromkeys(("decode", "attributes", "detector", "appearance", "colour", "write"), 0.0)
-    counts = {"indexed": 0, "added": 0, "updated": 0, "unchanged": 0, "skipped": 0, "blank": 0, "duplicates": 0}
+    counts = dict.fromkeys(("indexed", "photos", "added", "updated", "unchanged", "skipped", "blank", "duplicates"), 0)
+    counts["photos_left_out"] = 0
     batch: list[Decoded] = []
 
     def skip(d: Decoded, reason: str, field: str = "image") -> None:
@@ -250,13 +295,14 @@ def build_index(
             return
         described = _describe_batch(describer, batch, skip)
         records, thumbs = [], {}
-        for d, out in described:
-            desc = out.description
-            for k in ("attributes", "detector", "appearance", "colour"):
-                stages[k] += desc.timings_ms.get(k, 0.0) / 1e3
-            records.append(product_record(d.product, out))
-            thumbs[d.product.id] = out.prepared.thumbnail
+        for d, outs in described:
+            for out in outs:
+                for k in ("attributes", "detector", "appearance", "colour"):
+                    stages[k] += out.description.timings_ms.get(k, 0.0) / 1e3
+            records.append(product_record(d.product, outs, d.images, d.content_hash))
+            thumbs[d.product.id] = [out.prepared.thumbnail for out in outs]
             counts["updated" if d.product.id in old else "added"] += 1
+            counts["photos"] += len(outs)
         t0 = time.perf_counter()
         store.put(records, thumbs)
         stages["write"] += time.perf_counter() - t0
@@ -270,11 +316,14 @@ def build_index(
             yield p, old.get(p.id), signature, cfg.limits
 
     total = _count_rows(dump)
-    bar = tqdm(total=total, desc="index", unit="img", disable=not progress, smoothing=0.05)
+    bar = tqdm(total=total, desc="index", unit="product", disable=not progress, smoothing=0.05)
     try:
         for d in _decoded_stream(jobs(), cfg.workers):
             stages["decode"] += d.decode_s
             bar.update(1)
+            for problem in d.photo_problems if d.photos or d.unchanged else []:
+                counts["photos_left_out"] += 1
+                photos_left_out.append({"line": d.product.line, "id": d.product.id, **problem})
             if d.error and not d.blank:
                 skip(d, d.error, d.field)
                 continue
@@ -294,7 +343,7 @@ def build_index(
                 counts["unchanged"] += 1
                 continue
             batch.append(d)
-            if len(batch) >= cfg.batch_size:
+            if sum(len(b.photos) for b in batch) >= cfg.batch_size:
                 flush()
                 bar.set_postfix(indexed=counts["indexed"], skipped=counts["skipped"] + len(report.problems))
         flush()
@@ -314,7 +363,8 @@ def build_index(
         "deleted": deleted,
         "products": products,
         "seconds": round(wall, 2),
-        "images_per_s": round((counts["indexed"]) / wall, 2) if wall > 0 else None,
+        "images_per_s": round(counts["photos"] / wall, 2) if wall > 0 else None,
+        "products_per_s": round(counts["indexed"] / wall, 2) if wall > 0 else None,
         "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
         "stage_share": {k: round(v / max(sum(stages.values()), 1e-9), 3) for k, v in stages.items()},
         "store_bytes": store.bytes_on_disk(),
@@ -326,6 +376,7 @@ def build_index(
         "skipped": [{"line": p.line, "id": p.id, "field": p.field, "reason": p.reason} for p in report.problems]
         + skipped,
         "duplicates": duplicates,
+        "photos_left_out": photos_left_out,
     }
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(full_report, indent=1) + "\n")
     store.close()

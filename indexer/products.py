@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from foundation.dump import Product, check_product
 from foundation.schema import Schema, default_schema
 from indexer.describe import Described, Describer, Item, describe_items
-from indexer.store import ProductRecord, Store
+from indexer.prepare import content_hash
+from indexer.store import Photo, ProductRecord, Store
 
 
 def product_fields(product: Product) -> tuple:
@@ -26,18 +27,39 @@ def product_item(product: Product, source) -> Item:
     )
 
 
-def product_record(product: Product, described: Described) -> ProductRecord:
-    described.description.timings_ms = {}
+def product_record(
+    product: Product,
+    described: Described | Sequence[Described],
+    images: Sequence[str] | None = None,
+    chash: str | None = None,
+) -> ProductRecord:
+    """The record of a product and its described photos (in order; ``images``: their paths, default
+    the product's own). Its content hash (``chash``: the one bulk compared) covers every photo: a
+    photo added, removed or changed is a change."""
+    described = [described] if isinstance(described, Described) else list(described)
+    if not described:
+        raise ValueError(f"product {product.id!r} has no photo to store")
+    if images is None:
+        images = [str(p) if str(p) not in ("", ".") else "" for p in product.images]
+    for d in described:
+        d.description.timings_ms = {}
+    first, *rest = described
+    if chash is None and not rest:
+        chash = first.content_hash
+    elif chash is None:
+        joined = ",".join(d.prepared.image_hash for d in described)
+        chash = content_hash(joined, product_fields(product), first.signature)
     return ProductRecord(
         product.id,
         product.title,
         product.category_path,
         product.price,
         product.url,
-        str(product.image) if str(product.image) not in ("", ".") else "",
-        described.description,
-        described.content_hash,
-        described.prepared.image_hash,
+        images[0] if images else "",
+        first.description,
+        chash,
+        first.prepared.image_hash,
+        tuple(Photo(str(i), d.prepared.image_hash, d.description) for i, d in zip(images[1:], rest)),
     )
 
 
@@ -47,9 +69,18 @@ def product_from_fields(fields: Mapping, schema: Schema | None = None) -> Produc
     return check_product(fields, schema=schema or default_schema(), image_required=False)
 
 
-def add_products(store: Store, describer: Describer, products: list[tuple[Product, object]]) -> list[ProductRecord]:
-    """Describe each (product, photo) and store them all in one transaction."""
-    described = describe_items(describer, [product_item(p, source) for p, source in products])
-    records = [product_record(p, d) for (p, _s), d in zip(products, described)]
-    store.put(records, {p.id: d.prepared.thumbnail for (p, _s), d in zip(products, described)})
+def add_products(
+    store: Store, describer: Describer, products: list[tuple[Product, Sequence[object]]]
+) -> list[ProductRecord]:
+    """Describe each (product, photos: a list, or one photo) and store them all in one transaction."""
+    products = [(p, list(s) if isinstance(s, (list, tuple)) else [s]) for p, s in products]
+    items = [product_item(p, source) for p, sources in products for source in sources]
+    described = iter(describe_items(describer, items))
+    records, thumbs = [], {}
+    for p, sources in products:
+        mine = [next(described) for _ in sources]
+        paths = [str(i) if str(i) not in ("", ".") else "" for i in p.images]
+        records.append(product_record(p, mine, paths if len(paths) == len(mine) else [""] * len(mine)))
+        thumbs[p.id] = [d.prepared.thumbnail for d in mine]
+    store.put(records, thumbs)
     return records

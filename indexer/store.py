@@ -2,14 +2,16 @@
 
 Layout::
 
-    INDEX/store.lmdb/   products (id -> record), thumbnails (id -> JPEG), meta (version)
+    INDEX/store.lmdb/   products (id -> record), thumbnails (id -> JPEG of the first stored photo,
+                        id/n -> of photo n), meta (version, the last finished bulk run)
     INDEX/index.json    models manifest, code bytes, colour bins, dump, build settings
     INDEX/models/       a copy of the model files, so ``serve`` and ``query`` need nothing else
     INDEX/report.json   the last bulk run's skipped rows
 
 A record is serialised without pickle: a 4-byte length, UTF-8 JSON metadata, then the raw
-code bytes and the colour histogram bytes. Every write is one LMDB transaction, so a killed
-process leaves the store as it was after its last commit.
+code bytes and the colour histogram bytes of its first photo, then those of each other photo
+(``more``: path, hash and description); a photo's number is its place among them. Every write is
+one LMDB transaction, so a killed process leaves the store as it was after its last commit.
 """
 
 from __future__ import annotations
@@ -40,6 +42,54 @@ _DB_PRODUCTS, _DB_THUMBS, _DB_META = b"products", b"thumbnails", b"meta"
 
 
 @dataclass
+class Photo:
+    """One more photo of a product and its description."""
+
+    image: str
+    image_hash: str
+    description: Description
+
+
+def _description_head(d: Description) -> dict:
+    return {
+        "category": d.category,
+        "attributes": [[g, v, round(p, 5)] for g, (v, p) in d.attributes.items()],
+        "categories": [[c, round(p, 5)] for c, p in d.categories],
+        "roi": list(d.roi),
+        "fallback": d.fallback,
+        "code": int(np.asarray(d.code).size),
+        "colour": [int(np.asarray(d.colour).size), np.asarray(d.colour).dtype.str],
+    }
+
+
+def _description_bytes(d: Description) -> bytes:
+    return np.ascontiguousarray(d.code, np.uint8).tobytes() + np.ascontiguousarray(d.colour).tobytes()
+
+
+def _read_description(head: dict, raw: bytes, off: int) -> tuple[Description, int]:
+    code = np.frombuffer(raw, np.uint8, head["code"], off)
+    off += head["code"]
+    count, dtype = head["colour"]
+    colour = np.frombuffer(raw, np.dtype(dtype), count, off)
+    desc = Description(
+        category=head["category"],
+        attributes={g: (v, p) for g, v, p in head["attributes"]},
+        categories=[(c, p) for c, p in head["categories"]],
+        roi=tuple(head["roi"]),
+        fallback=head["fallback"],
+        code=code,
+        colour=colour,
+    )
+    return desc, off + colour.nbytes
+
+
+def thumbnail_key(product_id: str, number: int = 0) -> bytes:
+    """Photo ``number``'s thumbnail key: the id for the first photo, ``id/n`` for the others (``/``
+    never occurs in an id)."""
+    return (product_id if number == 0 else f"{product_id}/{number}").encode()
+
+
+@dataclass
 class ProductRecord:
     id: str
     title: str
@@ -50,6 +100,12 @@ class ProductRecord:
     description: Description  # timings_ms left empty
     content_hash: str
     image_hash: str = ""  # sha256 prefix of the photo's bytes: a query with the same bytes finds it
+    more: tuple[Photo, ...] = ()  # the product's other photos
+
+    @property
+    def photos(self) -> list[Photo]:
+        """Every photo of the product, the first one included: photo n is ``photos[n]``."""
+        return [Photo(self.image, self.image_hash, self.description), *self.more]
 
     def metadata(self) -> dict:
         d = self.description
@@ -64,12 +120,11 @@ class ProductRecord:
             "attributes": {g: v for g, (v, _p) in d.attributes.items()},
             "roi": list(d.roi),
             "fallback": d.fallback,
+            "images": [p.image for p in self.photos],
         }
 
     def to_bytes(self) -> bytes:
         d = self.description
-        code = np.ascontiguousarray(d.code, np.uint8)
-        colour = np.ascontiguousarray(d.colour)
         head = {
             "id": self.id,
             "title": self.title,
@@ -79,36 +134,26 @@ class ProductRecord:
             "image": self.image,
             "hash": self.content_hash,
             "image_hash": self.image_hash,
-            "category": d.category,
-            "attributes": [[g, v, round(p, 5)] for g, (v, p) in d.attributes.items()],
-            "categories": [[c, round(p, 5)] for c, p in d.categories],
-            "roi": list(d.roi),
-            "fallback": d.fallback,
-            "code": code.size,
-            "colour": [colour.size, colour.dtype.str],
+            **_description_head(d),
         }
+        if self.more:
+            head["more"] = [
+                {"image": p.image, "image_hash": p.image_hash, **_description_head(p.description)} for p in self.more
+            ]
         meta = json.dumps(head, separators=(",", ":")).encode()
-        return struct.pack("<I", len(meta)) + meta + code.tobytes() + colour.tobytes()
+        body = b"".join(_description_bytes(p.description) for p in self.photos)
+        return struct.pack("<I", len(meta)) + meta + body
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> ProductRecord:
         raw = bytes(raw)
         (n,) = struct.unpack_from("<I", raw)
         head = json.loads(raw[4 : 4 + n])
-        off = 4 + n
-        code = np.frombuffer(raw, np.uint8, head["code"], off)
-        off += head["code"]
-        count, dtype = head["colour"]
-        colour = np.frombuffer(raw, np.dtype(dtype), count, off)
-        desc = Description(
-            category=head["category"],
-            attributes={g: (v, p) for g, v, p in head["attributes"]},
-            categories=[(c, p) for c, p in head["categories"]],
-            roi=tuple(head["roi"]),
-            fallback=head["fallback"],
-            code=code,
-            colour=colour,
-        )
+        desc, off = _read_description(head, raw, 4 + n)
+        more = []
+        for p in head.get("more", []):
+            d, off = _read_description(p, raw, off)
+            more.append(Photo(p["image"], p["image_hash"], d))
         return cls(
             head["id"],
             head["title"],
@@ -119,6 +164,7 @@ class ProductRecord:
             desc,
             head["hash"],
             head.get("image_hash", ""),
+            tuple(more),
         )
 
 
@@ -179,9 +225,10 @@ class Store:
         record = self.get(product_id)
         return None if record is None else record.metadata()
 
-    def thumbnail(self, product_id: str) -> bytes | None:
+    def thumbnail(self, product_id: str, number: int = 0) -> bytes | None:
+        """Photo ``number``'s thumbnail (``ProductRecord.photos``' order)."""
         with self.env.begin() as txn:
-            return txn.get(str(product_id).encode(), db=self._thumbs)
+            return txn.get(thumbnail_key(str(product_id), number), db=self._thumbs)
 
     def iter_records(self) -> Iterator[ProductRecord]:
         """Every record, in id order, from one read snapshot."""
@@ -223,8 +270,9 @@ class Store:
         if self.readonly:
             raise PermissionError(f"the store {self.path} is open read-only")
 
-    def put(self, records: Iterable[ProductRecord], thumbnails: dict[str, bytes] | None = None) -> int:
-        """Add or replace records (and their thumbnails) in one transaction."""
+    def put(self, records: Iterable[ProductRecord], thumbnails: dict[str, bytes | list[bytes]] | None = None) -> int:
+        """Add or replace records (and their thumbnails: one, or one a stored photo in the record's
+        order) in one transaction; a replaced product's old photos go."""
         self._check_writable()
         thumbnails = thumbnails or {}
         n = 0
@@ -233,10 +281,22 @@ class Store:
                 key = r.id.encode()
                 txn.put(key, r.to_bytes(), db=self._products)
                 if r.id in thumbnails:
-                    txn.put(key, thumbnails[r.id], db=self._thumbs)
+                    thumbs = thumbnails[r.id]
+                    self._drop_thumbnails(txn, r.id)
+                    for number, data in enumerate([thumbs] if isinstance(thumbs, bytes) else thumbs):
+                        txn.put(thumbnail_key(r.id, number), data, db=self._thumbs)
                 n += 1
             self._bump(txn)
         return n
+
+    def _drop_thumbnails(self, txn, product_id: str) -> None:
+        txn.delete(product_id.encode(), db=self._thumbs)
+        prefix = f"{product_id}/".encode()
+        cursor = txn.cursor(db=self._thumbs)
+        if cursor.set_range(prefix):
+            while cursor.key().startswith(prefix):
+                if not cursor.delete():
+                    break
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove products (and thumbnails) in one transaction; returns how many existed."""
@@ -246,7 +306,7 @@ class Store:
             for pid in ids:
                 key = str(pid).encode()
                 n += bool(txn.delete(key, db=self._products))
-                txn.delete(key, db=self._thumbs)
+                self._drop_thumbnails(txn, str(pid))
             self._bump(txn)
         return n
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from foundation.boxes import parse_box
+from foundation.dump import MAX_PHOTOS
 from foundation.echo import echo
 from foundation.schema import Schema, default_schema
 from indexer.colour import swatch_histogram
@@ -39,13 +40,13 @@ from indexer.products import add_products, product_from_fields
 from search.index import InvertedIndex, RankingConfig, photo_key
 from search.narrowing import check_filters, check_offset, check_price_range, narrowed_keys
 from search.protocol import UnknownQuery
+from search.ram import index_rows, load_ram_index
 from search.recent import RecentQueries
 
 logger = logging.getLogger(__name__)
 
 OPTIONS = ("auto", "guided", "rectangle")
 MAX_K = 200
-SNAPSHOT = "ram.npz"
 
 
 def check_option(option: str) -> str:
@@ -99,65 +100,6 @@ def hedge_categories(categories, great_of: Callable[[str], str] | None = None) -
 
 def _attributes_of(desc) -> dict[str, str]:
     return {g: v for g, (v, _p) in desc.attributes.items()}
-
-
-def load_ram_index(
-    index_dir: str | Path,
-    *,
-    use_snapshot: bool = True,
-    schema: Schema | None = None,
-    ranking: RankingConfig | None = None,
-) -> InvertedIndex:
-    """The RAM index of an index directory: from its snapshot when current, else from the store."""
-    from indexer.store import Store
-
-    index_dir = Path(index_dir)
-    schema = schema or default_schema()
-    store = Store(index_dir, readonly=True)
-    try:
-        snap = index_dir / SNAPSHOT
-        version = store.version()
-        if use_snapshot and snap.is_file():
-            try:
-                ram = InvertedIndex.load(snap, schema=schema, ranking=ranking)
-                if ram.version == version:
-                    return ram
-                logger.info("the RAM snapshot is older than the store: rebuilding it")
-            except (OSError, ValueError, KeyError) as exc:
-                logger.warning("ignoring unreadable RAM snapshot %s: %s", snap, exc)
-        info = store.info()
-        ram = InvertedIndex(
-            code_bytes=info["code_bytes"], colour_bins=info["colour_bins"], schema=schema, ranking=ranking
-        )
-        batch: list = []
-
-        def flush():
-            ram.add(
-                [r.id for r in batch],
-                [r.description.category for r in batch],
-                [_attributes_of(r.description) for r in batch],
-                np.stack([r.description.code for r in batch]),
-                np.stack([r.description.colour for r in batch]),
-                [photo_key(r.image_hash) for r in batch],
-                [r.price for r in batch],
-            )
-            batch.clear()
-
-        for record in store.iter_records():
-            batch.append(record)
-            if len(batch) >= 10_000:
-                flush()
-        if batch:
-            flush()
-        ram.version = version
-    finally:
-        store.close()
-    if use_snapshot:
-        try:
-            ram.save(index_dir / SNAPSHOT)
-        except OSError as exc:  # a read-only index directory still serves
-            logger.warning("cannot write the RAM snapshot: %s", exc)
-    return ram
 
 
 @dataclass(frozen=True)
@@ -371,6 +313,7 @@ class SearchEngine:
                     "attributes": dict(h.attributes),
                     "price": meta.get("price"),
                     "url": meta.get("url"),
+                    "photo": h.photo,
                 }
             )
         timings["search"] = round((t2 - t1) * 1e3, 2)
@@ -408,28 +351,30 @@ class SearchEngine:
     def product(self, product_id: str) -> dict | None:
         return self.store.metadata(product_id)
 
-    def thumbnail(self, product_id: str) -> bytes | None:
-        return self.store.thumbnail(product_id)
+    def thumbnail(self, product_id: str, photo: int = 0) -> bytes | None:
+        return self.store.thumbnail(product_id, photo)
 
-    def add(self, product: dict, image: bytes | Image.Image) -> dict:
-        """Describe, store and index one product (its photo's bytes as sent); replaces one with the same id."""
+    def add(self, product: dict, image: bytes | Image.Image | Sequence[bytes | Image.Image]) -> dict:
+        """Describe, store and index one product (its photo's bytes as sent, or a list of its photos,
+        identical ones kept once); replaces one with the same id."""
         if self.store.readonly:
             raise PermissionError("this index is served read-only: start the server with a token to change it")
         item = product_from_fields(product)
-        prepared = prepare_image(image)  # a bad photo is refused before the write lock is taken
+        photos = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not 1 <= len(photos) <= MAX_PHOTOS:
+            raise ValueError(f"a product takes 1 to {MAX_PHOTOS} photos, got {len(photos)}")
+        prepared = []
+        for n, photo in enumerate(photos):  # a bad photo is refused before the write lock is taken
+            try:
+                p = prepare_image(photo)
+            except ValueError as exc:
+                raise type(exc)(f"photo {n}: {exc}" if len(photos) > 1 else str(exc)) from exc
+            if all(p.image_hash != q.image_hash for q in prepared):
+                prepared.append(p)
         with self._write_lock:
             (record,) = add_products(self.store, self.describer, [(item, prepared)])
-            d = record.description
             with self._read_lock:
-                self.index.add(
-                    [record.id],
-                    [d.category],
-                    [_attributes_of(d)],
-                    d.code[None],
-                    d.colour[None],
-                    [photo_key(record.image_hash)],
-                    [record.price],
-                )
+                index_rows(self.index, [record])
             return self.store.metadata(record.id)
 
     def delete(self, product_id: str) -> bool:

@@ -24,6 +24,10 @@ where ``colour_distance`` is half the L1 distance between the L1-normalised colo
 its category that the product has too. Lower is better. Ties are broken by product id, so
 results are deterministic; the Hamming shortlist keeps every product tied at its boundary.
 
+Photos. A product of several photos has a row for each, numbered as the store numbers them; a
+search answers each product once, at its best photo (the first in the ranking below), and says
+which photo that was.
+
 Pages. ``offset`` pages through one ranking: the products in Hamming order (distance, then id)
 fall into tiers of ``shortlist``, each re-ranked by score, tier after tier. The first tier is the
 ranking above; a deeper page re-ranks the next tier, so every page is the same slice of the same
@@ -54,47 +58,13 @@ import numpy as np
 
 from foundation.schema import Schema, default_schema
 from search.hamming import hamming_topk
+from search.hits import Hit, RankingConfig, SearchResult, photo_key
 
 __all__ = ["InvertedIndex", "RankingConfig", "Hit", "SearchResult", "hamming_topk", "photo_key"]
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN = 255
-
-
-@dataclass(frozen=True)
-class RankingConfig:
-    w_appearance: float = 2.0  # the three weights: chosen on val, see the module docstring
-    w_colour: float = 0.25
-    w_shared: float = 0.0
-    shortlist: int = 200  # nearest by Hamming distance kept for re-ranking
-    min_category_products: int = 10  # fewer than this in the query's category: say so
-
-    def __post_init__(self):
-        for name in ("w_appearance", "w_colour", "w_shared"):
-            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"ranking weight {name} must be a non-negative number, got {getattr(self, name)!r}")
-        if self.shortlist < 1:
-            raise ValueError(f"shortlist must be at least 1, got {self.shortlist}")
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    hamming: int
-    colour_distance: float
-    shared_attributes: tuple[str, ...]
-    attributes: tuple[tuple[str, str], ...] = ()  # the product's own (group, value), schema order
-    tier: int = 0  # which shortlist of the Hamming order it was re-ranked in (module docstring: Pages)
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    hits: list[Hit]
-    candidates: int  # products in the category after filters
-    scanned_bytes: int
-    note: str | None = None
 
 
 @dataclass
@@ -105,14 +75,7 @@ class _Shard:
     values: np.ndarray  # (n, groups) uint8 value indices
     photos: np.ndarray  # (n,) uint64 key of each product photo's bytes (0: unknown)
     prices: np.ndarray  # (n,) float32 (NaN: unknown)
-
-
-def photo_key(image_hash: str) -> int:
-    """A 64-bit key of a photo's bytes hash (0 when there is none)."""
-    try:
-        return int(image_hash[:16], 16) if image_hash else 0
-    except ValueError:
-        return 0
+    numbers: np.ndarray  # (n,) uint8: which of its product's photos the row is
 
 
 def _decode_ids(ids: np.ndarray) -> list[str]:
@@ -139,10 +102,18 @@ class InvertedIndex:
         self._column = {g.name: j for j, g in enumerate(self._groups)}
         self._value_index = [{v: i for i, v in enumerate(g.values)} for g in self._groups]
         self._shards: dict[str, _Shard] = {}
+        self._products: int | None = None  # distinct ids, counted when asked after a change
         self.version: str | None = None  # the store version a snapshot was taken from
 
     # -- contents -------------------------------------------------------------------------
     def __len__(self) -> int:
+        """Products (a product of several photos counts once)."""
+        if self._products is None:
+            ids = [s.ids for s in self._shards.values() if s.index.ntotal]
+            self._products = int(np.unique(np.concatenate(ids)).size) if ids else 0
+        return self._products
+
+    def photo_count(self) -> int:
         return sum(s.index.ntotal for s in self._shards.values())
 
     def __contains__(self, product_id: str) -> bool:
@@ -150,7 +121,7 @@ class InvertedIndex:
         return any(bool((s.ids == key).any()) for s in self._shards.values())
 
     def category_sizes(self) -> dict[str, int]:
-        return {c: s.index.ntotal for c, s in sorted(self._shards.items())}
+        return {c: int(np.unique(s.ids).size) for c, s in sorted(self._shards.items())}
 
     def _encode_values(self, attributes: Mapping[str, str]) -> np.ndarray:
         row = np.full(len(self._groups), UNKNOWN, np.uint8)
@@ -173,6 +144,7 @@ class InvertedIndex:
                 np.empty((0, len(self._groups)), np.uint8),
                 np.empty(0, np.uint64),
                 np.empty(0, np.float32),
+                np.empty(0, np.uint8),
             )
             self._shards[category] = shard
         return shard
@@ -186,9 +158,12 @@ class InvertedIndex:
         colours: np.ndarray,
         photos: Sequence[int] | None = None,
         prices: Sequence[float | None] | None = None,
+        numbers: Sequence[int] | None = None,
     ) -> None:
-        """Add (or replace) products. ``codes``: (n, code_bytes) uint8; ``colours``: (n, bins);
-        ``photos``: each photo's :func:`photo_key` (0 or None: unknown); ``prices``: None for unknown."""
+        """Add (or replace) products, a row a photo. ``codes``: (n, code_bytes) uint8; ``colours``:
+        (n, bins); ``photos``: each photo's :func:`photo_key` (0 or None: unknown); ``prices``: None
+        for unknown; ``numbers``: which of its product's photos each row is (default 0). A product
+        added replaces every photo it had."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         colours = np.asarray(colours)
         n = len(ids)
@@ -205,8 +180,9 @@ class InvertedIndex:
                 f"codes must be {self.code_bytes} bytes and colours {self.colour_bins} bins, "
                 f"got {codes.shape[1]} and {colours.shape[1]}"
             )
-        if len(set(ids)) != n:
-            raise ValueError("ids to add must be unique")
+        numbers = np.zeros(n, np.uint8) if numbers is None else np.asarray(numbers, np.uint8).reshape(-1)
+        if len(set(zip(ids, numbers.tolist()))) != n:
+            raise ValueError("the (id, photo number) pairs to add must be unique")
         for c in set(categories):
             self.schema.check_category(c)
         self.delete(ids)
@@ -224,32 +200,35 @@ class InvertedIndex:
             shard.values = np.concatenate([shard.values, np.stack([self._encode_values(attributes[i]) for i in sel])])
             shard.photos = np.concatenate([shard.photos, photos[sel]])
             shard.prices = np.concatenate([shard.prices, prices[sel]])
+            shard.numbers = np.concatenate([shard.numbers, numbers[sel]])
+        self._products = None
 
     def delete(self, ids: Iterable[str]) -> int:
         """Remove products; returns how many were there."""
         gone = _encode_ids(list(ids))
-        removed = 0
         if gone.size == 0:
             return 0
+        found: set[bytes] = set()
         for shard in self._shards.values():
             hit = np.isin(shard.ids, gone)
             if not hit.any():
                 continue
+            found.update(shard.ids[hit].tolist())
             shard.index.remove_ids(np.nonzero(hit)[0].astype(np.int64))  # compacts, keeping order
             keep = ~hit
             shard.ids, shard.colours, shard.values = shard.ids[keep], shard.colours[keep], shard.values[keep]
-            shard.photos, shard.prices = shard.photos[keep], shard.prices[keep]
-            removed += int(hit.sum())
-        return removed
+            shard.photos, shard.prices, shard.numbers = shard.photos[keep], shard.prices[keep], shard.numbers[keep]
+        self._products = None
+        return len(found)
 
     def same_photo(self, key: int) -> list[tuple[str, str]]:
-        """(id, category) of every product whose photo has these bytes: one compare per product."""
+        """(id, category) of every product with a photo of these bytes: one compare per photo."""
         if not key:
             return []
-        out = []
+        out = set()
         for c, shard in self._shards.items():
             for row in np.nonzero(shard.photos == np.uint64(key))[0]:
-                out.append((shard.ids[row].decode("utf-8"), c))
+                out.add((shard.ids[row].decode("utf-8"), c))
         return sorted(out)
 
     def postings(self, key: str, category: str | None = None) -> list[str]:
@@ -257,13 +236,14 @@ class InvertedIndex:
         group, _, value = key.partition("=")
         shards = [category] if category else list(self._shards)
         if group == Schema.CATEGORY:
-            return _decode_ids(self._shards[value].ids) if value in self._shards and value in shards else []
+            ids = _decode_ids(self._shards[value].ids) if value in self._shards and value in shards else []
+            return list(dict.fromkeys(ids))
         if group == Schema.GREAT:
             return [
                 pid
                 for c in shards
                 if c in self._shards and self.schema.great_category(c) == value
-                for pid in _decode_ids(self._shards[c].ids)
+                for pid in dict.fromkeys(_decode_ids(self._shards[c].ids))
             ]
         j = self._column.get(group)
         if j is None or value not in self._value_index[j]:
@@ -274,7 +254,7 @@ class InvertedIndex:
             shard = self._shards.get(c)
             if shard is not None:
                 out.extend(_decode_ids(shard.ids[shard.values[:, j] == v]))
-        return out
+        return list(dict.fromkeys(out))
 
     # -- search ---------------------------------------------------------------------------
     def _mask(
@@ -341,15 +321,24 @@ class InvertedIndex:
                 bounds += [f"price >= {price_min:g}"] if price_min is not None else []
                 bounds += [f"price <= {price_max:g}"] if price_max is not None else []
                 note = f"only {rows_map.size} products in category {category!r} with {', '.join(bounds)}"
-        candidates = index.ntotal
+        multi = bool(shard.numbers.any())  # some product has several photos: answer each once
+        candidates = int(np.unique(ids).size) if multi else index.ntotal
         depth = r.shortlist * -(-(k + offset) // r.shortlist)  # whole tiers
-        rows, ham = hamming_topk(index, ids, code, depth)
-        if rows_map is not None:
-            rows = rows_map[rows]
-        tier = np.arange(rows.size) // r.shortlist
-        score, colour_dist, shared = self._scores(shard, rows, ham, colour, attributes)
-        # The score is rounded, so float noise cannot break ties that should go to the id.
-        order = np.lexsort((shard.ids[rows], score, tier))[offset : offset + k]
+        while True:
+            rows, ham = hamming_topk(index, ids, code, depth)
+            if rows_map is not None:
+                rows = rows_map[rows]
+            tier = np.arange(rows.size) // r.shortlist
+            score, colour_dist, shared = self._scores(shard, rows, ham, colour, attributes)
+            # The score is rounded, so float noise cannot break ties that should go to the id.
+            order = np.lexsort((shard.numbers[rows], shard.ids[rows], score, tier))
+            if multi:  # each product at its first (best) photo
+                _u, first = np.unique(shard.ids[rows[order]], return_index=True)
+                order = order[np.sort(first)]
+            if not multi or order.size >= k + offset or rows.size >= index.ntotal:
+                break
+            depth += r.shortlist
+        order = order[offset : offset + k]
         hits = self._hits(shard, rows[order], ham[order], score[order], colour_dist[order], shared[order], attributes)
         hits = [dataclasses.replace(h, tier=int(t)) if t else h for h, t in zip(hits, tier[order])]
         return SearchResult(hits, candidates, candidates * self.code_bytes, note)
@@ -398,6 +387,7 @@ class InvertedIndex:
                 attributes=tuple(
                     (names[j], self._groups[j].values[own[i, j]]) for j in np.nonzero(own[i] != UNKNOWN)[0]
                 ),
+                photo=int(shard.numbers[rows[i]]),
             )
             for i in range(len(rows))
         ]
@@ -413,8 +403,8 @@ class InvertedIndex:
         price_min: float | None = None,
         price_max: float | None = None,
     ) -> list[Hit]:
-        """Scored hits for named products, in any category (the same photo found whatever the guess),
-        those that hold the ``filters`` keys and lie in the price range."""
+        """Scored hits for named products, each at its best photo, in any category (the same photo
+        found whatever the guess), those that hold the ``filters`` keys and lie in the price range."""
         code = np.asarray(code, np.uint8).reshape(-1)
         out = []
         for shard in self._shards.values():
@@ -426,7 +416,8 @@ class InvertedIndex:
             codes = self._codes(shard)[rows]
             ham = np.unpackbits(codes ^ code, axis=1).sum(1).astype(np.int32)
             out.extend(self._hits(shard, rows, ham, *self._scores(shard, rows, ham, colour, attributes), attributes))
-        return out
+        seen: set[str] = set()  # each product at its best photo
+        return [h for h in sorted(out, key=lambda h: (h.score, h.id, h.photo)) if not (h.id in seen or seen.add(h.id))]
 
     # -- snapshot (search.snapshot) ------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -8,7 +8,7 @@ engines match them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,7 +30,9 @@ class Engine(Protocol):
     result's ``image_url``, which the web layer adds) and raises ``ValueError`` for an option,
     category, box, k, filter, price, offset or photo it cannot use. ``rerun`` answers the same for
     the search whose ``query.id`` it is given, narrowed and paged anew, and raises ``UnknownQuery``
-    when it no longer holds that id. ``product`` and ``add`` answer a product's metadata
+    when it no longer holds that id. A product may have several photos (``add`` takes a list): a
+    result names the one that matched (``photo``), ``thumbnail`` answers photo n's. ``product`` and
+    ``add`` answer a product's metadata
     (``id``, ``title``, ``category``, ...); ``product``, ``thumbnail`` and ``delete`` answer None or
     False for an unknown id.
     """
@@ -66,9 +68,9 @@ class Engine(Protocol):
 
     def product(self, product_id: str) -> dict | None: ...
 
-    def thumbnail(self, product_id: str) -> bytes | None: ...
+    def thumbnail(self, product_id: str, photo: int = 0) -> bytes | None: ...
 
-    def add(self, product: dict, image: bytes | Image.Image) -> dict: ...
+    def add(self, product: dict, image: bytes | Image.Image | Sequence[bytes | Image.Image]) -> dict: ...
 
     def delete(self, product_id: str) -> bool: ...
 

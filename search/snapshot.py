@@ -15,7 +15,7 @@ from foundation.atomic import atomic_write
 from foundation.schema import Schema, default_schema
 from search.index import InvertedIndex, RankingConfig
 
-SNAPSHOT_FORMAT = 3  # 2: each shard keeps its products' photo keys; 3: and their prices
+SNAPSHOT_FORMAT = 4  # 2: each shard keeps its products' photo keys; 3: and their prices; 4: photo numbers
 
 
 def save_snapshot(index: InvertedIndex, path: str | Path) -> None:
@@ -38,6 +38,7 @@ def save_snapshot(index: InvertedIndex, path: str | Path) -> None:
         arrays[f"{c}/ids"] = shard.ids
         arrays[f"{c}/photos"] = shard.photos
         arrays[f"{c}/prices"] = shard.prices
+        arrays[f"{c}/numbers"] = shard.numbers
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
 
     def write(tmp: Path) -> None:
@@ -71,4 +72,5 @@ def load_snapshot(
             shard.values = z[f"{c}/values"]
             shard.photos = z[f"{c}/photos"]
             shard.prices = z[f"{c}/prices"]
+            shard.numbers = z[f"{c}/numbers"]
     return idx

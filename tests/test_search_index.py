@@ -250,5 +250,5 @@ def test_prices_survive_the_snapshot_and_an_old_format_is_refused(tmp_path):
     meta = json.loads(arrays["meta"].tobytes())
     arrays["meta"] = np.frombuffer(json.dumps({**meta, "format": 2}).encode(), np.uint8)
     np.savez(tmp_path / "old.npz", **arrays)
-    with pytest.raises(ValueError, match="of format 2, not 3"):
+    with pytest.raises(ValueError, match="of format 2, not 4"):
         InvertedIndex.load(tmp_path / "old.npz")

@@ -21,7 +21,7 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -240,14 +240,14 @@ class FakeEngine:
             entry = self._products.get(product_id)
         return dict(entry["meta"]) if entry else None
 
-    def thumbnail(self, product_id: str) -> bytes | None:
+    def thumbnail(self, product_id: str, photo: int = 0) -> bytes | None:
         with self._lock:
             entry = self._products.get(product_id)
-        return entry["thumbnail"] if entry else None
+        return entry["thumbnail"] if entry and photo == 0 else None
 
-    def add(self, product: dict, image: bytes | Image.Image) -> dict:
+    def add(self, product: dict, image: bytes | Image.Image | Sequence[bytes | Image.Image]) -> dict:
         item = product_from_fields(product, self.schema)  # the engine's own rules for the fields
-        prepared = prepare_image(image)  # and for the photo
+        prepared = prepare_image(image[0] if isinstance(image, (list, tuple)) else image)  # the first photo only
         category = item.category or category_from_text(item.category_path, item.title, schema=self.schema)
         if category is None:
             raise ValueError(f"product {item.id!r}: no fashion category in its title or category_path")

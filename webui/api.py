@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from foundation.echo import echo
 from search.protocol import UnknownQuery
 from webui.app import AppState
-from webui.forms import RequestError, parse_product, parse_search, read_image
+from webui.forms import RequestError, parse_photo, parse_product, parse_search, read_images
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +26,18 @@ def _state() -> AppState:
     return current_app.extensions["fashion_search"]
 
 
-def _image_url(product_id: str) -> str:
+def _image_url(product_id: str, photo: int = 0) -> str:
+    if photo:
+        return url_for("api.product_image", product_id=product_id, photo=photo)
     return url_for("api.product_image", product_id=product_id)
 
 
 def _with_image_url(product: dict) -> dict:
-    return {**product, "image_url": _image_url(product["id"])}
+    """A result with its matching photo's address; a product with each of its photos'."""
+    out = {**product, "image_url": _image_url(product["id"], product.get("photo", 0))}
+    if "images" in product:
+        out["image_urls"] = [_image_url(product["id"], n) for n in range(len(product["images"]))]
+    return out
 
 
 def _require_token() -> None:
@@ -119,9 +125,11 @@ def search():
 
 @bp.get("/products/<product_id>/image")
 def product_image(product_id: str):
-    data = _state().engine.thumbnail(product_id)
+    photo = parse_photo(request.args.get("photo"))
+    data = _state().engine.thumbnail(product_id, photo)
     if data is None:
-        raise RequestError(f"no image for product {echo(product_id)}", 404)
+        which = f"photo {photo} of product" if photo else "image for product"
+        raise RequestError(f"no {which} {echo(product_id)}", 404)
     response = Response(data, mimetype="image/jpeg")
     # A product can be replaced under the same id: revalidate, but let the browser keep the bytes.
     response.add_etag()
@@ -142,8 +150,8 @@ def add_product():
     _require_token()
     state = _state()
     product = parse_product(request.form, state.categories)
-    upload = read_image(request.files)
-    added = state.engine.add(product, upload.data)
+    uploads = read_images(request.files)
+    added = state.engine.add(product, [u.data for u in uploads] if len(uploads) > 1 else uploads[0].data)
     logger.info("added product %r", product["id"])
     return jsonify(_with_image_url(added)), 201
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from foundation.dump import MAX_ID_CHARS, MAX_TEXT, MAX_URL, check_id
+from foundation.dump import MAX_ID_CHARS, MAX_PHOTOS, MAX_TEXT, MAX_URL, check_id
 from foundation.echo import echo
 from foundation.images import ImageError, upright_size
 from foundation.schema import default_schema
@@ -109,6 +109,32 @@ def read_image(files: Mapping, field: str = "image") -> Upload:
         return Upload(data, upright_size(data))
     except ImageError as exc:
         raise RequestError(f"{field} {echo(name)}: {exc}") from None
+
+
+def read_images(files, field: str = "image") -> list[Upload]:
+    """Every photo sent in ``field`` (the part repeated for a product of several photos), each
+    checked as :func:`read_image` checks one."""
+    uploads = files.getlist(field) if hasattr(files, "getlist") else [files[field]] if field in files else []
+    if not uploads:
+        raise RequestError(f"no image: send the photo as the multipart file field {field!r}")
+    if len(uploads) > MAX_PHOTOS:
+        raise RequestError(f"{len(uploads)} photos in {field!r}; a product takes at most {MAX_PHOTOS}")
+    out = []
+    for n, upload in enumerate(uploads):
+        try:
+            out.append(read_image({field: upload}, field))
+        except RequestError as exc:
+            raise RequestError(f"photo {n}: {exc}" if len(uploads) > 1 else str(exc), exc.status) from None
+    return out
+
+
+def parse_photo(value: str | None) -> int:
+    """Which of a product's photos (``?photo=``): 0 to ``MAX_PHOTOS`` - 1, default 0."""
+    if value is None or value == "":
+        return 0
+    if not re.fullmatch(r"\d{1,3}", value.strip()) or int(value) >= MAX_PHOTOS:
+        raise RequestError(f"photo must be a whole number from 0 to {MAX_PHOTOS - 1}, got {echo(value)}")
+    return int(value)
 
 
 def parse_option(value: str | None) -> str:
@@ -300,6 +326,8 @@ __all__ = [
     "parse_id",
     "parse_price",
     "read_image",
+    "read_images",
+    "parse_photo",
     "parse_option",
     "parse_k",
     "parse_category",

@@ -21,8 +21,9 @@ def _table(response: dict) -> str:
     lines.append(f"{'#':>3}  {'id':<20} {'score':>7} {'hamming':>7} {'colour':>6}  title / shared attributes")
     for i, r in enumerate(response["results"], q.get("offset", 0) + 1):
         shared = ", ".join(a.split("=", 1)[1] for a in r["shared_attributes"])
+        rid = r["id"] + (f" #{r['photo']}" if r.get("photo") else "")  # which of its photos matched
         lines.append(
-            f"{i:>3}  {r['id']:<20} {r['score']:>7.3f} {r['hamming']:>7d} {r['colour_distance']:>6.3f}  {r['title']}"
+            f"{i:>3}  {rid:<20} {r['score']:>7.3f} {r['hamming']:>7d} {r['colour_distance']:>6.3f}  {r['title']}"
             + (f"  [{shared}]" if shared else "")
         )
     if not response["results"]:

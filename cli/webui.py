@@ -28,6 +28,7 @@ def _serve(args) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
         allowed_hosts=tuple(args.allowed_hosts.split(",")) if args.allowed_hosts is not None else None,
+        reload_s=args.reload_s,
     )
     return 0
 
@@ -58,6 +59,13 @@ def register(commands) -> None:
     p.add_argument("--threads", type=int, default=4, help="request threads (default 4)")
     p.add_argument("--max-upload-mb", type=float, default=16, help="largest upload accepted, in MiB (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--reload-s",
+        type=float,
+        default=2.0,
+        help="seconds between checks for a finished `fashion-search index` into INDEX, loaded without a "
+        "restart (default 2; 0: never)",
+    )
     p.add_argument(
         "--allowed-hosts",
         metavar="H1,H2",

@@ -14,12 +14,13 @@ removes products that are no longer in it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterator
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from indexer.products import product_fields, product_item, product_record
 from indexer.store import MODELS_DIR, REPORT_JSON, Store
 
 logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,9 @@ def _read_photos(product: Product) -> tuple[list[tuple[str, bytes, str]], list[d
             continue
         h = bytes_hash(data)
         if h in seen:
-            problems.append({"photo": n, "image": str(path), "reason": f"the same bytes as photo {seen[h]}: stored once"})
+            problems.append(
+                {"photo": n, "image": str(path), "reason": f"the same bytes as photo {seen[h]}: stored once"}
+            )
             continue
         seen[h] = n
         photos.append((str(path), data, h))
@@ -317,10 +322,23 @@ def build_index(
 
     total = _count_rows(dump)
     bar = tqdm(total=total, desc="index", unit="product", disable=not progress, smoothing=0.05)
+    running = {"state": "running", "pid": os.getpid(), "dump": str(dump), "started": time.time(), "rows": total}
+    last_said, read = 0.0, 0
+
+    def say(state: dict, *, every_s: float = 0.0) -> None:
+        """progress.json, for a server serving this index (at most every ``every_s`` seconds)."""
+        nonlocal last_said
+        if time.monotonic() - last_said >= every_s:
+            last_said = time.monotonic()
+            store.write_progress({**running, **state, "done": read, **counts, "updated": time.time()})
+
+    say({})
     try:
         for d in _decoded_stream(jobs(), cfg.workers):
             stages["decode"] += d.decode_s
             bar.update(1)
+            read += 1
+            say({}, every_s=PROGRESS_EVERY_S)
             for problem in d.photo_problems if d.photos or d.unchanged else []:
                 counts["photos_left_out"] += 1
                 photos_left_out.append({"line": d.product.line, "id": d.product.id, **problem})
@@ -348,12 +366,18 @@ def build_index(
                 bar.set_postfix(indexed=counts["indexed"], skipped=counts["skipped"] + len(report.problems))
         flush()
         bar.update(max(0, total - bar.n))  # rows the reader rejected never reach a worker
+        read = report.rows
+        deleted = 0
+        if cfg.delete_missing:
+            gone = [pid for pid in old if pid not in good_ids]
+            deleted = store.delete(gone) if gone else 0
+    except BaseException as exc:
+        say({"state": "failed", "error": f"{exc.__class__.__name__}: {str(exc)[:300]}"})
+        store.close()
+        raise
     finally:
         bar.close()
-    deleted = 0
-    if cfg.delete_missing:
-        gone = [pid for pid in old if pid not in good_ids]
-        deleted = store.delete(gone) if gone else 0
+    built = store.mark_built()  # what a running server waits for before it loads the new index
     wall = time.perf_counter() - t_start
     products = len(store)
     summary = {
@@ -379,6 +403,7 @@ def build_index(
         "photos_left_out": photos_left_out,
     }
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(full_report, indent=1) + "\n")
+    say({"state": "done", "built": built, "finished": time.time(), "seconds": summary["seconds"]})
     store.close()
     logger.info(
         "indexed %d products (%d unchanged, %d skipped, %d bad rows) in %.1fs",

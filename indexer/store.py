@@ -7,6 +7,7 @@ Layout::
     INDEX/index.json    models manifest, code bytes, colour bins, dump, build settings
     INDEX/models/       a copy of the model files, so ``serve`` and ``query`` need nothing else
     INDEX/report.json   the last bulk run's skipped rows
+    INDEX/progress.json the bulk run's progress (running, done or failed), rewritten as it goes
 
 A record is serialised without pickle: a 4-byte length, UTF-8 JSON metadata, then the raw
 code bytes and the colour histogram bytes of its first photo, then those of each other photo
@@ -35,6 +36,7 @@ STORE_DIR = "store.lmdb"
 INDEX_JSON = "index.json"
 MODELS_DIR = "models"
 REPORT_JSON = "report.json"
+PROGRESS_JSON = "progress.json"
 FORMAT = 1
 MAP_SIZE = 1 << 40  # address space only: the file grows as data is written
 THUMB_SIZE = 256
@@ -252,6 +254,19 @@ class Store:
             raw = txn.get(b"version", db=self._meta)
         return int(raw) if raw else 0
 
+    def built(self) -> int:
+        """A counter bumped when a bulk run finishes: a server serving this index re-loads then."""
+        with self.env.begin() as txn:
+            raw = txn.get(b"built", db=self._meta)
+        return int(raw) if raw else 0
+
+    def progress(self) -> dict | None:
+        """What ``progress.json`` says of the last bulk run, None when there is none or it cannot be read."""
+        try:
+            return json.loads((self.path / PROGRESS_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
     def info(self) -> dict:
         path = self.path / INDEX_JSON
         info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -309,6 +324,19 @@ class Store:
                 self._drop_thumbnails(txn, str(pid))
             self._bump(txn)
         return n
+
+    def mark_built(self) -> int:
+        """Say that a bulk run has finished (``built``); returns the new count."""
+        self._check_writable()
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"built", db=self._meta)
+            built = (int(raw) if raw else 0) + 1
+            txn.put(b"built", str(built).encode(), db=self._meta)
+        return built
+
+    def write_progress(self, progress: dict) -> None:
+        self._check_writable()
+        atomic_write_text(self.path / PROGRESS_JSON, json.dumps(progress) + "\n")
 
     def _bump(self, txn) -> None:
         raw = txn.get(b"version", db=self._meta)

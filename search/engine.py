@@ -20,9 +20,10 @@ while under ``query.id`` (``search.recent``), so ``rerun`` edits a query without
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,12 @@ from indexer.colour import swatch_histogram
 from indexer.describe import Item, describe_items
 from indexer.prepare import prepare_image
 from indexer.products import add_products, product_from_fields
+from search.gate import Gate
+from search.hedge import hedge_categories
 from search.index import InvertedIndex, RankingConfig, photo_key
 from search.narrowing import check_filters, check_offset, check_price_range, narrowed_keys
 from search.protocol import UnknownQuery
-from search.ram import index_rows, load_ram_index
+from search.ram import index_rows, load_ram_index, ram_from_store
 from search.recent import RecentQueries
 
 logger = logging.getLogger(__name__)
@@ -61,41 +64,14 @@ def check_k(k) -> int:
     return int(k)
 
 
-HEDGE_MASS = 0.8  # auto searches the likeliest garments, then categories, until they hold this much probability
-HEDGE_MAX = 3
-HEDGE_MIN_P = 0.05  # a garment or category less likely than this is never worth a search
-
-
-def hedge_categories(categories, great_of: Callable[[str], str] | None = None) -> list[tuple[str, float]]:
-    """The categories auto mode searches, at most ``HEDGE_MAX``; the likeliest is always searched.
-
-    First the garments (great-categories, by their summed probability) until they hold
-    ``HEDGE_MASS``, each by its likeliest category: a photo of a top and trousers searches both.
-    Then, while slots remain and the categories searched hold less than ``HEDGE_MASS``, the next
-    likeliest categories: a photo of one top that may be a T-shirt or a long-sleeve searches both.
-    """
-    ranked = sorted(((str(c), float(p)) for c, p in categories), key=lambda cp: -cp[1])
-    if not ranked:
-        return []
-    great_of = great_of or (lambda c: c)
-    garments: dict[str, list] = {}
-    for c, p in ranked:
-        garments.setdefault(great_of(c), [c, p, 0.0])[2] += p
-    first = great_of(ranked[0][0])
-    out, mass = [ranked[0]], garments[first][2]
-    others = sorted((v for g, v in garments.items() if g != first), key=lambda cpm: -cpm[2])
-    for c, p, g_mass in others:
-        if mass >= HEDGE_MASS or len(out) >= HEDGE_MAX or g_mass < HEDGE_MIN_P:
-            break
-        out.append((c, p))
-        mass += g_mass
-    chosen = {c for c, _ in out}
-    for c, p in ranked:
-        if len(out) >= HEDGE_MAX or sum(q for _, q in out) >= HEDGE_MASS or p < HEDGE_MIN_P:
-            break
-        if c not in chosen:
-            out.append((c, p))
-    return out
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _attributes_of(desc) -> dict[str, str]:
@@ -135,7 +111,10 @@ class SearchEngine:
         self.recent = recent or RecentQueries()
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()  # guards the RAM index while it is being changed
+        self._models = Gate()  # describes share it; loading new models closes it
         self._swatches: dict[str, np.ndarray] = {}
+        self._built = store.built() if hasattr(store, "built") else 0  # the bulk run the RAM index holds
+        self.reloads: list[dict] = []  # the latest swaps of the RAM index (refresh)
 
     @classmethod
     def open(
@@ -202,18 +181,21 @@ class SearchEngine:
         t0 = time.perf_counter()
         prepared = prepare_image(image, thumbnail=False)
         roi_box = parse_box(box, prepared.original_size) if option == "rectangle" else None
-        (described,) = describe_items(self.describer, [Item(prepared, category=guide, box=roi_box)])
-        desc = described.description
-        # where the model picks the category (auto, or a rectangle drawn without one) it hedges: the
-        # other likely categories are described (auto: their own ROI) and searched too
-        hedge = (
-            hedge_categories(desc.categories, self.schema.great_category) if guide is None else [(desc.category, 1.0)]
-        )
-        descs = [desc]
-        extra = [c for c, _p in hedge if c != desc.category]
-        if extra:
-            items = [Item(prepared, category=c, box=roi_box) for c in extra]
-            descs += [d.description for d in describe_items(self.describer, items)]
+        with self._models.shared():
+            (described,) = describe_items(self.describer, [Item(prepared, category=guide, box=roi_box)])
+            desc = described.description
+            # where the model picks the category (auto, or a rectangle drawn without one) it hedges:
+            # the other likely categories are described (auto: their own ROI) and searched too
+            hedge = (
+                hedge_categories(desc.categories, self.schema.great_category)
+                if guide is None
+                else [(desc.category, 1.0)]
+            )
+            descs = [desc]
+            extra = [c for c, _p in hedge if c != desc.category]
+            if extra:
+                items = [Item(prepared, category=c, box=roi_box) for c in extra]
+                descs += [d.description for d in describe_items(self.describer, items)]
         with self._read_lock:
             same = [pid for pid, _c in self.index.same_photo(photo_key(prepared.image_hash))]
         query = Described(option, descs, hedge, same)
@@ -372,7 +354,8 @@ class SearchEngine:
             if all(p.image_hash != q.image_hash for q in prepared):
                 prepared.append(p)
         with self._write_lock:
-            (record,) = add_products(self.store, self.describer, [(item, prepared)])
+            with self._models.shared():
+                (record,) = add_products(self.store, self.describer, [(item, prepared)])
             with self._read_lock:
                 index_rows(self.index, [record])
             return self.store.metadata(record.id)
@@ -383,6 +366,62 @@ class SearchEngine:
             with self._read_lock:
                 self.index.delete([product_id])
             return found
+
+    # -- live re-indexing -------------------------------------------------------------------
+    def refresh(self) -> dict | None:
+        """Load the index anew when a bulk run into its directory has finished since it was loaded.
+
+        The new RAM index is built beside the old one from one read snapshot of the store, then
+        swapped in under the read lock: a search runs on the old index or the new one, never on a
+        half-built one, and never fails for the swap. Product updates through the API wait for it.
+        Models changed by the run are loaded too. Returns what was swapped, or None.
+        """
+        if self.store.built() == self._built:
+            return None
+        t0 = time.perf_counter()
+        with self._write_lock:
+            built = self.store.built()
+            ram = ram_from_store(self.store, schema=self.schema, ranking=self.index.ranking)
+            describer, signature = self.describer, self.store.info().get("models_signature")
+            if signature and getattr(describer, "signature", None) and signature != describer.signature:
+                from indexer.describe import Describer
+
+                with self._models.exclusive():  # searches wait while it loads (search.gate)
+                    describer = Describer.load(self.store.models_dir(), device=getattr(describer, "device", "cpu"))
+            t1 = time.perf_counter()
+            changed = describer is not self.describer
+            with self._read_lock:
+                old, self.index, self._built = self.index, ram, built
+                if changed:
+                    self.describer, self._swatches = describer, {}
+                    self.recent.clear()  # their codes are of the old models
+            swap_ms = (time.perf_counter() - t1) * 1e3
+        done = {
+            "built": built,
+            "products": len(ram),
+            "photos": ram.photo_count(),
+            "was": len(old),
+            "models_changed": changed,
+            "load_s": round(t1 - t0, 3),
+            "swap_ms": round(swap_ms, 3),
+            "at": time.time(),
+        }
+        self.reloads = [*self.reloads[-9:], done]
+        logger.info("re-loaded the index: %d products (was %d) in %.2fs", len(ram), len(old), t1 - t0)
+        return done
+
+    def index_status(self) -> dict:
+        """The index being served and the bulk run into its directory, as ``progress.json`` says."""
+        progress = self.store.progress() if hasattr(self.store, "progress") else None
+        if progress and progress.get("state") == "running" and not _alive(progress.get("pid")):
+            progress = {**progress, "state": "stopped"}  # killed: a re-run resumes it
+        return {
+            "products": len(self.index),
+            "photos": self.index.photo_count(),
+            "built": self._built,
+            "reloads": self.reloads[-3:],
+            "indexing": progress,
+        }
 
     def stats(self) -> dict:
         return {

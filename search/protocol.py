@@ -14,7 +14,19 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-ENGINE_METHODS = ("__len__", "categories", "search", "rerun", "product", "thumbnail", "add", "delete", "stats")
+ENGINE_METHODS = (
+    "__len__",
+    "categories",
+    "search",
+    "rerun",
+    "product",
+    "thumbnail",
+    "add",
+    "delete",
+    "stats",
+    "refresh",
+    "index_status",
+)
 
 
 class UnknownQuery(LookupError):
@@ -32,9 +44,10 @@ class Engine(Protocol):
     the search whose ``query.id`` it is given, narrowed and paged anew, and raises ``UnknownQuery``
     when it no longer holds that id. A product may have several photos (``add`` takes a list): a
     result names the one that matched (``photo``), ``thumbnail`` answers photo n's. ``product`` and
-    ``add`` answer a product's metadata
-    (``id``, ``title``, ``category``, ...); ``product``, ``thumbnail`` and ``delete`` answer None or
-    False for an unknown id.
+    ``add`` answer a product's metadata (``id``, ``title``, ``category``, ...); ``product``,
+    ``thumbnail`` and ``delete`` answer None or False for an unknown id. ``refresh`` loads the index
+    anew when a bulk run into it has finished (None when there is nothing new), swapping it in
+    without failing a search; ``index_status`` says what is served and how a bulk run is going.
     """
 
     def __len__(self) -> int: ...
@@ -75,3 +88,7 @@ class Engine(Protocol):
     def delete(self, product_id: str) -> bool: ...
 
     def stats(self) -> dict: ...
+
+    def refresh(self) -> dict | None: ...
+
+    def index_status(self) -> dict: ...

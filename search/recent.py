@@ -45,6 +45,10 @@ class RecentQueries:
                 break
             del self._items[key]
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def put(self, value) -> str:
         """Keep ``value``; returns its new id."""
         key = secrets.token_urlsafe(12)

@@ -38,7 +38,7 @@ class TinyEngine:
     def product(self, product_id):
         return None
 
-    def thumbnail(self, product_id):
+    def thumbnail(self, product_id, photo=0):
         return None
 
     def add(self, product, image):
@@ -49,6 +49,12 @@ class TinyEngine:
 
     def stats(self) -> dict:
         return {"products": 0, "categories": {}}
+
+    def refresh(self):
+        return None
+
+    def index_status(self) -> dict:
+        return {"products": 0, "photos": 0, "built": 0, "reloads": [], "indexing": None}
 
 
 def run_in_thread(running):

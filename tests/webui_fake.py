@@ -261,6 +261,12 @@ class FakeEngine:
         with self._lock:
             return self._products.pop(product_id, None) is not None
 
+    def refresh(self) -> dict | None:
+        return None  # built in memory from a dump: there is no index directory to re-index
+
+    def index_status(self) -> dict:
+        return {"products": len(self), "photos": len(self), "built": 0, "reloads": [], "indexing": None}
+
     def stats(self) -> dict:
         counts: dict[str, int] = {}
         for e in self._entries():

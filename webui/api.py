@@ -82,6 +82,20 @@ def health():
     return jsonify(status="ok", products=len(_state().engine))
 
 
+@bp.get("/index")
+def index_status():
+    """The index being served, its last re-loads, and the bulk run into its directory (progress)."""
+    state = _state()
+    watcher = state.watcher
+    return jsonify(
+        {
+            **state.engine.index_status(),
+            "reload_s": watcher.interval_s if watcher else None,
+            "reload_error": watcher.last_error if watcher else None,
+        }
+    )
+
+
 @bp.get("/stats")
 def stats():
     state = _state()

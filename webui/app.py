@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 from foundation.echo import echo
 from search.protocol import ENGINE_METHODS, Engine
 from webui.hosts import host_allowed, parse_allowed_hosts
+from webui.reload import DEFAULT_RELOAD_S, IndexWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class AppState:
     categories: tuple[str, ...]
     token: str | None
     stats: ServerStats = field(default_factory=ServerStats)
+    watcher: IndexWatcher | None = None  # live re-indexing (webui.reload)
 
 
 def check_index(index) -> None:
@@ -104,12 +106,15 @@ def create_app(config: Mapping | None = None) -> Flask:
     ``MAX_CONTENT_LENGTH`` (bytes an upload may have, default 16 MiB); ``MAX_FORM_MEMORY_SIZE`` (bytes a
     text field of a form may have, Flask's default 500,000); ``ALLOWED_HOSTS`` (the names a request's
     Host header may give, each ``name`` or ``name:port``; None, the default, allows any; ``serve_app``
-    sets it from ``ServeConfig``); any other Flask setting.
+    sets it from ``ServeConfig``); ``RELOAD_S`` (seconds between checks for a finished bulk run into
+    the index directory, loaded without a restart: default 2 with ``INDEX``, none with ``ENGINE``;
+    0 turns it off); any other Flask setting.
     """
     config = dict(config or {})
     engine: Engine | None = config.pop("ENGINE", None)
     index = config.pop("INDEX", None)
     device = config.pop("DEVICE", "cpu")
+    reload_s = config.pop("RELOAD_S", DEFAULT_RELOAD_S if engine is None else None)
     if engine is None:
         if index is None:
             raise ValueError("create_app needs ENGINE (a search engine) or INDEX (an index directory)")
@@ -134,7 +139,10 @@ def create_app(config: Mapping | None = None) -> Flask:
         raise ValueError(
             f"MAX_CONTENT_LENGTH must be a positive number of bytes, got {app.config['MAX_CONTENT_LENGTH']!r}"
         )
-    app.extensions["fashion_search"] = AppState(engine=engine, categories=tuple(engine.categories()), token=token)
+    watcher = IndexWatcher(engine, reload_s).start() if reload_s else None
+    app.extensions["fashion_search"] = AppState(
+        engine=engine, categories=tuple(engine.categories()), token=token, watcher=watcher
+    )
 
     from webui.api import bp as api
     from webui.views import bp as views

@@ -203,6 +203,7 @@ def serve(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     device: str = "cpu",
     allowed_hosts: tuple[str, ...] | None = None,
+    reload_s: float = 2.0,
 ) -> None:
     """Open the index in ``index_dir`` once and serve the page and the API until interrupted.
 
@@ -226,7 +227,17 @@ def serve(
             # oversubscribe the cores (two OpenMP threads per request spun against each other here).
             torch.set_num_threads(1)
         t0 = time.perf_counter()
-        app = create_app({"INDEX": index_dir, "DEVICE": device, "TOKEN": token, "MAX_CONTENT_LENGTH": max_upload_bytes})
+        if reload_s < 0:
+            raise ValueError(f"--reload-s must be 0 (never) or a positive number of seconds, got {reload_s!r}")
+        app = create_app(
+            {
+                "INDEX": index_dir,
+                "DEVICE": device,
+                "TOKEN": token,
+                "MAX_CONTENT_LENGTH": max_upload_bytes,
+                "RELOAD_S": reload_s,
+            }
+        )
         logger.info("opened %s in %.1fs", index_dir, time.perf_counter() - t0)
     except BaseException:
         for sock in sockets:

@@ -8,6 +8,8 @@ from foundation.schema import default_schema
 
 bp = Blueprint("views", __name__)
 
+INDEX_POLL_MS = 10_000  # how often the page asks /api/index whether the catalogue changed
+
 
 def attribute_groups() -> dict:
     """What the page's attribute chips offer: each group below the category with its values, in
@@ -29,5 +31,8 @@ def attribute_groups() -> dict:
 def index():
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     return render_template(
-        "index.html", max_upload_mb=f"{limit / 2**20:g}" if limit else None, attribute_groups=attribute_groups()
+        "index.html",
+        max_upload_mb=f"{limit / 2**20:g}" if limit else None,
+        attribute_groups=attribute_groups(),
+        index_poll_ms=int(current_app.config.get("INDEX_POLL_MS", INDEX_POLL_MS)),
     )

@@ -16,6 +16,8 @@
     status: $("status"), welcome: $("welcome"), grid: $("grid"), card: $("card-template"),
     catalogue: $("catalogue-size"), unreadable: $("unreadable"), narrowed: $("narrowed"),
     editHint: $("edit-hint"), more: $("more-results"), moreButton: $("more-button"),
+    updated: $("updated"), updatedText: $("updated-text"), updatedSearch: $("updated-search"),
+    updatedClose: $("updated-close"),
   };
   // The schema's attribute groups below the category, in schema order, with the categories each applies to.
   const GROUPS = JSON.parse($("attribute-groups").textContent).groups;
@@ -79,12 +81,40 @@
       els.category.replaceChildren(el("option", "Categories unavailable"));
       showError(`Could not load the categories (${err.message}).`);
     }
-    try {
-      const res = await fetch("api/health");
-      const body = await res.json();
-      if (res.ok) els.catalogue.textContent = `${body.products.toLocaleString("en")} products`;
-    } catch (_) { /* the count is decoration */ }
+    watchCatalogue();
   }
+
+  // -- the catalogue: its size, a re-index under way, and a new index swapped in -------------------
+  let builtSeen = null;
+  async function watchCatalogue() {
+    try {
+      const res = await fetch("api/index");
+      if (res.ok) {
+        const body = await res.json();
+        const run = body.indexing;
+        let text = `${body.products.toLocaleString("en")} products`;
+        if (run && run.state === "running" && run.rows) {
+          text += ` · updating ${Math.min(100, Math.floor((100 * run.done) / run.rows))}%`;
+        }
+        els.catalogue.textContent = text;
+        if (builtSeen !== null && body.built !== builtSeen) {
+          els.updatedText.textContent =
+            `The catalogue has just been updated: ${body.products.toLocaleString("en")} products.`;
+          els.updatedSearch.hidden = !state.file;
+          els.updated.hidden = false;
+        }
+        builtSeen = body.built;
+      }
+    } catch (_) { /* the count is decoration: try again at the next tick */ }
+    const every = Number(els.catalogue.dataset.pollMs) || 10000;
+    setTimeout(watchCatalogue, every);
+  }
+  els.updatedSearch.addEventListener("click", () => {
+    els.updated.hidden = true;
+    state.queryId = null; // a fresh description: the models may have changed too
+    runSearch();
+  });
+  els.updatedClose.addEventListener("click", () => { els.updated.hidden = true; });
 
   // -- the photo ------------------------------------------------------------------------------
   async function setPhoto(file, { search = true } = {}) {
@@ -411,6 +441,13 @@
   function renderCard(r, i) {
     const card = els.card.content.firstElementChild.cloneNode(true);
     card.dataset.id = r.id;
+    card.dataset.photo = String(r.photo || 0);
+    if (r.photo) {
+      const badge = card.querySelector(".photo-badge");
+      badge.textContent = `photo ${r.photo + 1}`;
+      badge.title = "The product's photo most like yours";
+      badge.hidden = false;
+    }
     card.dataset.category = r.category || "";
     card.dataset.attributes = JSON.stringify(r.attributes || {});
     const img = card.querySelector("img");

@@ -62,6 +62,7 @@ def _wait(condition, what: str):
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # searches on three threads through a bulk run in another process: ~13 s
 def test_a_finished_bulk_run_is_swapped_in_while_searches_run(catalogue, models, checked_client):
     rows, index = catalogue["rows"], catalogue["index"]
     ram = load_ram_index(index)  # before the store opens: LMDB opens an environment once a process

@@ -307,6 +307,21 @@ def test_editing_attributes_narrows_the_results_without_sending_the_photo_again(
     expect(page.locator("#attr-sleeve_length")).to_have_value(sleeve)
     _shot(page, "8-edited-attributes")
 
+    # a price range from the page: the same query id, narrowed by price too
+    prices = sorted(h["price"] for h in edited["results"] if h.get("price") is not None)
+    top = prices[len(prices) // 2]
+    with page.expect_response(_is_search) as info:
+        page.fill("#price-max", f"{top:g}")
+        page.press("#price-max", "Tab")  # a change is sent when the field is left
+    priced = info.value.json()
+    assert priced["query"]["filters"] == [f"colour={colour}", f"sleeve_length={sleeve}", f"price_max={top:g}"]
+    assert priced["results"] and all(h["price"] is not None and h["price"] <= top for h in priced["results"])
+    _cards(page, priced["results"])
+    with page.expect_response(_is_search) as info:
+        page.fill("#price-max", "")
+        page.press("#price-max", "Tab")
+    assert info.value.json()["query"]["filters"] == [f"colour={colour}", f"sleeve_length={sleeve}"]
+
     # back to the colour seen: only the sleeve length narrows
     with page.expect_response(_is_search) as info:
         page.select_option("#attr-colour", seen["colour"])

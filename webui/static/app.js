@@ -17,7 +17,7 @@
     catalogue: $("catalogue-size"), unreadable: $("unreadable"), narrowed: $("narrowed"),
     editHint: $("edit-hint"), more: $("more-results"), moreButton: $("more-button"),
     updated: $("updated"), updatedText: $("updated-text"), updatedSearch: $("updated-search"),
-    updatedClose: $("updated-close"),
+    updatedClose: $("updated-close"), priceMin: $("price-min"), priceMax: $("price-max"),
   };
   // The schema's attribute groups below the category, in schema order, with the categories each applies to.
   const GROUPS = JSON.parse($("attribute-groups").textContent).groups;
@@ -305,6 +305,8 @@
   // -- searching ----------------------------------------------------------------------------
   function appendFilters(form) {
     for (const [group, value] of Object.entries(state.edits)) form.append("filter", `${group}=${value}`);
+    if (els.priceMin.value.trim()) form.append("price_min", els.priceMin.value.trim());
+    if (els.priceMax.value.trim()) form.append("price_max", els.priceMax.value.trim());
   }
 
   async function runSearch() {
@@ -491,6 +493,13 @@
       : `No products found in ${what}${ms}. ${hint}`);
   }
   els.moreButton.addEventListener("click", () => rerun(state.shown));
+  for (const input of [els.priceMin, els.priceMax]) {
+    input.addEventListener("change", () => {
+      if (!input.checkValidity()) { showError(`The price must be a number of 0 or more, not "${input.value}".`); return; }
+      clearError();
+      if (state.file) rerun();
+    });
+  }
 
   async function moreLikeThis(r) {
     clearError();

@@ -76,6 +76,12 @@ class _Shard:
     photos: np.ndarray  # (n,) uint64 key of each product photo's bytes (0: unknown)
     prices: np.ndarray  # (n,) float32 (NaN: unknown)
     numbers: np.ndarray  # (n,) uint8: which of its product's photos the row is
+    products: int | None = None  # distinct ids, counted when asked after a change
+
+    def product_count(self) -> int:
+        if self.products is None:
+            self.products = int(np.unique(self.ids).size) if self.numbers.any() else self.index.ntotal
+        return self.products
 
 
 def _decode_ids(ids: np.ndarray) -> list[str]:
@@ -121,7 +127,7 @@ class InvertedIndex:
         return any(bool((s.ids == key).any()) for s in self._shards.values())
 
     def category_sizes(self) -> dict[str, int]:
-        return {c: int(np.unique(s.ids).size) for c, s in sorted(self._shards.items())}
+        return {c: s.product_count() for c, s in sorted(self._shards.items())}
 
     def _encode_values(self, attributes: Mapping[str, str]) -> np.ndarray:
         row = np.full(len(self._groups), UNKNOWN, np.uint8)
@@ -201,6 +207,7 @@ class InvertedIndex:
             shard.photos = np.concatenate([shard.photos, photos[sel]])
             shard.prices = np.concatenate([shard.prices, prices[sel]])
             shard.numbers = np.concatenate([shard.numbers, numbers[sel]])
+            shard.products = None
         self._products = None
 
     def delete(self, ids: Iterable[str]) -> int:
@@ -218,6 +225,7 @@ class InvertedIndex:
             keep = ~hit
             shard.ids, shard.colours, shard.values = shard.ids[keep], shard.colours[keep], shard.values[keep]
             shard.photos, shard.prices, shard.numbers = shard.photos[keep], shard.prices[keep], shard.numbers[keep]
+            shard.products = None
         self._products = None
         return len(found)
 
@@ -322,7 +330,10 @@ class InvertedIndex:
                 bounds += [f"price <= {price_max:g}"] if price_max is not None else []
                 note = f"only {rows_map.size} products in category {category!r} with {', '.join(bounds)}"
         multi = bool(shard.numbers.any())  # some product has several photos: answer each once
-        candidates = int(np.unique(ids).size) if multi else index.ntotal
+        if not multi:
+            candidates = index.ntotal
+        else:  # products, not photos
+            candidates = shard.product_count() if rows_map is None else int(np.unique(ids).size)
         depth = r.shortlist * -(-(k + offset) // r.shortlist)  # whole tiers
         while True:
             rows, ham = hamming_topk(index, ids, code, depth)

@@ -13,7 +13,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-COMMAND_MODULES = ("cli.indexer", "cli.attributes", "cli.detector", "cli.search", "cli.webui")
+COMMAND_MODULES = ("cli.indexer", "cli.attributes", "cli.detector", "cli.search", "cli.webui", "cli.scaling")
 
 
 @dataclass

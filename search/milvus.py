@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -288,6 +289,37 @@ class MilvusIndex:
         return self._scorer(rows).hits_for(ids, code, colour, attributes)
 
 
+def open_milvus_engine(
+    index_dir,
+    uri: str,
+    *,
+    collection: str = COLLECTION,
+    nprobe: int = 16,
+    device: str = "cpu",
+    writable: bool = True,
+    ranking: RankingConfig | None = None,
+):
+    """``SearchEngine.open`` with the collection at ``uri`` in the RAM index's place: the index
+    directory still gives the models, the display fields and the thumbnails."""
+    from indexer.describe import Describer
+    from indexer.store import Store
+    from search.engine import SearchEngine
+
+    if not Path(index_dir).is_dir():
+        raise FileNotFoundError(f"no index at {index_dir}: build one with `fashion-search index`")
+    store = Store(index_dir, readonly=not writable)
+    index = MilvusIndex(uri, collection=collection, ranking=ranking, nprobe=nprobe, store=store)
+    if index.version is not None and index.version > store.version():
+        logger.warning("collection %r was written from a newer store than %s", collection, index_dir)
+    describer = Describer.load(store.models_dir(), device=device)
+    if describer.code_bytes != index.code_bytes:
+        raise ValueError(
+            f"collection {collection!r} holds {index.code_bytes * 8}-bit codes, the models of {index_dir} make "
+            f"{describer.code_bytes * 8}-bit ones: export this index again"
+        )
+    return SearchEngine(describer=describer, store=store, index=index, ranking=ranking)
+
+
 def _code_bytes(value) -> bytes:
     """A BINARY_VECTOR as pymilvus hands it back (bytes, or a one-element list of bytes)."""
     return value[0] if isinstance(value, list) else bytes(value)
@@ -316,4 +348,4 @@ def product_rows(ids, categories, attributes, codes, colours, photos, prices, di
     return rows
 
 
-__all__ = ["COLLECTION", "INDEX_TYPES", "MilvusIndex", "connect", "product_rows"]
+__all__ = ["COLLECTION", "INDEX_TYPES", "MilvusIndex", "connect", "open_milvus_engine", "product_rows"]

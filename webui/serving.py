@@ -203,10 +203,12 @@ def serve(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
     device: str = "cpu",
     allowed_hosts: tuple[str, ...] | None = None,
+    open_engine=None,
 ) -> None:
     """Open the index in ``index_dir`` once and serve the page and the API until interrupted.
 
-    The port is bound first: a busy one is said (``PortError``) before any model is loaded."""
+    The port is bound first: a busy one is said (``PortError``) before any model is loaded.
+    ``open_engine``: a function returning the engine to serve (another backend), called then."""
     config = ServeConfig(
         host=host,
         port=port,
@@ -226,7 +228,8 @@ def serve(
             # oversubscribe the cores (two OpenMP threads per request spun against each other here).
             torch.set_num_threads(1)
         t0 = time.perf_counter()
-        app = create_app({"INDEX": index_dir, "DEVICE": device, "TOKEN": token, "MAX_CONTENT_LENGTH": max_upload_bytes})
+        settings = {"INDEX": index_dir, "DEVICE": device, "TOKEN": token, "MAX_CONTENT_LENGTH": max_upload_bytes}
+        app = create_app({**settings, "ENGINE": open_engine()} if open_engine else settings)
         logger.info("opened %s in %.1fs", index_dir, time.perf_counter() - t0)
     except BaseException:
         for sock in sockets:

@@ -14,7 +14,17 @@ import numpy as np
 
 from foundation.schema import Schema, default_schema
 from search.index import photo_key
-from search.milvus import COLLECTION, FIXED_FIELDS, FORMAT, INDEX_TYPES, _pymilvus, connect, product_rows
+from search.milvus import (
+    COLLECTION,
+    CONSISTENCY,
+    FIXED_FIELDS,
+    FORMAT,
+    INDEX_TYPES,
+    _pymilvus,
+    check_collection_name,
+    connect,
+    product_rows,
+)
 
 
 def collection_schema(*, code_bits: int, colour_bins: int, schema: Schema, description: str):
@@ -62,6 +72,7 @@ def create_collection(
         raise ValueError(f"code_bits must be a positive multiple of 8, got {code_bits}")
     pm = _pymilvus()
     schema = schema or default_schema()
+    check_collection_name(collection)
     alias = connect(uri)
     if pm.utility.has_collection(collection, using=alias):
         if not replace:
@@ -78,7 +89,7 @@ def create_collection(
     fields = collection_schema(
         code_bits=code_bits, colour_bins=colour_bins, schema=schema, description=json.dumps(described)
     )
-    return pm.Collection(collection, fields, using=alias, consistency_level="Strong")
+    return pm.Collection(collection, fields, using=alias, consistency_level=CONSISTENCY)
 
 
 def build_vector_index(target, *, index_type: str = "BIN_FLAT", nlist: int = 1024) -> None:
@@ -120,7 +131,7 @@ def export_store(
             raise ValueError(f"the index {index_dir} was built with schema {info['schema_fingerprint']}")
         target = create_collection(
             uri,
-            code_bits=int(info["code_bits"]),  # the models' real code size, not the design's 1856
+            code_bits=int(info.get("code_bits") or info["code_bytes"] * 8),  # the models' real size, not 1856
             colour_bins=int(info["colour_bins"]),
             collection=collection,
             index_type=index_type,

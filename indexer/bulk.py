@@ -166,6 +166,8 @@ def build_index(
     schema: Schema | None = None,
     limits: ImageLimits | None = None,
     on_batch: Callable[[dict], None] | None = None,
+    decoded_stream: Callable | None = None,
+    describe_batch: Callable | None = None,
 ) -> dict:
     """Index (or update) ``dump`` into the index directory ``out_dir``; returns the summary.
 
@@ -177,6 +179,8 @@ def build_index(
         describer: a ready :class:`indexer.describe.Describer` (tests); default: loaded from the
             models.
         on_batch: called with the running summary after each committed batch.
+        decoded_stream, describe_batch: stand-ins for ``_decoded_stream`` and ``_describe_batch``, with
+            their arguments (``indexer.ray_bulk`` runs both stages in Ray actors).
     """
     cfg = BulkConfig(
         workers=workers,
@@ -248,7 +252,7 @@ def build_index(
     def flush() -> None:
         if not batch:
             return
-        described = _describe_batch(describer, batch, skip)
+        described = (describe_batch or _describe_batch)(describer, batch, skip)
         records, thumbs = [], {}
         for d, out in described:
             desc = out.description
@@ -272,7 +276,7 @@ def build_index(
     total = _count_rows(dump)
     bar = tqdm(total=total, desc="index", unit="img", disable=not progress, smoothing=0.05)
     try:
-        for d in _decoded_stream(jobs(), cfg.workers):
+        for d in (decoded_stream or _decoded_stream)(jobs(), cfg.workers):
             stages["decode"] += d.decode_s
             bar.update(1)
             if d.error and not d.blank:

@@ -42,6 +42,16 @@ def _ray():
     return ray
 
 
+def start_ray(address: str | None = None, *, num_cpus: int = 2, pythonpath: str | None = None):
+    """Join the Ray cluster at ``address``, or start Ray here with ``num_cpus`` and a small object
+    store (the rows are small: photos are read by the actors); ``pythonpath``: where the workers
+    import from besides the installed packages (the tests' stand-ins)."""
+    ray = _ray()
+    local = {"num_cpus": num_cpus, "object_store_memory": 256 * 2**20} if address is None else {}
+    env = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}} if pythonpath else {}
+    return ray.init(address=address, include_dashboard=False, log_to_driver=False, **local, **env)
+
+
 def load_describer(models_dir, *, device: str = "cpu") -> Describer:
     """The describer an actor loads once (the default of ``describer_factory``)."""
     import torch
@@ -161,8 +171,7 @@ def build_index_ray(
     ray = _ray()
     started = not ray.is_initialized()
     if started:
-        local = {"num_cpus": actors, "object_store_memory": 256 * 2**20} if address is None else {}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+        start_ray(address, num_cpus=actors)
     stages = RayStages(
         models_dir,
         factory=describer_factory or functools.partial(load_describer, device=device),
@@ -189,4 +198,4 @@ def build_index_ray(
             ray.shutdown()
 
 
-__all__ = ["RayStages", "build_index_ray", "load_describer"]
+__all__ = ["RayStages", "build_index_ray", "load_describer", "start_ray"]

@@ -26,15 +26,10 @@ VARYING = ("seconds", "images_per_s", "stage_seconds", "stage_share")  # timings
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install '.[test]')")
+    from indexer.ray_bulk import start_ray
+
     try:
-        # the workers import the tests' stand-in describer from this checkout
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            object_store_memory=256 * 2**20,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-        )
+        start_ray(num_cpus=2, pythonpath=str(ROOT))  # the workers import the tests' stand-ins from here
     except Exception as exc:  # noqa: BLE001 - whatever stops Ray here, say it and skip
         pytest.skip(f"Ray cannot start on this machine: {exc}")
     yield ray

@@ -21,12 +21,14 @@ def _index(args) -> int:
     from indexer.bulk import build_index
     from search.engine import load_ram_index
 
-    if args.engine != "ray" and (args.address or args.actors is not None):
-        raise ValueError("--address and --actors are only used with --engine ray")
+    if args.engine != "ray" and (args.address or args.actors is not None or args.actor_threads is not None):
+        raise ValueError("--address, --actors and --actor-threads are only used with --engine ray")
     if args.engine == "ray":
         from indexer.ray_bulk import build_index_ray
 
-        run = functools.partial(build_index_ray, address=args.address, actors=args.actors or 2)
+        run = functools.partial(
+            build_index_ray, address=args.address, actors=args.actors or 2, threads=args.actor_threads
+        )
     else:
         run = functools.partial(build_index, workers=args.workers)
     summary = run(
@@ -98,6 +100,11 @@ def register(commands) -> None:
     )
     p.add_argument("--address", help="--engine ray: the Ray cluster to join (default: start Ray on this machine)")
     p.add_argument("--actors", type=int, help="--engine ray: actors, each with one CPU and the models (default 2)")
+    p.add_argument(
+        "--actor-threads",
+        type=int,
+        help="--engine ray: torch threads per actor (default: a local run's, at most 2, so the stores are equal)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_index)
 

@@ -2,12 +2,13 @@
 
 The driver is ``indexer.bulk.build_index`` itself: it reads the dump, writes the report (bad rows,
 skipped images, duplicates, placeholders), resumes by content hash and commits each batch to the
-LMDB store exactly as a local run does. Only its two per-product stages move to Ray: the dump's
-rows go through ``ray.data`` ``map_batches`` on a pool of actors, each of which loads the models
-once and runs the local indexer's own ``bulk._decode`` and ``bulk._describe_batch`` on its batch;
-the driver takes the answers back in dump order (``preserve_order``), so the report and the store
-are those of a local run. A product's described form is per photo (models in eval mode), so the
-store's records are the local run's, byte for byte.
+LMDB store exactly as a local run does. Only its two per-product stages move to Ray Data
+(``RayStages``): the dump's rows are decoded by ``bulk._decode`` in Ray tasks, then the products
+to describe go, in the local run's own batches, through ``map_batches`` on a pool of actors, each
+of which loads the models once and runs ``bulk._decode`` and ``bulk._describe_batch`` on a batch.
+The driver takes the answers back in dump order (``preserve_order``), so the report and the
+store are a local run's, byte for byte (models in eval mode). Each photo is decoded twice, once to
+know what to describe and once beside the models: decoding is a small part of the cost.
 
 Rows are handed to Ray in waves of ``WAVE`` so that a dump of millions of products is never held
 whole in the driver's memory; each wave starts its own actor pool (one model load per actor per
@@ -19,6 +20,7 @@ the run joins that cluster, whose nodes must see the dump's photos and the model
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
@@ -54,9 +56,6 @@ def start_ray(address: str | None = None, *, num_cpus: int = 2, pythonpath: str 
 
 def load_describer(models_dir, *, device: str = "cpu") -> Describer:
     """The describer an actor loads once (the default of ``describer_factory``)."""
-    import torch
-
-    torch.set_num_threads(1)  # one core per actor: the pool's size says how many cores are used
     return Describer.load(models_dir, device=device)
 
 
@@ -68,67 +67,108 @@ def _driver_describer(models_dir: Path) -> Describer:
     return Describer(predictor=None, detector=None, coder=AppearanceCoder.load(models_dir))
 
 
-class _DescribeActor:
-    """One Ray actor: the models loaded once, then ``bulk._decode`` + ``bulk._describe_batch`` per batch."""
+def _decode_rows(batch: dict) -> dict:
+    """Ray task: ``bulk._decode`` each row, answering what the driver needs to batch and report it
+    (the working-size image is dropped: the actors decode their batches again)."""
+    return {"decoded": [dataclasses.replace(_decode(job), prepared=None) for job in batch["job"]]}
 
-    def __init__(self, models_dir: str, factory: Callable):
+
+class _DescribeActor:
+    """One Ray actor: the models loaded once, then ``bulk._decode`` + ``bulk._describe_batch`` on each
+    of the local run's batches (one batch a row)."""
+
+    def __init__(self, models_dir: str, factory: Callable, threads: int):
+        import torch
+
+        # a local run's thread count: torch's float sums, and so the stored probabilities, depend on it
+        torch.set_num_threads(threads)
         self.describer = factory(models_dir)
         if not self.describer.signature:  # as build_index signs a describer built in memory
             self.describer.signature = models_signature(models_dir)
 
-    def __call__(self, batch: dict) -> dict:
-        decoded = [_decode(job) for job in batch["job"]]
-        todo = [d for d in decoded if d.error is None and not d.unchanged]
+    def __call__(self, rows: dict) -> dict:
+        return {"described": [self._describe(list(jobs)) for jobs in rows["jobs"]]}
+
+    def _describe(self, jobs: list) -> list[tuple]:
+        decoded = [_decode(job) for job in jobs]
         failed: dict[int, tuple[str, str]] = {}
 
         def skip(d: Decoded, reason: str, field: str = "image") -> None:
             failed[id(d)] = (reason, field)
 
-        described = {id(d): out for d, out in _describe_batch(self.describer, todo, skip)}
-        results = []
         for d in decoded:
-            out = described.get(id(d))
-            if out is not None:  # the working-size image is not needed any more: do not ship it back
-                out = dataclasses.replace(out, prepared=dataclasses.replace(out.prepared, image=None))
-            results.append((dataclasses.replace(d, prepared=None), out, failed.get(id(d))))
-        return {"result": results}
+            if d.prepared is None:  # decoded well by the first pass: the file changed since
+                skip(d, f"the photo changed while indexing: {d.error or 'unchanged now'}", d.field)
+        done = {id(d): out for d, out in _describe_batch(self.describer, [d for d in decoded if d.prepared], skip)}
+        out = []
+        for d in decoded:
+            described = done.get(id(d))
+            if described is not None:  # the working-size image is not needed any more: not shipped back
+                described = dataclasses.replace(described, prepared=dataclasses.replace(described.prepared, image=None))
+            out.append((d.product.id, described, failed.get(id(d))))
+        return out
 
 
 class RayStages:
-    """``build_index``'s ``decoded_stream`` and ``describe_batch`` answered by a Ray actor pool."""
+    """``build_index``'s ``decoded_stream`` and ``describe_batch`` answered by Ray Data.
 
-    def __init__(self, models_dir: Path, *, factory: Callable, actors: int, batch_size: int):
+    A wave of dump rows is decoded by Ray tasks first (what is bad, a placeholder or unchanged is
+    then known), so the products to describe are cut into the very batches a local run describes
+    (``batch_size`` of them in dump order, across waves): the models' float sums, and so the stored
+    probabilities, depend on a batch's make-up. The actor pool describes those batches while the
+    driver walks the decoded rows; ``describe`` takes each batch's answer in order.
+    """
+
+    def __init__(self, models_dir: Path, *, factory: Callable, actors: int, batch_size: int, threads: int):
         self.models_dir = str(models_dir)
+        self.threads = threads
         self.factory = factory
         self.actors = actors
         self.batch_size = batch_size
-        self._done: dict[int, tuple] = {}  # id(decoded) -> (described, failure), until its batch is flushed
+        self._answers: collections.deque = collections.deque()  # iterators over submitted batches' answers
 
     def stream(self, jobs: Iterator, _workers: int) -> Iterator[Decoded]:
         ray = _ray()
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the report and duplicates in dump order
         context.enable_progress_bars = False  # build_index has its own
-        while wave := list(itertools.islice(jobs, WAVE)):
+        pending: list = []  # jobs of products to describe, not yet a whole batch
+        wave = list(itertools.islice(jobs, WAVE))
+        while wave:
             rows = ray.data.from_items([{"job": job} for job in wave])
-            results = rows.map_batches(
-                _DescribeActor,
-                fn_constructor_args=(self.models_dir, self.factory),
-                batch_size=self.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=self.actors),
-                num_cpus=1,
-            )
-            for row in results.iter_rows():
-                d, out, failure = row["result"]
-                if out is not None or failure is not None:
-                    self._done[id(d)] = (out, failure)
-                yield d
+            decoded = [r["decoded"] for r in rows.map_batches(_decode_rows, batch_size=64, num_cpus=1).iter_rows()]
+            pending += [job for job, d in zip(wave, decoded) if d.error is None and not d.unchanged]
+            wave = list(itertools.islice(jobs, WAVE))
+            whole = len(pending) if not wave else len(pending) - len(pending) % self.batch_size
+            self._submit(pending[:whole])
+            pending = pending[whole:]
+            yield from decoded
+
+    def _submit(self, jobs: list) -> None:
+        if not jobs:
+            return
+        ray = _ray()
+        batches = [{"jobs": jobs[i : i + self.batch_size]} for i in range(0, len(jobs), self.batch_size)]
+        answers = ray.data.from_items(batches).map_batches(
+            _DescribeActor,
+            fn_constructor_args=(self.models_dir, self.factory, self.threads),
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+            num_cpus=1,
+        )
+        self._answers.append(r["described"] for r in answers.iter_rows())
 
     def describe(self, _describer, batch: list[Decoded], skip) -> list:
+        while True:
+            answer = next(self._answers[0], None)
+            if answer is not None:
+                break
+            self._answers.popleft()
+        if [pid for pid, _d, _f in answer] != [d.product.id for d in batch]:
+            raise RuntimeError("Ray answered another batch than the one flushed: the stages went out of step")
         out = []
-        for d in batch:
-            described, failure = self._done.pop(id(d))
+        for d, (_pid, described, failure) in zip(batch, answer):
             if failure is not None:
                 skip(d, *failure)
             else:
@@ -148,19 +188,24 @@ def build_index_ray(
     delete_missing: bool = False,
     progress: bool = True,
     describer_factory: Callable | None = None,
+    threads: int | None = None,
     **kwargs,
 ) -> dict:
     """``build_index`` with its decode and describe stages on Ray; returns the same summary.
 
     Args:
         address: a Ray cluster to join; None starts Ray on this machine with ``actors`` CPUs.
-        actors: actors in the pool, each with one CPU and its own copy of the models.
+        actors: actors in the pool, each with one Ray CPU and its own copy of the models.
         batch_size: dump rows per actor call (and products per store commit, as in local mode).
         describer_factory: ``factory(models_dir) -> Describer``, called once in each actor (tests pass
             stand-ins; it must be importable by Ray's workers); default: the models of ``models_dir``.
+        threads: torch threads in each actor; default: a local run's (at most 2), so that the two
+            stores are equal byte for byte (torch's float sums depend on the thread count).
     """
     if actors < 1:
         raise ValueError(f"--actors must be at least 1, got {actors}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--actor-threads must be at least 1, got {threads}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     models_dir = Path(models_dir)
@@ -168,6 +213,8 @@ def build_index_ray(
         raise FileNotFoundError(
             f"no models directory at {models_dir}: train the models first (`fashion-search train ...`)"
         )
+    import torch
+
     ray = _ray()
     started = not ray.is_initialized()
     if started:
@@ -177,6 +224,7 @@ def build_index_ray(
         factory=describer_factory or functools.partial(load_describer, device=device),
         actors=actors,
         batch_size=batch_size,
+        threads=threads or min(2, torch.get_num_threads()),  # build_index's own
     )
     try:
         return build_index(

@@ -258,3 +258,22 @@ def test_cli_query_with_the_milvus_backend(engines, milvus_uri, rows, synth_dump
     assert "--collection must be letters, digits and underscores" in capsys.readouterr().err
     assert main([*argv, "--backend", "milvus", "--milvus", "127.0.0.1:1"]) == 2
     assert "--milvus must be a server URI" in capsys.readouterr().err
+
+
+def test_serve_with_the_milvus_backend_opens_a_milvus_engine(engines, milvus_uri, tmp_path, monkeypatch):
+    import webui.serving
+    from cli.main import main
+    from indexer.describe import Describer
+    from search.milvus import MilvusIndex
+
+    embedded, milvus = engines
+    monkeypatch.setattr(Describer, "load", staticmethod(lambda *a, **k: embedded.describer))
+    opened = []
+    monkeypatch.setattr(webui.serving, "serve", lambda index, **kw: opened.append(kw["open_engine"]()))
+    copy = shutil.copytree(milvus.store.path, tmp_path / "index")
+    argv = ["serve", str(copy), "--backend", "milvus", "--milvus", milvus_uri, "--collection", "engine"]
+    assert main(argv) == 0
+    (engine,) = opened
+    assert isinstance(engine.index, MilvusIndex) and len(engine) == len(embedded)
+    assert engine.store.readonly  # no token: nothing is written
+    engine.store.close()

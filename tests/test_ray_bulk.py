@@ -58,7 +58,10 @@ def _ray_run(dump, models_dir, out, **kw):
     )
 
 
-def test_ray_writes_the_local_runs_store_byte_for_byte(ray_local, messy_dump, models, tmp_path):  # noqa: F811
+def test_ray_writes_the_local_runs_store_byte_for_byte(ray_local, messy_dump, models, tmp_path, monkeypatch):  # noqa: F811
+    import indexer.ray_bulk
+
+    monkeypatch.setattr(indexer.ray_bulk, "WAVE", 5)  # waves of 5 rows: the local batches of 4 span them
     dump, good, bad = messy_dump
     local = build_index(
         dump, models, tmp_path / "local", workers=2, batch_size=4, describer=fake_describer(models), progress=False
@@ -116,4 +119,4 @@ def test_cli_flags_of_the_ray_engine_are_checked(tmp_path, capsys):
         )
         == 2
     )
-    assert "--address and --actors are only used with --engine ray" in capsys.readouterr().err
+    assert "--address, --actors and --actor-threads are only used with --engine ray" in capsys.readouterr().err

@@ -81,7 +81,7 @@ def indexing(models: Path, products: int, tmp: Path) -> int:
         s = build_index_ray(
             dump, models, tmp / f"ray{actors}", actors=actors, describer_factory=factory, progress=False
         )
-        runs[f"ray local mode, {actors} actor{'s' * (actors > 1)} (1 CPU each)"] = s
+        runs[f"ray local mode, {actors} actor{'s' * (actors > 1)} (2 torch threads each)"] = s
     ray.shutdown()
     base = runs["local (2 decode workers, 2 torch threads)"]["images_per_s"]
     print(f"\nindexing {products} synthetic products (Ray start-up {ray_start:.1f}s, not counted below):")
@@ -155,6 +155,14 @@ def serving(n: int, code_bits: int, n_queries: int, nlist: int, tmp: Path) -> No
     for lo in range(0, n, 20_000):
         ram.add(*[data[k][lo : lo + 20_000] for k in keys])
     ram_bytes = (rss() - before) / n
+    shards = ram._shards.values()
+    arrays = sum(
+        s.index.ntotal * code_bytes + sum(a.nbytes for a in (s.ids, s.colours, s.values, s.photos, s.prices))
+        for s in shards
+    )
+    print(
+        f"embedded arrays: {arrays / n:.0f} bytes/product (codes, colours, attribute columns, ids, photo keys, prices)"
+    )
     exact, ts = timed(ram.search, queries, data)
     rows = [("embedded InvertedIndex (faiss)", pct(ts, 50), pct(ts, 99), 1.0, 1.0, ram_bytes, "")]
     with local_milvus(tmp / "milvus") as uri:

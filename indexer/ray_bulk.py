@@ -132,6 +132,7 @@ class RayStages:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the report and duplicates in dump order
         context.enable_progress_bars = False  # build_index has its own
+        context.enable_fallback_to_arrow_object_ext_type = True  # rows are Python objects: said, not warned
         pending: list = []  # jobs of products to describe, not yet a whole batch
         wave = list(itertools.islice(jobs, WAVE))
         while wave:

@@ -61,7 +61,7 @@ def _ray_run(dump, models_dir, out, **kw):
 def test_ray_writes_the_local_runs_store_byte_for_byte(ray_local, messy_dump, models, tmp_path, monkeypatch):  # noqa: F811
     import indexer.ray_bulk
 
-    monkeypatch.setattr(indexer.ray_bulk, "WAVE", 5)  # waves of 5 rows: the local batches of 4 span them
+    monkeypatch.setattr(indexer.ray_bulk, "WAVE", 10)  # waves of 10 rows: local batches of 4 span them
     dump, good, bad = messy_dump
     local = build_index(
         dump, models, tmp_path / "local", workers=2, batch_size=4, describer=fake_describer(models), progress=False

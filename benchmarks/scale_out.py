@@ -160,9 +160,6 @@ def serving(n: int, code_bits: int, n_queries: int, nlist: int, tmp: Path) -> No
         s.index.ntotal * code_bytes + sum(a.nbytes for a in (s.ids, s.colours, s.values, s.photos, s.prices))
         for s in shards
     )
-    print(
-        f"embedded arrays: {arrays / n:.0f} bytes/product (codes, colours, attribute columns, ids, photo keys, prices)"
-    )
     exact, ts = timed(ram.search, queries, data)
     note = f"arrays; the process grew {ram_bytes:.0f} B/product"
     rows = [("embedded InvertedIndex (faiss)", pct(ts, 50), pct(ts, 99), 1.0, 1.0, arrays / n, note)]

@@ -139,7 +139,7 @@ def timed(search, queries, data) -> tuple[list, list[float]]:
 
 
 def serving(n: int, code_bits: int, n_queries: int, nlist: int, tmp: Path) -> None:
-    from search.milvus import MilvusIndex, product_rows
+    from search.milvus import MilvusIndex, insert_rows, product_rows
     from search.milvus_export import build_vector_index, create_collection
     from search.milvus_local import local_milvus
 
@@ -174,7 +174,7 @@ def serving(n: int, code_bits: int, n_queries: int, nlist: int, tmp: Path) -> No
             groups = [g.name for g in default_schema().attribute_groups]
             for lo in range(0, n, 5000):
                 part = [data[k][lo : lo + 5000] for k in keys]
-                target.insert(product_rows(*part, [{}] * len(part[0]), groups))
+                insert_rows(target, product_rows(*part, [{}] * len(part[0]), groups))
             build_vector_index(target, index_type=index_type, nlist=nlist)
             load_s = time.perf_counter() - t
             time.sleep(2)

@@ -23,6 +23,7 @@ from search.milvus import (
     _pymilvus,
     check_collection_name,
     connect,
+    insert_rows,
     product_rows,
 )
 
@@ -145,7 +146,8 @@ def export_store(
         with tqdm(total=info["products"], desc="export", unit="product", disable=not progress) as bar:
             while batch := list(itertools.islice(records, batch_size)):
                 descs = [r.description for r in batch]
-                target.insert(
+                insert_rows(
+                    target,
                     product_rows(
                         [r.id for r in batch],
                         [d.category for d in descs],
@@ -156,7 +158,7 @@ def export_store(
                         [r.price for r in batch],
                         [r.metadata() for r in batch],
                         groups,
-                    )
+                    ),
                 )
                 n += len(batch)
                 bar.update(len(batch))

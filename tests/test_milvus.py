@@ -126,7 +126,7 @@ def test_bad_queries_are_the_embedded_errors(milvus_uri):
 
 def test_ivf_recall_at_10_against_the_exact_answer(milvus_uri):
     """BIN_IVF_FLAT on clustered codes (products of one look share most bits, as real codes do)."""
-    from search.milvus import MilvusIndex
+    from search.milvus import MilvusIndex, insert_rows
     from search.milvus_export import build_vector_index, create_collection
 
     rng = np.random.default_rng(5)
@@ -143,14 +143,15 @@ def test_ivf_recall_at_10_against_the_exact_answer(milvus_uri):
         milvus_uri, code_bits=nbytes * 8, colour_bins=BINS, collection="ivf", index_type="BIN_IVF_FLAT", replace=True
     )
     for lo in range(0, n, 5000):
-        target.insert(
+        insert_rows(
+            target,
             [
                 {"id": ids[i], "category": "pants", "code": codes[i].tobytes(), "colour_histogram": [1 / BINS] * BINS}
                 | {"photo": 0, "price": float("nan"), "title": "", "category_path": "", "url": ""}
                 | {g: "" for g in ("age_group", "colour", "pattern", "sleeve_length", "garment_length", "neckline")}
                 | {"fit": ""}
                 for i in range(lo, min(n, lo + 5000))
-            ]
+            ],
         )
     build_vector_index(target, index_type="BIN_IVF_FLAT", nlist=64)
     milvus = MilvusIndex(milvus_uri, collection="ivf", ranking=ranking, nprobe=8)

@@ -180,7 +180,7 @@ def build_index(
             models.
         on_batch: called with the running summary after each committed batch.
         decoded_stream, describe_batch: stand-ins for ``_decoded_stream`` and ``_describe_batch``, with
-            their arguments (``indexer.ray_bulk`` runs both stages in Ray actors).
+            their arguments (``indexer.ray_bulk`` runs both on Ray Data).
     """
     cfg = BulkConfig(
         workers=workers,

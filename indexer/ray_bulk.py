@@ -34,6 +34,7 @@ from indexer.describe import Describer, models_signature
 logger = logging.getLogger(__name__)
 
 WAVE = 20_000  # dump rows per Ray dataset
+DECODE_ROWS = 64  # rows per decode task
 
 
 def _ray():
@@ -136,8 +137,11 @@ class RayStages:
         pending: list = []  # jobs of products to describe, not yet a whole batch
         wave = list(itertools.islice(jobs, WAVE))
         while wave:
-            rows = ray.data.from_items([{"job": job} for job in wave])
-            decoded = [r["decoded"] for r in rows.map_batches(_decode_rows, batch_size=64, num_cpus=1).iter_rows()]
+            blocks = -(-len(wave) // DECODE_ROWS)  # enough blocks that every CPU gets some to decode
+            rows = ray.data.from_items([{"job": job} for job in wave], override_num_blocks=blocks)
+            decoded = [
+                r["decoded"] for r in rows.map_batches(_decode_rows, batch_size=DECODE_ROWS, num_cpus=1).iter_rows()
+            ]
             pending += [job for job, d in zip(wave, decoded) if d.error is None and not d.unchanged]
             wave = list(itertools.islice(jobs, WAVE))
             whole = len(pending) if not wave else len(pending) - len(pending) % self.batch_size
@@ -150,7 +154,8 @@ class RayStages:
             return
         ray = _ray()
         batches = [{"jobs": jobs[i : i + self.batch_size]} for i in range(0, len(jobs), self.batch_size)]
-        answers = ray.data.from_items(batches).map_batches(
+        # a block per batch: blocks are what the pool hands out, so one block would keep one actor busy
+        answers = ray.data.from_items(batches, override_num_blocks=len(batches)).map_batches(
             _DescribeActor,
             fn_constructor_args=(self.models_dir, self.factory, self.threads),
             batch_size=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -20,11 +21,20 @@ def _index(args) -> int:
     from indexer.bulk import build_index
     from search.engine import load_ram_index
 
-    summary = build_index(
+    if args.engine != "ray" and (args.address or args.actors is not None or args.actor_threads is not None):
+        raise ValueError("--address, --actors and --actor-threads are only used with --engine ray")
+    if args.engine == "ray":
+        from indexer.ray_bulk import build_index_ray
+
+        run = functools.partial(
+            build_index_ray, address=args.address, actors=args.actors or 2, threads=args.actor_threads
+        )
+    else:
+        run = functools.partial(build_index, workers=args.workers)
+    summary = run(
         args.dump,
         args.models,
         args.out,
-        workers=args.workers,
         batch_size=args.batch_size,
         device=args.device,
         delete_missing=args.delete_missing,
@@ -32,9 +42,10 @@ def _index(args) -> int:
     )
     load_ram_index(args.out)  # the RAM snapshot written now, so a server starts from it at once
     print(
-        f"indexed {summary['indexed']} products ({summary['added']} new, {summary['updated']} updated, "
-        f"{summary['unchanged']} unchanged, {summary['deleted']} deleted) in {summary['seconds']:.1f}s "
-        f"({summary['images_per_s']} images/s); skipped {summary['skipped']} images and {summary['bad_rows']} bad rows, "
+        f"indexed {summary['indexed']} products, {summary['photos']} photos ({summary['added']} new, "
+        f"{summary['updated']} updated, {summary['unchanged']} unchanged, {summary['deleted']} deleted) in "
+        f"{summary['seconds']:.1f}s ({summary['images_per_s']} images/s); skipped {summary['skipped']} products, "
+        f"{summary['photos_left_out']} photos and {summary['bad_rows']} bad rows, "
         f"{summary['duplicates']} duplicate images; the index holds {summary['products']} products "
         f"({summary['store_bytes_per_product']} bytes each). Report: {args.out}/report.json"
     )
@@ -82,6 +93,19 @@ def register(commands) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per model batch and per commit (default 32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--delete-missing", action="store_true", help="remove indexed products that are not in the dump")
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: decode workers and one model copy here (default); ray: Ray Data actors (pip install .[ray])",
+    )
+    p.add_argument("--address", help="--engine ray: the Ray cluster to join (default: start Ray on this machine)")
+    p.add_argument("--actors", type=int, help="--engine ray: actors, each with one CPU and the models (default 2)")
+    p.add_argument(
+        "--actor-threads",
+        type=int,
+        help="--engine ray: torch threads per actor (default: a local run's, at most 2, so the stores are equal)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_index)
 

@@ -13,7 +13,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-COMMAND_MODULES = ("cli.indexer", "cli.attributes", "cli.detector", "cli.search", "cli.webui")
+COMMAND_MODULES = ("cli.indexer", "cli.attributes", "cli.detector", "cli.search", "cli.webui", "cli.scaling")
 
 
 @dataclass
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError) as exc:
         # Bad input is the user's to fix: say what, without a traceback.
         print(f"fashion-search: error: {exc}", file=sys.stderr)
         return 2

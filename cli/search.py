@@ -40,6 +40,7 @@ def _jsonl(response: dict) -> str:
 
 
 def _query(args) -> int:
+    from cli.scaling import engine_opener
     from foundation.schema import default_schema
     from search.engine import SearchEngine, check_k
     from search.narrowing import check_offset, check_price_range, parse_filters
@@ -53,7 +54,8 @@ def _query(args) -> int:
         "offset": check_offset(args.offset),
     }
     narrowing["price_min"], narrowing["price_max"] = check_price_range(args.price_min, args.price_max)
-    engine = SearchEngine.open(args.index, device=args.device)
+    open_engine = engine_opener(args, writable=True)
+    engine = open_engine() if open_engine else SearchEngine.open(args.index, device=args.device)
     try:
         response = engine.search(image, option, category=args.category, box=args.box, **narrowing)
     finally:
@@ -67,6 +69,8 @@ def _query(args) -> int:
 
 
 def register(commands) -> None:
+    from cli.scaling import add_backend_args
+
     p = commands.top.add_parser("query", help="search an index with a photo")
     p.add_argument("index", help="index directory written by `fashion-search index`")
     p.add_argument("image", help="the query photo")
@@ -89,6 +93,7 @@ def register(commands) -> None:
     out.add_argument("--json", action="store_true", help="print the whole answer as JSON instead of a table")
     out.add_argument("--jsonl", action="store_true", help="print one JSON object per result (JSON Lines)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_backend_args(p)
     p.set_defaults(func=_query)
 
     def _retrieval(args) -> int:

@@ -15,25 +15,30 @@ def _demo(args) -> int:
 
 
 def _serve(args) -> int:
+    from cli.scaling import engine_opener
     from webui.serving import serve
 
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
     serve(
         Path(args.index),
         host=args.host,
         port=args.port,
-        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        token=token,
         threads=args.threads,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
         allowed_hosts=tuple(args.allowed_hosts.split(",")) if args.allowed_hosts is not None else None,
         reload_s=args.reload_s,
+        open_engine=engine_opener(args, writable=bool(token)),  # without a token nothing is written
     )
     return 0
 
 
 def register(commands) -> None:
+    from cli.scaling import add_backend_args
+
     p = commands.top.add_parser("demo", help="build, train, index and serve the synthetic demo catalogue")
     p.add_argument("--home", default=".fashion-search/demo", help="cache folder (default .fashion-search/demo)")
     p.add_argument("--n", type=int, default=2000, help="synthetic products (default 2000)")
@@ -73,4 +78,5 @@ def register(commands) -> None:
         "localhost, 127.0.0.1 and [::1] when listening on a loopback address, any otherwise "
         "(a page on another site cannot read the API through DNS rebinding)",
     )
+    add_backend_args(p)
     p.set_defaults(func=_serve)

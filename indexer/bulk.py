@@ -214,6 +214,8 @@ def build_index(
     schema: Schema | None = None,
     limits: ImageLimits | None = None,
     on_batch: Callable[[dict], None] | None = None,
+    decoded_stream: Callable | None = None,
+    describe_batch: Callable | None = None,
 ) -> dict:
     """Index (or update) ``dump`` into the index directory ``out_dir``; returns the summary.
 
@@ -225,6 +227,8 @@ def build_index(
         describer: a ready :class:`indexer.describe.Describer` (tests); default: loaded from the
             models.
         on_batch: called with the running summary after each committed batch.
+        decoded_stream, describe_batch: stand-ins for ``_decoded_stream`` and ``_describe_batch``, with
+            their arguments (``indexer.ray_bulk`` runs both on Ray Data).
     """
     cfg = BulkConfig(
         workers=workers,
@@ -298,7 +302,7 @@ def build_index(
     def flush() -> None:
         if not batch:
             return
-        described = _describe_batch(describer, batch, skip)
+        described = (describe_batch or _describe_batch)(describer, batch, skip)
         records, thumbs = [], {}
         for d, outs in described:
             for out in outs:
@@ -334,7 +338,7 @@ def build_index(
 
     say({})
     try:
-        for d in _decoded_stream(jobs(), cfg.workers):
+        for d in (decoded_stream or _decoded_stream)(jobs(), cfg.workers):
             stages["decode"] += d.decode_s
             bar.update(1)
             read += 1

@@ -376,8 +376,8 @@ class SearchEngine:
         half-built one, and never fails for the swap. Product updates through the API wait for it.
         Models changed by the run are loaded too. Returns what was swapped, or None.
         """
-        if self.store.built() == self._built:
-            return None
+        if not isinstance(self.index, InvertedIndex) or self.store.built() == self._built:
+            return None  # another backend (search.milvus) is loaded by `export milvus` instead
         t0 = time.perf_counter()
         with self._write_lock:
             built = self.store.built()

@@ -204,10 +204,12 @@ def serve(
     device: str = "cpu",
     allowed_hosts: tuple[str, ...] | None = None,
     reload_s: float = 2.0,
+    open_engine=None,
 ) -> None:
     """Open the index in ``index_dir`` once and serve the page and the API until interrupted.
 
-    The port is bound first: a busy one is said (``PortError``) before any model is loaded."""
+    The port is bound first: a busy one is said (``PortError``) before any model is loaded.
+    ``open_engine``: a function returning the engine to serve (another backend), called then."""
     config = ServeConfig(
         host=host,
         port=port,
@@ -229,15 +231,14 @@ def serve(
         t0 = time.perf_counter()
         if reload_s < 0:
             raise ValueError(f"--reload-s must be 0 (never) or a positive number of seconds, got {reload_s!r}")
-        app = create_app(
-            {
-                "INDEX": index_dir,
-                "DEVICE": device,
-                "TOKEN": token,
-                "MAX_CONTENT_LENGTH": max_upload_bytes,
-                "RELOAD_S": reload_s,
-            }
-        )
+        settings = {
+            "INDEX": index_dir,
+            "DEVICE": device,
+            "TOKEN": token,
+            "MAX_CONTENT_LENGTH": max_upload_bytes,
+            "RELOAD_S": reload_s,
+        }
+        app = create_app({**settings, "ENGINE": open_engine()} if open_engine else settings)
         logger.info("opened %s in %.1fs", index_dir, time.perf_counter() - t0)
     except BaseException:
         for sock in sockets:

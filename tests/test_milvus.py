@@ -56,7 +56,7 @@ def _random_catalogue(n, seed=0):
     }
 
 
-def _both(uri, collection, ranking, data):
+def _both(uri, collection, ranking, data, numbers=None):
     from search.milvus import MilvusIndex
     from search.milvus_export import build_vector_index, create_collection
 
@@ -65,7 +65,9 @@ def _both(uri, collection, ranking, data):
     build_vector_index(target)
     milvus = MilvusIndex(uri, collection=collection, ranking=ranking)
     for index in (ram, milvus):
-        index.add(*[data[k] for k in ("ids", "categories", "attributes", "codes", "colours", "photos", "prices")])
+        index.add(
+            *[data[k] for k in ("ids", "categories", "attributes", "codes", "colours", "photos", "prices")], numbers
+        )
     return ram, milvus
 
 
@@ -102,6 +104,39 @@ def test_milvus_index_answers_as_the_ram_index(milvus_uri):
         index.add(*[moved[k] for k in ("ids", "categories", "attributes", "codes", "colours", "photos", "prices")])
     assert milvus.search(codes[4], colours[4], "dress", {}, k=30) == ram.search(codes[4], colours[4], "dress", {}, k=30)
     assert milvus.category_sizes() == ram.category_sizes()
+
+
+def test_products_of_several_photos_are_answered_once_at_their_best_photo(milvus_uri):
+    """A row a photo (key ``id/n``): the same hits as the embedded index, photo numbers included
+    (Milvus' counts are of photos, so only the hits are compared)."""
+    base = _random_catalogue(600, seed=5)
+    rows = [(i, n) for i in range(600) for n in range(3 if i % 3 == 0 else 1)]
+    rng = np.random.default_rng(6)
+    data = {k: [v[i] for i, _n in rows] for k, v in base.items()}
+    data["codes"] = np.stack(
+        [base["codes"][i] if n == 0 else rng.integers(0, 256, CODE_BYTES, np.uint8) for i, n in rows]
+    )
+    data["colours"] = np.stack(data["colours"])
+    data["photos"] = [int(x) for x in rng.integers(1, 2**63, len(rows), dtype=np.int64)]
+    numbers = [n for _i, n in rows]
+    ram, milvus = _both(milvus_uri, "photos", RankingConfig(shortlist=20), data, numbers)
+    assert len(ram) == 600 and ram.photo_count() == milvus.photo_count() == len(rows)
+    for q in range(30):
+        r = rows.index((q, 0))
+        kw = [{}, {"filters": {"colour": "red"}}, {"offset": 15}][q % 3]
+        args = (data["codes"][r], data["colours"][r], data["categories"][r], data["attributes"][r])
+        want, got = ram.search(*args, k=15, **kw).hits, milvus.search(*args, k=15, **kw).hits
+        assert got == want and len({h.id for h in got}) == len(got), (q, kw)
+    extra = rows.index((3, 2))  # the third photo of p0003
+    assert (
+        milvus.same_photo(data["photos"][extra])
+        == ram.same_photo(data["photos"][extra])
+        == [("p0003", data["categories"][extra])]
+    )
+    best = ram.hits_for(["p0003"], data["codes"][extra], data["colours"][extra], {})
+    assert milvus.hits_for(["p0003"], data["codes"][extra], data["colours"][extra], {}) == best and best[0].photo == 2
+    assert milvus.delete(["p0003"]) == ram.delete(["p0003"]) == 1 and "p0003" not in milvus
+    assert milvus.photo_count() == ram.photo_count() == len(rows) - 3
 
 
 def test_bad_queries_are_the_embedded_errors(milvus_uri):

@@ -20,7 +20,7 @@ from tests.test_bulk import messy_dump, models  # noqa: F401 - the bulk tests' f
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-VARYING = ("seconds", "images_per_s", "stage_seconds", "stage_share")  # timings, not contents
+VARYING = ("seconds", "images_per_s", "products_per_s", "stage_seconds", "stage_share")  # timings, not contents
 
 
 @pytest.fixture(scope="module")

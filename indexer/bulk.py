@@ -334,7 +334,7 @@ def build_index(
         nonlocal last_said
         if time.monotonic() - last_said >= every_s:
             last_said = time.monotonic()
-            store.write_progress({**running, **state, "done": read, **counts, "updated": time.time()})
+            store.write_progress({**running, **state, "done": read, **counts, "at": time.time()})
 
     say({})
     try:

@@ -109,6 +109,8 @@ def test_a_finished_bulk_run_is_swapped_in_while_searches_run(catalogue, models,
     status = client.get("/api/index").json
     assert status["products"] == 16 and status["reload_error"] is None and status["reload_s"] == 0.05
     assert status["indexing"]["state"] == "done" and status["indexing"]["done"] == 16
+    run = status["indexing"]
+    assert (run["added"], run["updated"], run["unchanged"], run["indexed"]) == (10, 0, 6, 10)
     (reload,) = status["reloads"]
     assert reload["was"] == 10 and reload["products"] == 16 and reload["swap_ms"] < 1000
     new_photo, gone_photo = Path(rows[15]["image"]).read_bytes(), Path(rows[0]["image"]).read_bytes()

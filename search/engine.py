@@ -42,7 +42,7 @@ from search.gate import Gate
 from search.hedge import hedge_categories
 from search.index import InvertedIndex, RankingConfig, photo_key
 from search.narrowing import check_filters, check_offset, check_price_range, narrowed_keys
-from search.protocol import UnknownQuery
+from search.protocol import SearchIndex, UnknownQuery
 from search.ram import index_rows, load_ram_index, ram_from_store
 from search.recent import RecentQueries
 
@@ -96,7 +96,7 @@ class SearchEngine:
         *,
         describer,
         store,
-        index: InvertedIndex,
+        index: InvertedIndex | SearchIndex,
         schema: Schema | None = None,
         recent: RecentQueries | None = None,
         ranking: RankingConfig | None = None,

@@ -4,9 +4,8 @@ Reader, decoder, describer and writer are separate stages; the runner (:func:`bu
 takes an optional ``describer`` so that tests pass small fakes.
 
 Restart-safety: every batch is written in one LMDB transaction, and a product whose id and
-content hash (``indexer.prepare.content_hash``: image bytes, the product's fields and the models'
-signature) are already in
-the store is skipped without decoding. A run killed at any moment and started again with the
+content hash (``indexer.products.photos_hash``: every photo's bytes, the product's fields and the
+models' signature) are already in the store is skipped without decoding. A run killed at any moment and started again with the
 same command therefore resumes where its last commit left off and ends with every good product
 exactly once; a changed dump adds new and updates changed products, and ``delete_missing``
 removes products that are no longer in it.
@@ -32,8 +31,8 @@ from foundation.dump import DumpReport, Product, ProductError, check_boxes, read
 from foundation.images import ImageError
 from foundation.schema import Schema, default_schema
 from indexer.describe import MODEL_NAMES, Described, describe_items, models_signature
-from indexer.prepare import ImageLimits, Prepared, bytes_hash, content_hash, prepare_image
-from indexer.products import product_fields, product_item, product_record
+from indexer.prepare import ImageLimits, Prepared, bytes_hash, prepare_image
+from indexer.products import photos_hash, product_item, product_record
 from indexer.store import MODELS_DIR, REPORT_JSON, Store
 
 logger = logging.getLogger(__name__)
@@ -79,8 +78,8 @@ class Decoded:
         return self.photos[0] if self.photos else None
 
 
-def _read_photos(product: Product) -> tuple[list[tuple[str, bytes, str]], list[dict]]:
-    """(path, bytes, hash) of each readable photo, identical bytes once; and what was left out."""
+def _read_photos(product: Product) -> tuple[list[tuple[int, str, bytes, str]], list[dict]]:
+    """(number, path, bytes, hash) of each readable photo, identical bytes once; and what was left out."""
     photos, problems, seen = [], [], {}
     for n, path in enumerate(product.images):
         try:
@@ -95,7 +94,7 @@ def _read_photos(product: Product) -> tuple[list[tuple[str, bytes, str]], list[d
             )
             continue
         seen[h] = n
-        photos.append((str(path), data, h))
+        photos.append((n, str(path), data, h))
     return photos, problems
 
 
@@ -107,24 +106,23 @@ def _decode(job: tuple[Product, str | None, str, ImageLimits]) -> Decoded:
     readable, problems = _read_photos(product)
     if not readable:
         return Decoded(product, "", error=problems[0]["reason"], photo_problems=problems)
-    ihash = readable[0][2]
-    chash = content_hash(",".join(h for _p, _d, h in readable), product_fields(product), signature)
-    out = Decoded(product, chash, ihash, photo_problems=problems)
+    chash = photos_hash(product, [h for *_, h in readable], signature)
+    out = Decoded(product, chash, readable[0][3], photo_problems=problems)
     if chash == old_hash:
         out.unchanged, out.decode_s = True, time.perf_counter() - t0
         return out
     first_error = None
-    for n, (path, data, _h) in enumerate(readable):
+    for i, (n, path, data, _h) in enumerate(readable):
         try:
             prepared = prepare_image(data, limits=limits)
-            if n == 0:
+            if i == 0:
                 check_boxes(product.boxes, prepared.original_size)
         except (ImageError, ProductError) as exc:
             reason = exc.reason if isinstance(exc, ProductError) else str(exc)
             if first_error is None:
                 blank = isinstance(exc, ImageError) and reason.startswith("blank")
                 first_error = (reason, exc.field if isinstance(exc, ProductError) else "image", blank)
-            problems.append({"photo": product.images.index(Path(path)), "image": path, "reason": reason})
+            problems.append({"photo": n, "image": path, "reason": reason})
             continue
         out.photos.append(prepared)
         out.images.append(path)
@@ -282,8 +280,9 @@ def build_index(
     first_of_bytes: dict[str, str] = {}
     good_ids: set[str] = set()
     stages = dict.fromkeys(("decode", "attributes", "detector", "appearance", "colour", "write"), 0.0)
-    counts = dict.fromkeys(("indexed", "photos", "added", "updated", "unchanged", "skipped", "blank", "duplicates"), 0)
-    counts["photos_left_out"] = 0
+    counts = dict.fromkeys(
+        ("indexed", "photos", "added", "updated", "unchanged", "skipped", "blank", "duplicates", "photos_left_out"), 0
+    )
     batch: list[Decoded] = []
 
     def skip(d: Decoded, reason: str, field: str = "image") -> None:

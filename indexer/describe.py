@@ -277,7 +277,6 @@ class Described:
     description: Description  # ROI in the photo's own pixels
     prepared: Prepared
     content_hash: str
-    signature: str = ""  # the models', so a product of several photos is hashed as a whole
 
 
 def describe_items(
@@ -300,5 +299,5 @@ def describe_items(
     out = []
     for it, p, d in zip(items, prepared, descs):
         d.roi = p.to_original(d.roi)
-        out.append(Described(d, p, content_hash(p.image_hash, it.fields, describer.signature), describer.signature))
+        out.append(Described(d, p, content_hash(p.image_hash, it.fields, describer.signature)))
     return out

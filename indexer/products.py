@@ -27,35 +27,29 @@ def product_item(product: Product, source) -> Item:
     )
 
 
+def photos_hash(product: Product, image_hashes: Sequence[str], signature: str) -> str:
+    """A product's content hash: every photo's bytes (in order), its own fields, the models'. With
+    one photo it is ``describe_items``' own hash of that photo."""
+    return content_hash(",".join(image_hashes), product_fields(product), signature)
+
+
 def product_record(
-    product: Product,
-    described: Described | Sequence[Described],
-    images: Sequence[str] | None = None,
-    chash: str | None = None,
+    product: Product, described: Sequence[Described], images: Sequence[str], chash: str
 ) -> ProductRecord:
-    """The record of a product and its described photos (in order; ``images``: their paths, default
-    the product's own). Its content hash (``chash``: the one bulk compared) covers every photo: a
-    photo added, removed or changed is a change."""
-    described = [described] if isinstance(described, Described) else list(described)
+    """The record of a product and its described photos, in order (``images``: their paths;
+    ``chash``: :func:`photos_hash`)."""
     if not described:
         raise ValueError(f"product {product.id!r} has no photo to store")
-    if images is None:
-        images = [str(p) if str(p) not in ("", ".") else "" for p in product.images]
     for d in described:
         d.description.timings_ms = {}
     first, *rest = described
-    if chash is None and not rest:
-        chash = first.content_hash
-    elif chash is None:
-        joined = ",".join(d.prepared.image_hash for d in described)
-        chash = content_hash(joined, product_fields(product), first.signature)
     return ProductRecord(
         product.id,
         product.title,
         product.category_path,
         product.price,
         product.url,
-        images[0] if images else "",
+        images[0],
         first.description,
         chash,
         first.prepared.image_hash,
@@ -79,8 +73,10 @@ def add_products(
     records, thumbs = [], {}
     for p, sources in products:
         mine = [next(described) for _ in sources]
-        paths = [str(i) if str(i) not in ("", ".") else "" for i in p.images]
-        records.append(product_record(p, mine, paths if len(paths) == len(mine) else [""] * len(mine)))
+        # a dump row's own paths; photos sent through the API have none
+        paths = [str(i) for i in p.images] if len(p.images) == len(mine) and str(p.image) not in ("", ".") else []
+        chash = photos_hash(p, [d.prepared.image_hash for d in mine], describer.signature)
+        records.append(product_record(p, mine, paths or [""] * len(mine), chash))
         thumbs[p.id] = [d.prepared.thumbnail for d in mine]
     store.put(records, thumbs)
     return records

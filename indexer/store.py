@@ -250,14 +250,15 @@ class Store:
 
     def version(self) -> int:
         """A counter bumped by every write: a RAM snapshot of an older version is stale."""
-        with self.env.begin() as txn:
-            raw = txn.get(b"version", db=self._meta)
-        return int(raw) if raw else 0
+        return self._counter(b"version")
 
     def built(self) -> int:
         """A counter bumped when a bulk run finishes: a server serving this index re-loads then."""
+        return self._counter(b"built")
+
+    def _counter(self, key: bytes) -> int:
         with self.env.begin() as txn:
-            raw = txn.get(b"built", db=self._meta)
+            raw = txn.get(key, db=self._meta)
         return int(raw) if raw else 0
 
     def progress(self) -> dict | None:
@@ -329,18 +330,20 @@ class Store:
         """Say that a bulk run has finished (``built``); returns the new count."""
         self._check_writable()
         with self.env.begin(write=True) as txn:
-            raw = txn.get(b"built", db=self._meta)
-            built = (int(raw) if raw else 0) + 1
-            txn.put(b"built", str(built).encode(), db=self._meta)
-        return built
+            return self._count_up(txn, b"built")
 
     def write_progress(self, progress: dict) -> None:
         self._check_writable()
         atomic_write_text(self.path / PROGRESS_JSON, json.dumps(progress) + "\n")
 
     def _bump(self, txn) -> None:
-        raw = txn.get(b"version", db=self._meta)
-        txn.put(b"version", str((int(raw) if raw else 0) + 1).encode(), db=self._meta)
+        self._count_up(txn, b"version")
+
+    def _count_up(self, txn, key: bytes) -> int:
+        raw = txn.get(key, db=self._meta)
+        value = (int(raw) if raw else 0) + 1
+        txn.put(key, str(value).encode(), db=self._meta)
+        return value
 
     def write_info(self, info: dict) -> None:
         self._check_writable()

@@ -5,10 +5,10 @@ takes an optional ``describer`` so that tests pass small fakes.
 
 Restart-safety: every batch is written in one LMDB transaction, and a product whose id and
 content hash (``indexer.products.photos_hash``: every photo's bytes, the product's fields and the
-models' signature) are already in the store is skipped without decoding. A run killed at any moment and started again with the
-same command therefore resumes where its last commit left off and ends with every good product
-exactly once; a changed dump adds new and updates changed products, and ``delete_missing``
-removes products that are no longer in it.
+models' signature) are already in the store is skipped without decoding. A run killed at any
+moment and started again with the same command therefore resumes where its last commit left off
+and ends with every good product exactly once; a changed dump adds new and updates changed
+products, and ``delete_missing`` removes products that are no longer in it.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ class SearchEngine:
         self._read_lock = threading.Lock()  # guards the RAM index while it is being changed
         self._models = Gate()  # describes share it; loading new models closes it
         self._swatches: dict[str, np.ndarray] = {}
-        self._built = store.built() if hasattr(store, "built") else 0  # the bulk run the RAM index holds
+        self._built = store.built()  # the bulk run the RAM index holds
         self.reloads: list[dict] = []  # the latest swaps of the RAM index (refresh)
 
     @classmethod
@@ -412,7 +412,7 @@ class SearchEngine:
 
     def index_status(self) -> dict:
         """The index being served and the bulk run into its directory, as ``progress.json`` says."""
-        progress = self.store.progress() if hasattr(self.store, "progress") else None
+        progress = self.store.progress()
         if progress and progress.get("state") == "running" and not _alive(progress.get("pid")):
             progress = {**progress, "state": "stopped"}  # killed: a re-run resumes it
         return {

@@ -329,7 +329,7 @@ class InvertedIndex:
                 bounds += [f"price >= {price_min:g}"] if price_min is not None else []
                 bounds += [f"price <= {price_max:g}"] if price_max is not None else []
                 note = f"only {rows_map.size} products in category {category!r} with {', '.join(bounds)}"
-        multi = bool(shard.numbers.any())  # some product has several photos: answer each once
+        multi = shard.product_count() < shard.index.ntotal  # several photos to a product: answer each once
         if not multi:
             candidates = index.ntotal
         else:  # products, not photos

@@ -60,16 +60,14 @@ def load_ram_index(
     use_snapshot: bool = True,
     schema: Schema | None = None,
     ranking: RankingConfig | None = None,
-    store=None,
 ) -> InvertedIndex:
     """The RAM index of an index directory: from its snapshot when current, else from the store
-    (``store``: one already open; LMDB opens an environment once a process)."""
+    (opened and closed here: LMDB opens an environment once a process)."""
     from indexer.store import Store
 
     index_dir = Path(index_dir)
     schema = schema or default_schema()
-    own = store is None
-    store = Store(index_dir, readonly=True) if own else store
+    store = Store(index_dir, readonly=True)
     try:
         snap = index_dir / SNAPSHOT
         version = store.version()
@@ -83,8 +81,7 @@ def load_ram_index(
                 logger.warning("ignoring unreadable RAM snapshot %s: %s", snap, exc)
         ram = ram_from_store(store, schema=schema, ranking=ranking)
     finally:
-        if own:
-            store.close()
+        store.close()
     if use_snapshot:
         try:
             ram.save(index_dir / SNAPSHOT)

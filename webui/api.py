@@ -165,7 +165,7 @@ def add_product():
     state = _state()
     product = parse_product(request.form, state.categories)
     uploads = read_images(request.files)
-    added = state.engine.add(product, [u.data for u in uploads] if len(uploads) > 1 else uploads[0].data)
+    added = state.engine.add(product, [u.data for u in uploads])
     logger.info("added product %r", product["id"])
     return jsonify(_with_image_url(added)), 201
 

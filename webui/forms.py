@@ -112,9 +112,9 @@ def read_image(files: Mapping, field: str = "image") -> Upload:
 
 
 def read_images(files, field: str = "image") -> list[Upload]:
-    """Every photo sent in ``field`` (the part repeated for a product of several photos), each
-    checked as :func:`read_image` checks one."""
-    uploads = files.getlist(field) if hasattr(files, "getlist") else [files[field]] if field in files else []
+    """Every photo sent in ``field`` (the part repeated for a product of several photos; ``files``:
+    the request's MultiDict), each checked as :func:`read_image` checks one."""
+    uploads = files.getlist(field)
     if not uploads:
         raise RequestError(f"no image: send the photo as the multipart file field {field!r}")
     if len(uploads) > MAX_PHOTOS:

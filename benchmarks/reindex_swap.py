@@ -82,8 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     import faiss
 
-    from search.engine import SearchEngine, load_ram_index
-    from tests.indexer_fakes import FakeDetector, FakePredictor
+    from search.engine import Described, SearchEngine, load_ram_index
     from webui.reload import IndexWatcher
 
     faiss.omp_set_num_threads(1)
@@ -104,13 +103,8 @@ def main() -> None:
         ram = load_ram_index(index, use_snapshot=False)
         store = Store(index, readonly=True)
 
-        class NoModels:  # re-runs never describe
-            predictor, detector, coder, signature = FakePredictor(), FakeDetector(), None, ""
-
-        engine = SearchEngine(describer=NoModels(), store=store, index=ram)
+        engine = SearchEngine(describer=None, store=store, index=ram)  # re-runs by query id never describe
         first = next(store.iter_records()).description
-        from search.engine import Described
-
         qid = engine.recent.put(Described("guided", [first], [(first.category, 1.0)], []))
         served: list[tuple[float, float]] = []
         errors: list[str] = []

@@ -86,7 +86,7 @@ def test_a_finished_bulk_run_is_swapped_in_while_searches_run(catalogue, models,
                 ids = [h["id"] for h in r.json["results"]]
                 if len(ids) != len(set(ids)):
                     failures.append(("twice", ids))
-                served.append((time.monotonic(), engine._built))
+                served.append(time.monotonic())
             i += 1
 
     threads = [threading.Thread(target=shopper, args=(n,)) for n in range(3)]
@@ -99,20 +99,20 @@ def test_a_finished_bulk_run_is_swapped_in_while_searches_run(catalogue, models,
         assert proc.returncode == 0, proc.stderr[-2000:]
         _wait(lambda: client.get("/api/index").json["built"] == 2, "the server to load the new index")
         swapped = time.monotonic()
-        _wait(lambda: sum(at > swapped for at, _b in served) >= 20, "searches on the new index")
+        _wait(lambda: sum(at > swapped for at in served) >= 20, "searches on the new index")
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=60)
     assert failures == []
-    assert sum(t0 <= at <= swapped for at, _b in served) > 0  # searches were served while it ran and swapped
+    assert sum(t0 <= at <= swapped for at in served) > 0  # searches were served while it ran and swapped
     status = client.get("/api/index").json
     assert status["products"] == 16 and status["reload_error"] is None and status["reload_s"] == 0.05
     assert status["indexing"]["state"] == "done" and status["indexing"]["done"] == 16
     run = status["indexing"]
     assert (run["added"], run["updated"], run["unchanged"], run["indexed"]) == (10, 0, 6, 10)
     (reload,) = status["reloads"]
-    assert reload["was"] == 10 and reload["products"] == 16 and reload["swap_ms"] < 1000
+    assert reload["was"] == 10 and reload["products"] == 16
     new_photo, gone_photo = Path(rows[15]["image"]).read_bytes(), Path(rows[0]["image"]).read_bytes()
     assert engine.search(new_photo, "auto")["results"][0]["id"] == rows[15]["id"]  # the new one is found
     found = [h["id"] for h in engine.search(gone_photo, "auto", k=50)["results"]]

@@ -98,7 +98,7 @@ def test_each_photo_is_indexed_under_its_product(photo_index, photo_dump, models
         assert store.metadata("multi")["images"][1].endswith("mirrored.jpg")
         first, second = store.thumbnail("multi"), store.thumbnail("multi", 1)
         assert first and second and first != second and store.thumbnail("multi", 2) is None
-        assert len(store.get("listed").photos) == 2 and len(store.get(sorted(store.hashes())[0]).photos) >= 1
+        assert len(store.get("listed").photos) == 2
     again = build_index(photo_dump, models, index, workers=0, describer=fake_describer(models), progress=False)
     assert again["unchanged"] == 10 and again["indexed"] == 0  # every photo's hash in the content hash
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from appearance.evaluate import bit_entropy, float_vs_binary
 from appearance.instance import VIEW_CANVAS, InstanceNetwork, InstanceTask, PairViews, instance_recall, shopper_view
+from appearance.ranking import CATEGORY_RANKING, INSTANCE_RANKING
 from appearance.model import IMAGENET_MEAN, IMAGENET_STD, AppearanceCoder, CodeNetwork
 from appearance.regions import held_out, load_regions
 from foundation import modelfiles
@@ -181,13 +182,6 @@ PRESETS = {
 }
 
 
-# The ranking weights (search.index.RankingConfig's) each kind of code is saved with, both chosen by
-# benchmarks/ranking_weights.py on half of the clothing val scenes: a code trained to find products
-# carries the ranking (held-out R@10 guided 0.787, rectangle 0.720); ImageNet features as they are,
-# or a code trained on categories, find categories more than products and leave much to colour
-# (those weights gave the demo's guided search 0.59 same-colour P@10, the instance ones 0.26).
-INSTANCE_RANKING = {"w_appearance": 2.0, "w_colour": 0.25, "w_shared": 0.0}
-CATEGORY_RANKING = {"w_appearance": 0.25, "w_colour": 2.0, "w_shared": 0.25}
 
 AppearanceTrainConfig = AppearanceConfig  # the name the demo uses
 

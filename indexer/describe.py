@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from foundation.boxes import pixel_box
 from foundation.schema import Schema, default_schema
 from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
+from indexer.hedge import hedge_categories
 from indexer.prepare import ImageLimits, Prepared, content_hash, guide_category, prepare_image
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Describer:
         colour: ColourConfig | None = None,
         schema: Schema | None = None,
         signature: str = "",
+        device: str = "cpu",
     ):
         self.predictor = predictor
         self.detector = detector
@@ -68,9 +69,7 @@ class Describer:
         self.colour = colour or ColourConfig()
         self.schema = schema or default_schema()
         self.signature = signature  # of the model files: part of every content hash
-        # the last single photo's raw detections: auto's hedged categories, described in a second
-        # call on the same photo object, reuse them instead of running the detector again
-        self._last_raw: tuple[weakref.ref, object] | None = None
+        self.device = device
 
     @classmethod
     def load(
@@ -100,11 +99,35 @@ class Describer:
             colour=colour or ColourConfig(),
             schema=schema,
             signature=models_signature(models_dir),
+            device=device,
         )
 
     @property
     def code_bytes(self) -> int:
         return self.coder.code_bytes
+
+    @property
+    def ranking(self) -> dict | None:
+        """The ranking weights chosen for this kind of appearance code, when its model file has them."""
+        return self.coder.ranking
+
+    def describe_hedged(
+        self, image: Image.Image, guide: str | None = None, box: Box | None = None
+    ) -> tuple[list[Description], list[tuple[str, float]]]:
+        """One photo's garment (guided, in a rectangle, or auto) and, where the model picked its
+        category, the other likely categories (``indexer.hedge``), described in one call: the
+        detector runs once. Returns the descriptions (the garment's own first, then one per other
+        category) and the categories searched with their probability."""
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        raw = self.detector.raw([image])[0] if box is None or guide is None else None
+        (first,) = self._describe([image], [guide], [box], [raw])
+        if guide is None:
+            hedge = hedge_categories(first.categories, self.schema.great_category)
+        else:
+            hedge = [(first.category, 1.0)]
+        extra = [c for c, _p in hedge if c != first.category]
+        more = self._describe([image] * len(extra), extra, [box] * len(extra), [raw] * len(extra)) if extra else []
+        return [first, *more], hedge
 
     def describe(
         self,
@@ -128,6 +151,11 @@ class Describer:
             raise ValueError(f"got {n} images but {len(guides)} guides and {len(boxes)} boxes")
         guides = [self.schema.check_category(g) if g else None for g in guides]
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        return self._describe(images, guides, boxes, [None] * n)
+
+    def _describe(self, images: list, guides: list, boxes: list, raws: list) -> list[Description]:
+        """``describe`` of checked arguments; ``raws``: the detector's output per image where known."""
+        n = len(images)
         t: dict[str, float] = {}
 
         rois: list = [None] * n
@@ -149,9 +177,12 @@ class Describer:
         t0 = time.perf_counter()
         fallback = [False] * n
         need = [i for i in range(n) if boxes[i] is None or guides[i] is None]
-        raws = self._raw([images[i] for i in need])
+        todo = [i for i in need if raws[i] is None]
+        for i, raw in zip(todo, self.detector.raw([images[i] for i in todo]) if todo else []):
+            raws[i] = raw
         reguide = []
-        for i, raw in zip(need, raws):
+        for i in need:
+            raw = raws[i]
             if guides[i] is None:
                 presence = self.detector.presence(raw, within=rois[i])
                 distributions[i] = weigh_by_presence(distributions[i], presence, self.schema.great_category)
@@ -197,21 +228,6 @@ class Describer:
                 )
             )
         return out
-
-    def _raw(self, images: list[Image.Image]) -> list:
-        """The detector's raw output per image, run once per photo object: the same photo twice in a
-        batch, or the photo of the previous call (auto's other likely categories), is not run again."""
-        unique = list({id(im): im for im in images}.values())
-        known = {}
-        last = self._last_raw  # one read: another thread may replace it meanwhile
-        if last is not None and (photo := last[0]()) is not None:
-            known[id(photo)] = last[1]  # ``photo`` is alive, so an equal id is the same object
-        todo = [im for im in unique if id(im) not in known]
-        if todo:
-            known.update(zip((id(im) for im in todo), self.detector.raw(todo)))
-        if len(unique) == 1:
-            self._last_raw = (weakref.ref(unique[0]), known[id(unique[0])])
-        return [known[id(im)] for im in images]
 
 
 # A garment the detector finds no box of keeps this share of the attribute model's weight: the
@@ -301,3 +317,17 @@ def describe_items(
         d.roi = p.to_original(d.roi)
         out.append(Described(d, p, content_hash(p.image_hash, it.fields, describer.signature)))
     return out
+
+
+def describe_query(
+    describer: Describer, prepared: Prepared, *, guide: str | None = None, box: Box | None = None
+) -> tuple[list[Description], list[tuple[str, float]]]:
+    """A shopper's photo, prepared once, described as ``Describer.describe_hedged`` says; ``box`` and
+    the ROIs answered are in the photo's own pixels."""
+    if guide is not None:
+        describer.schema.check_category(guide)
+    working = prepared.to_working(box) if box is not None else None
+    descs, hedge = describer.describe_hedged(prepared.image, guide, working)
+    for d in descs:
+        d.roi = prepared.to_original(d.roi)
+    return descs, hedge

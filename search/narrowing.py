@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+import numpy as np
 
 from foundation.echo import echo
-from foundation.schema import Schema
+from foundation.schema import Schema, default_schema
 
 MAX_OFFSET = 1000  # with k <= 200, at most 1,200 products of one ranking are ever re-ranked
 
@@ -77,3 +81,78 @@ def narrowed_keys(filters: Mapping[str, str], price_min: float | None, price_max
     keys += [f"price_min={price_min:g}"] if price_min is not None else []
     keys += [f"price_max={price_max:g}"] if price_max is not None else []
     return keys
+
+
+DEFAULT_K = 20
+MAX_K = 200
+
+
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {echo(k)}")
+    return int(k)
+
+
+@dataclass(frozen=True)
+class Narrowing:
+    """How many results, from where, among which products: checked once, where it is built.
+
+    ``filters`` maps attribute groups to values (schema order); the price range leaves out products
+    of unknown price whenever a bound is given. Build one with :meth:`of`.
+    """
+
+    k: int = DEFAULT_K
+    offset: int = 0
+    filters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    price_min: float | None = None
+    price_max: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        k: int = DEFAULT_K,
+        offset: int = 0,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        schema: Schema | None = None,
+    ) -> Narrowing:
+        """A narrowing whose every part is checked; ``ValueError`` names the bad one."""
+        lo, hi = check_price_range(price_min, price_max)
+        checked = check_filters(filters, schema or default_schema())
+        return cls(check_k(k), check_offset(offset), MappingProxyType(checked), lo, hi)
+
+    @property
+    def narrowed(self) -> bool:
+        """Whether any key beyond the category narrows the products."""
+        return bool(self.filters) or self.price_min is not None or self.price_max is not None
+
+    @property
+    def depth(self) -> int:
+        """Products ranked to answer this page: one more than the page says whether another follows."""
+        return self.offset + self.k + 1
+
+    def keys(self) -> list[str]:
+        """The keys as an answer states them: ``group=value``, then ``price_min=...``, ``price_max=...``."""
+        return narrowed_keys(self.filters, self.price_min, self.price_max)
+
+    def bounds(self) -> list[str]:
+        """The keys as a note about too few products states them."""
+        out = [f"{g}={v}" for g, v in self.filters.items()]
+        out += [f"price >= {self.price_min:g}"] if self.price_min is not None else []
+        out += [f"price <= {self.price_max:g}"] if self.price_max is not None else []
+        return out
+
+    def only(self, filters: Mapping[str, str]) -> Narrowing:
+        """The same narrowing with these filters (those of it that apply to one category)."""
+        return replace(self, filters=MappingProxyType(dict(filters)))
+
+    def to_json(self) -> dict:
+        return {
+            "k": self.k,
+            "offset": self.offset,
+            "filters": dict(self.filters),
+            "price_min": self.price_min,
+            "price_max": self.price_max,
+        }

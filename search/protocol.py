@@ -1,83 +1,83 @@
-"""What the web layer needs of a search engine: ``SearchEngine``'s public methods, as a typed Protocol.
+"""The typed interfaces between the engine, its index backends and the web layer.
 
-``webui`` is written against ``Engine``, so anything with these methods serves the page and the
-API: the real ``search.engine.SearchEngine``, or the tests' ``FakeEngine``. The signatures are
-``SearchEngine``'s own, parameter for parameter; ``tests/test_webui_api.py`` checks that both
-engines match them.
+``SearchIndex`` is what the engine needs of a backend: ``search.index.InvertedIndex`` (in RAM, the
+reference) or ``search.milvus.MilvusIndex`` (a Milvus collection). A backend only returns
+candidates; ranking them is ``search.ranking``'s, the same for both.
+
+``Engine`` is what ``webui`` is written against: ``search.engine.SearchEngine``'s public methods.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+import numpy as np
 from PIL import Image
 
-ENGINE_METHODS = (
-    "__len__",
-    "categories",
-    "search",
-    "rerun",
-    "product",
-    "thumbnail",
-    "add",
-    "delete",
-    "stats",
-    "refresh",
-    "index_status",
-)
+if TYPE_CHECKING:
+    from search.answer import Answer
+    from search.narrowing import Narrowing
+    from search.query import Query
+    from search.ranking import AttributeColumns, Candidates
+    from search.rows import PhotoRows
 
 
 class UnknownQuery(LookupError):
-    """``rerun`` was given a query id the engine does not hold (never issued, or expired)."""
+    """A re-run named a query id the engine does not hold (never issued, or expired)."""
+
+
+@runtime_checkable
+class SearchIndex(Protocol):
+    """Photos sharded by fashion category: added, deleted, and shortlisted by Hamming distance."""
+
+    code_bytes: int
+    colour_bins: int
+    columns: AttributeColumns
+
+    def __len__(self) -> int: ...
+
+    def __contains__(self, product_id: str) -> bool: ...
+
+    def category_sizes(self) -> dict[str, int]: ...
+
+    def photo_count(self) -> int: ...
+
+    def add(self, rows: PhotoRows) -> None: ...
+
+    def delete(self, ids: Iterable[str]) -> int: ...
+
+    def same_photo(self, key: int) -> list[tuple[str, str]]: ...
+
+    def shortlist(self, code: np.ndarray, category: str, narrowing: Narrowing, depth: int) -> Candidates:
+        """The ``depth`` rows of ``category`` nearest ``code`` that hold the narrowing's keys, in
+        Hamming order (distance, then id), with the category's counts."""
+        ...
+
+    def named(self, ids: Sequence[str], code: np.ndarray, narrowing: Narrowing) -> Candidates:
+        """Every photo of the named products, in any category, that holds the narrowing's keys."""
+        ...
 
 
 @runtime_checkable
 class Engine(Protocol):
     """A catalogue searched by photo, and updated one product at a time.
 
-    ``search`` and ``add`` take the photo as sent (its bytes) or decoded. ``search`` answers
-    ``{"query": {...}, "results": [...]}`` as ``webui/openapi.json`` describes (without each
-    result's ``image_url``, which the web layer adds) and raises ``ValueError`` for an option,
-    category, box, k, filter, price, offset or photo it cannot use. ``rerun`` answers the same for
-    the search whose ``query.id`` it is given, narrowed and paged anew, and raises ``UnknownQuery``
-    when it no longer holds that id. A product may have several photos (``add`` takes a list): a
-    result names the one that matched (``photo``), ``thumbnail`` answers photo n's. ``product`` and
-    ``add`` answer a product's metadata (``id``, ``title``, ``category``, ...); ``product``,
-    ``thumbnail`` and ``delete`` answer None or False for an unknown id. ``refresh`` loads the index
-    anew when a bulk run into it has finished (None when there is nothing new), swapping it in
-    without failing a search; ``index_status`` says what is served and how a bulk run is going.
+    ``search`` answers an ``Answer`` (``to_json``: ``webui/openapi.json``'s ``SearchResponse``,
+    without each result's ``image_url``, which the web layer adds) and raises ``ValueError`` for a
+    photo or box it cannot use, ``UnknownQuery`` for a re-run of an id it no longer holds. A product
+    may have several photos: a result names the one that matched (``photo``), ``thumbnail``
+    answers photo n's. ``product``, ``thumbnail`` and ``delete`` answer None or False for an
+    unknown id. ``refresh`` loads the index anew when a bulk run into it has finished (None when
+    there is nothing new), swapping it in without failing a search; ``index_status`` says what is
+    served and how a bulk run is going.
     """
 
     def __len__(self) -> int: ...
 
     def categories(self) -> list[str]: ...
 
-    def search(
-        self,
-        image: bytes | Path | Image.Image,
-        option: str,
-        *,
-        category: str | None = None,
-        box=None,
-        k: int = 20,
-        filters: Mapping[str, str] | None = None,
-        price_min: float | None = None,
-        price_max: float | None = None,
-        offset: int = 0,
-    ) -> dict: ...
-
-    def rerun(
-        self,
-        query_id: str,
-        *,
-        k: int = 20,
-        filters: Mapping[str, str] | None = None,
-        price_min: float | None = None,
-        price_max: float | None = None,
-        offset: int = 0,
-    ) -> dict: ...
+    def search(self, query: Query) -> Answer: ...
 
     def product(self, product_id: str) -> dict | None: ...
 
@@ -93,33 +93,4 @@ class Engine(Protocol):
 
     def index_status(self) -> dict: ...
 
-
-@runtime_checkable
-class SearchIndex(Protocol):
-    """What ``SearchEngine`` needs of its index: ``search.index.InvertedIndex`` (in RAM, the reference)
-    or ``search.milvus.MilvusIndex`` (a Milvus collection, the same ranking). Their methods take
-    ``InvertedIndex``'s arguments and answer its ``SearchResult`` and ``Hit``s."""
-
-    code_bytes: int
-    colour_bins: int
-    ranking: object  # search.index.RankingConfig
-
-    def __len__(self) -> int: ...
-
-    def __contains__(self, product_id: str) -> bool: ...
-
-    def category_sizes(self) -> dict[str, int]: ...
-
-    def photo_count(self) -> int: ...
-
-    def add(self, ids, categories, attributes, codes, colours, photos=None, prices=None, numbers=None) -> None: ...
-
-    def delete(self, ids) -> int: ...
-
-    def same_photo(self, key: int) -> list[tuple[str, str]]: ...
-
-    def search(
-        self, code, colour, category, attributes, *, k=20, filters=None, price_min=None, price_max=None, offset=0
-    ): ...
-
-    def hits_for(self, ids, code, colour, attributes, *, filters=None, price_min=None, price_max=None) -> list: ...
+    def close(self) -> None: ...

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from foundation.schema import Schema, default_schema
-from search.index import InvertedIndex, RankingConfig, photo_key
+from search.index import InvertedIndex
+from search.rows import PhotoRows, photo_key
 
 logger = logging.getLogger(__name__)
 
@@ -23,25 +24,26 @@ def index_rows(ram: InvertedIndex, records: Iterable) -> None:
     if not rows:
         return
     ram.add(
-        [r.id for r, _n, _p in rows],
-        [p.description.category for _r, _n, p in rows],
-        [{g: v for g, (v, _p) in p.description.attributes.items()} for _r, _n, p in rows],
-        np.stack([p.description.code for _r, _n, p in rows]),
-        np.stack([p.description.colour for _r, _n, p in rows]),
-        [photo_key(p.image_hash) for _r, _n, p in rows],
-        [r.price for r, _n, _p in rows],
-        [n for _r, n, _p in rows],
+        PhotoRows(
+            [r.id for r, _n, _p in rows],
+            [p.description.category for _r, _n, p in rows],
+            [{g: v for g, (v, _p) in p.description.attributes.items()} for _r, _n, p in rows],
+            np.stack([p.description.code for _r, _n, p in rows]),
+            np.stack([p.description.colour for _r, _n, p in rows]),
+            [photo_key(p.image_hash) for _r, _n, p in rows],
+            [r.price for r, _n, _p in rows],
+            [n for _r, n, _p in rows],
+        )
     )
 
 
-def ram_from_store(store, *, schema: Schema | None = None, ranking: RankingConfig | None = None) -> InvertedIndex:
+def ram_from_store(store, *, schema: Schema | None = None) -> InvertedIndex:
     """A new RAM index of every record of an open store, from one read snapshot of it."""
     info = store.info()
     ram = InvertedIndex(
         code_bytes=info["code_bytes"],
         colour_bins=info["colour_bins"],
         schema=schema or default_schema(),
-        ranking=ranking,
     )
     version, batch = store.version(), []
     for record in store.iter_records():
@@ -59,7 +61,6 @@ def load_ram_index(
     *,
     use_snapshot: bool = True,
     schema: Schema | None = None,
-    ranking: RankingConfig | None = None,
 ) -> InvertedIndex:
     """The RAM index of an index directory: from its snapshot when current, else from the store
     (opened and closed here: LMDB opens an environment once a process)."""
@@ -73,13 +74,13 @@ def load_ram_index(
         version = store.version()
         if use_snapshot and snap.is_file():
             try:
-                ram = InvertedIndex.load(snap, schema=schema, ranking=ranking)
+                ram = InvertedIndex.load(snap, schema=schema)
                 if ram.version == version:
                     return ram
                 logger.info("the RAM snapshot is older than the store: rebuilding it")
             except (OSError, ValueError, KeyError) as exc:
                 logger.warning("ignoring unreadable RAM snapshot %s: %s", snap, exc)
-        ram = ram_from_store(store, schema=schema, ranking=ranking)
+        ram = ram_from_store(store, schema=schema)
     finally:
         store.close()
     if use_snapshot:

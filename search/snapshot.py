@@ -13,7 +13,7 @@ import numpy as np
 
 from foundation.atomic import atomic_write
 from foundation.schema import Schema, default_schema
-from search.index import InvertedIndex, RankingConfig
+from search.index import InvertedIndex
 
 SNAPSHOT_FORMAT = 4  # 2: each shard keeps its products' photo keys; 3: and their prices; 4: photo numbers
 
@@ -48,9 +48,7 @@ def save_snapshot(index: InvertedIndex, path: str | Path) -> None:
     atomic_write(path, write)
 
 
-def load_snapshot(
-    path: str | Path, *, schema: Schema | None = None, ranking: RankingConfig | None = None
-) -> InvertedIndex:
+def load_snapshot(path: str | Path, *, schema: Schema | None = None) -> InvertedIndex:
     schema = schema or default_schema()
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(z["meta"].tobytes())
@@ -60,9 +58,7 @@ def load_snapshot(
             raise ValueError(
                 f"the index snapshot {path} was built with schema {meta['schema']}, this one is {schema.fingerprint}"
             )
-        idx = InvertedIndex(
-            code_bytes=meta["code_bytes"], colour_bins=meta["colour_bins"], schema=schema, ranking=ranking
-        )
+        idx = InvertedIndex(code_bytes=meta["code_bytes"], colour_bins=meta["colour_bins"], schema=schema)
         idx.version = meta.get("version")
         for c in meta["categories"]:
             shard = idx._shard(c)

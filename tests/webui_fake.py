@@ -31,7 +31,8 @@ from foundation.schema import Schema, default_schema
 from foundation.text import category_from_text
 from indexer.prepare import prepare_image
 from indexer.products import product_from_fields
-from search.engine import check_k, check_option, parse_box
+from foundation.boxes import parse_box
+from search.query import check_k, check_option
 from search.narrowing import check_filters, check_offset, check_price_range, narrowed_keys
 from search.protocol import Engine, UnknownQuery
 from search.recent import RecentQueries
@@ -278,6 +279,7 @@ class HashCoder:
     """Stands in for the appearance coder: bits of a 16x16 grey thumbnail above its mean."""
 
     code_bytes = 32
+    ranking = None  # no weights saved: the search's defaults
 
     def encode(self, images, *, batch_size: int = 64) -> np.ndarray:
         grey = [np.asarray(im.convert("L").resize((16, 16), Image.BILINEAR), np.float32) for im in images]

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from appearance.evaluate import bit_entropy, float_vs_binary
 from appearance.instance import VIEW_CANVAS, InstanceNetwork, InstanceTask, PairViews, instance_recall, shopper_view
-from appearance.ranking import CATEGORY_RANKING, INSTANCE_RANKING
 from appearance.model import IMAGENET_MEAN, IMAGENET_STD, AppearanceCoder, CodeNetwork
+from appearance.ranking import CATEGORY_RANKING, INSTANCE_RANKING
 from appearance.regions import held_out, load_regions
 from foundation import modelfiles
 from foundation.backbones import check_backbone, check_pretrained, default_backbone, default_pretrained
@@ -180,7 +180,6 @@ PRESETS = {
     # from scratch, the paper's GoogLeNet taps (measured: held-out clothing category mAP 0.437, 510 s)
     "scratch": AppearanceConfig(backbone="googlenet", pretrained="none"),
 }
-
 
 
 AppearanceTrainConfig = AppearanceConfig  # the name the demo uses

@@ -42,24 +42,26 @@ def _jsonl(response: dict) -> str:
 def _query(args) -> int:
     from cli.scaling import engine_opener
     from foundation.schema import default_schema
-    from search.engine import SearchEngine, check_k
-    from search.narrowing import check_offset, check_price_range, parse_filters
+    from search.engine import SearchEngine
+    from search.narrowing import parse_filters
+    from search.query import Query
 
-    image = Path(args.image)
     option = "rectangle" if args.box else "guided" if args.category else "auto"
     # every flag is checked before the models load
-    narrowing = {
-        "k": check_k(args.k),
-        "filters": parse_filters(args.filter, default_schema()),
-        "offset": check_offset(args.offset),
-    }
-    narrowing["price_min"], narrowing["price_max"] = check_price_range(args.price_min, args.price_max)
+    query = Query.search(
+        Path(args.image),
+        option,
+        category=args.category,
+        box=args.box,
+        k=args.k,
+        filters=parse_filters(args.filter, default_schema()),
+        offset=args.offset,
+        price_min=args.price_min,
+        price_max=args.price_max,
+    )
     open_engine = engine_opener(args, writable=True)
-    engine = open_engine() if open_engine else SearchEngine.open(args.index, device=args.device)
-    try:
-        response = engine.search(image, option, category=args.category, box=args.box, **narrowing)
-    finally:
-        engine.store.close()
+    with open_engine() if open_engine else SearchEngine.open(args.index, device=args.device) as engine:
+        response = engine.search(query).to_json()
     if args.jsonl:
         if response["results"]:
             print(_jsonl(response))

@@ -13,6 +13,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from evaluation.metrics import COLOUR_ONLY, WHOLE_CODE, QueryImages, Ranking, Run
+from search.narrowing import Narrowing
+from search.ranking import Probe, RankingConfig
+from search.tiers import search_category
 
 
 # -- baselines ----------------------------------------------------------------------------------
@@ -59,29 +62,26 @@ def code_rankings(
 
 
 def float_ranking(
-    index,
-    query_float: np.ndarray,
-    query_colour: np.ndarray,
-    category: str,
-    attributes: Mapping[str, str],
-    catalogue_floats: Mapping[str, np.ndarray],
-    depth: int,
+    searcher: Searcher, query_float: np.ndarray, query_colour: np.ndarray, described: dict, catalogue_floats, depth: int
 ) -> list[str]:
-    """Baseline: the search index's own ranking of ``category`` with cosine distance of float features
-    in place of the Hamming distance of the binary codes.
+    """Baseline: the search index's own ranking of the described category with cosine distance of
+    float features in place of the Hamming distance of the binary codes.
 
     The index scores every product of the category (colour distance, shared attributes); the
     appearance term ``w_appearance * hamming / bits`` is swapped for ``w_appearance * (1 - cos) / 2``,
-    which spans the same [0, 1].
+    which spans the same [0, 1]. ``described``: an answer's ``query`` (its category and attributes).
     """
+    index, ranking, category = searcher.index, searcher.ranking, described["category"]
     n = index.category_sizes().get(category, 0)
     if n == 0:
         return []
-    w = index.ranking.w_appearance
+    w = ranking.w_appearance
     bits = index.code_bytes * 8
     q = np.asarray(query_float, np.float32).reshape(-1)
     q = q / max(float(np.linalg.norm(q)), 1e-12)
-    result = index.search(np.zeros(index.code_bytes, np.uint8), query_colour, category, attributes, k=n)
+    attributes = {a["group"]: a["value"] for a in described["attributes"]}
+    probe = Probe.of(np.zeros(index.code_bytes, np.uint8), query_colour, attributes, index.columns)
+    result = search_category(index, probe, category, Narrowing(), ranking, n)
     scored = []
     for hit in result.hits:
         f = catalogue_floats[hit.id]
@@ -91,12 +91,21 @@ def float_ranking(
     return [pid for _, pid in scored[:depth]]
 
 
+@dataclass(frozen=True)
+class Searcher:
+    """The engine's index and ranking, which the float baseline ranks with."""
+
+    index: object  # search.protocol.SearchIndex
+    ranking: RankingConfig
+
+
 @dataclass
 class CatalogueFeatures:
     ids: list[str]
     whole_codes: np.ndarray  # (n, code bytes) uint8
     whole_colours: np.ndarray  # (n, bins)
     roi_floats: dict[str, np.ndarray]  # id -> float features of the indexed ROI
+    featurizer: Featurizer  # what made them, and makes the queries'
 
 
 def catalogue_features(
@@ -119,7 +128,9 @@ def catalogue_features(
     if not ids:
         raise ValueError("the catalogue is empty: nothing to evaluate")
     roi_floats = np.concatenate(floats).astype(np.float32)
-    return CatalogueFeatures(ids, np.concatenate(codes), np.concatenate(colours), dict(zip(ids, roi_floats)))
+    return CatalogueFeatures(
+        ids, np.concatenate(codes), np.concatenate(colours), dict(zip(ids, roi_floats)), featurizer
+    )
 
 
 def run_baselines(
@@ -127,13 +138,13 @@ def run_baselines(
     images: QueryImages,
     described: Mapping[tuple[str, str], dict],
     catalogue: CatalogueFeatures,
-    featurizer: Featurizer,
-    index,
+    searcher: Searcher,
     *,
     depth: int = 20,
     progress: bool = True,
 ) -> dict[str, float]:
     """The three baselines on the run's queries; returns the seconds each took."""
+    featurizer = catalogue.featurizer
     seconds = {}
     t0 = time.perf_counter()
     keys = list(dict.fromkeys(q.image for q in run.queries))
@@ -160,8 +171,7 @@ def run_baselines(
         crops = [images.get(queries[qid].image).crop(tuple(int(v) for v in d["roi"])) for (_, qid), d in part]
         feats, colours = featurizer.floats(crops), featurizer.colours(crops)
         for ((option, qid), d), f, c in zip(part, feats, colours):
-            attrs = {a["group"]: a["value"] for a in d["attributes"]}
-            ids = float_ranking(index, f, c, d["category"], attrs, catalogue.roi_floats, depth)
+            ids = float_ranking(searcher, f, c, d, catalogue.roi_floats, depth)
             run.put(
                 f"float {option}",
                 qid,

@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from evaluation.baselines import catalogue_features, run_baselines
+from evaluation.baselines import Searcher, catalogue_features, run_baselines
 from evaluation.metrics import (
     OPTIONS,
     SHOP,
@@ -57,6 +57,7 @@ from evaluation.metrics import (
 from evaluation.queries import shop_queries, street_queries
 from evaluation.tables import case_strips, curve_plots, result_tables, timing_tables
 from foundation.schema import Schema, default_schema
+from search.query import Query as SearchQuery
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +80,14 @@ def run_engine(
         image = images.get(q.image)
         for option in options_for(q):
             response = engine.search(
-                image,
-                option,
-                category=q.category if option == "guided" else None,
-                box=q.box if option == "rectangle" else None,
-                k=depth,
-            )
+                SearchQuery.search(
+                    image,
+                    option,
+                    category=q.category if option == "guided" else None,
+                    box=q.box if option == "rectangle" else None,
+                    k=depth,
+                )
+            ).to_json()
             d = response["query"]
             run.put(
                 option,
@@ -308,11 +311,17 @@ def _evaluate(
         stages["catalogue baseline features"] = time.perf_counter() - t0
         stages.update(
             run_baselines(
-                run, images, described, catalogue, featurizer, engine.index, depth=cfg.depth, progress=progress
+                run,
+                images,
+                described,
+                catalogue,
+                Searcher(engine.index, engine.ranking),
+                depth=cfg.depth,
+                progress=progress,
             )
         )
     finally:
-        engine.store.close()
+        engine.close()
 
     metrics = summarise(run, category_of, k=cfg.k, depth=cfg.depth)
     stages["total"] = time.perf_counter() - t_start

@@ -115,7 +115,5 @@ class Answer:
     def to_json(self) -> dict:
         g = self.selected
         query = {"id": self.query_id, "option": self.option, **g.to_json()}
-        query.update(
-            offset=self.narrowing.offset, more=g.more, note=g.note, timings_ms=dict(self.timings_ms)
-        )
+        query.update(offset=self.narrowing.offset, more=g.more, note=g.note, timings_ms=dict(self.timings_ms))
         return {"query": query, "results": [r.to_json() for r in g.results]}

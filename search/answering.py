@@ -98,7 +98,9 @@ class Answerer:
             search_category(index, probe, d.category, narrowing.only(hard), self.ranking, want)
             for d, hard, probe in runs
         ]
-        pinned = named_hits(index, list(same), runs[0][2], narrowing, self.ranking) if same else []
+        # the very photo is found whatever its category, narrowed by the keys its garment's search used
+        first = narrowing.only(runs[0][1])
+        pinned = named_hits(index, list(same), runs[0][2], first, self.ranking) if same else []
         seen: set[str] = set()
         ranked = [h for h in [*pinned, *merge([r.hits for r in results])] if not (h.id in seen or seen.add(h.id))]
         return Searched(ranked, results, [hard for _d, hard, _p in runs], pinned)

@@ -243,7 +243,10 @@ class InvertedIndex:
         if not parts:
             return self._gather(self._shard_template(), np.empty(0, np.int64), np.empty(0, np.int32))
         return Candidates(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "hamming", "colours", "values", "numbers"))
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("ids", "hamming", "colours", "values", "numbers")
+            )
         )
 
     def _gather(self, shard: _Shard, rows: np.ndarray, ham: np.ndarray) -> Candidates:

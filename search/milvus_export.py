@@ -10,28 +10,24 @@ from __future__ import annotations
 import itertools
 import json
 
-import numpy as np
-
 from foundation.schema import Schema, default_schema
-from search.index import photo_key
 from search.milvus import (
     COLLECTION,
     CONSISTENCY,
     FIXED_FIELDS,
     FORMAT,
     INDEX_TYPES,
-    _pymilvus,
     check_collection_name,
     connect,
-    insert_rows,
-    product_rows,
-    row_key,
+    load_pymilvus,
 )
+from search.milvus_rows import insert_rows, product_rows
+from search.ram import photo_rows
 
 
 def collection_schema(*, code_bits: int, colour_bins: int, schema: Schema, description: str):
     """The collection's fields for codes of ``code_bits`` and histograms of ``colour_bins``."""
-    pm = _pymilvus()
+    pm = load_pymilvus()
     f, t = pm.FieldSchema, pm.DataType
     groups = [g.name for g in schema.attribute_groups]
     clash = sorted(set(groups) & set(FIXED_FIELDS))
@@ -72,7 +68,7 @@ def create_collection(
         raise ValueError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     if code_bits < 8 or code_bits % 8:
         raise ValueError(f"code_bits must be a positive multiple of 8, got {code_bits}")
-    pm = _pymilvus()
+    pm = load_pymilvus()
     schema = schema or default_schema()
     check_collection_name(collection)
     alias = connect(uri)
@@ -101,7 +97,7 @@ def build_vector_index(target, *, index_type: str = "BIN_FLAT", nlist: int = 102
     target.flush()
     params = {"nlist": nlist} if index_type == "BIN_IVF_FLAT" else {}
     target.create_index("code", {"index_type": index_type, "metric_type": "HAMMING", "params": params})
-    _pymilvus().utility.wait_for_index_building_complete(target.name, using=target._using)
+    load_pymilvus().utility.wait_for_index_building_complete(target.name, using=target._using)
     target.load()
 
 
@@ -146,22 +142,8 @@ def export_store(
         records = store.iter_records()
         with tqdm(total=info["products"], desc="export", unit="product", disable=not progress) as bar:
             while batch := list(itertools.islice(records, batch_size)):
-                photos = [(r, n, p) for r in batch for n, p in enumerate(r.photos)]  # a row a photo
-                descs = [p.description for _r, _n, p in photos]
-                insert_rows(
-                    target,
-                    product_rows(
-                        [row_key(r.id, n) for r, n, _p in photos],
-                        [d.category for d in descs],
-                        [{g: v for g, (v, _p) in d.attributes.items()} for d in descs],
-                        [np.asarray(d.code, np.uint8) for d in descs],
-                        [d.colour for d in descs],
-                        [photo_key(p.image_hash) for _r, _n, p in photos],
-                        [r.price for r, _n, _p in photos],
-                        [r.metadata() for r, _n, _p in photos],
-                        groups,
-                    ),
-                )
+                display = [r.metadata() for r in batch for _p in r.photos]  # a row a photo
+                insert_rows(target, product_rows(photo_rows(batch), display, groups))
                 n += len(batch)
                 bar.update(len(batch))
     build_vector_index(target, index_type=index_type, nlist=nlist)

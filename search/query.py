@@ -45,6 +45,7 @@ __all__ = [
     "Query",
     "check_k",
     "check_option",
+    "check_search",
 ]
 
 
@@ -52,6 +53,23 @@ def check_option(option) -> str:
     if option not in OPTIONS:
         raise ValueError(f"unknown option {echo(option)}; use one of {', '.join(OPTIONS)}")
     return option
+
+
+def check_search(option, category: str | None, box, schema: Schema | None = None) -> None:
+    """The rules of a search with a photo: which option takes a category and which a box (the
+    category is checked against ``schema`` when one is given)."""
+    check_option(option)
+    if schema is not None and category is not None and category not in schema.category_names:
+        raise ValueError(f"unknown category {echo(category)}; known: {', '.join(schema.category_names)}")
+    if option == "guided" and category is None:
+        known = f", one of: {', '.join(schema.category_names)}" if schema is not None else ""
+        raise ValueError(f"the guided option needs a category{known}")
+    if option == "auto" and category is not None:
+        raise ValueError(f"the auto option takes no category (got {echo(category)}): use option=guided")
+    if option == "rectangle" and box is None:
+        raise ValueError("the rectangle option needs a box x0,y0,x1,y1 in the photo's pixels")
+    if option != "rectangle" and box is not None:
+        raise ValueError(f"a box ({echo(box)}) is only for option=rectangle, not {option!r}")
 
 
 def check_box_shape(box) -> Box:
@@ -92,7 +110,9 @@ class Query:
             raise ValueError(f"garment must be an integer from 0 to {MAX_GARMENTS - 1}, got {echo(self.garment)}")
         if self.query_id is not None:
             if not isinstance(self.query_id, str) or not re.fullmatch(QUERY_ID_PATTERN, self.query_id):
-                raise ValueError(f"query_id must be the 16 characters of a search's query.id, got {echo(self.query_id)}")
+                raise ValueError(
+                    f"query_id must be the 16 characters of a search's query.id, got {echo(self.query_id)}"
+                )
             given = [n for n in ("option", "guide", "box") if getattr(self, n) is not None]
             if given:
                 names = ", ".join("category" if n == "guide" else n for n in given)
@@ -101,15 +121,9 @@ class Query:
                     "(send a photo instead to search anew)"
                 )
             return
-        check_option(self.option)
+        check_search(self.option, self.guide, self.box)
         if self.garment:
             raise ValueError("garment picks a garment of an earlier answer: it goes with query_id")
-        if self.option == "auto" and self.guide is not None:
-            raise ValueError(f"the auto option takes no category (got {echo(self.guide)}): use option=guided")
-        if self.option != "rectangle" and self.box is not None:
-            raise ValueError(f"a box ({echo(self.box)}) is only for option=rectangle, not {self.option!r}")
-        if self.option == "rectangle" and self.box is None:
-            raise ValueError("the rectangle option needs a box x0,y0,x1,y1 in the photo's pixels")
 
     @classmethod
     def search(
@@ -125,18 +139,10 @@ class Query:
         """A search with a photo (its bytes as sent, a path, or a decoded image); ``narrowing``:
         ``Narrowing.of``'s k, offset, filters, price_min, price_max. ``ValueError`` names what is wrong."""
         schema = schema or default_schema()
-        check_option(option)
-        if category is not None:
-            categories = schema.category_names
-            if category not in categories:
-                raise ValueError(f"unknown category {echo(category)}; known: {', '.join(categories)}")
-        elif option == "guided":
-            raise ValueError(f"the guided option needs a category, one of: {', '.join(schema.category_names)}")
-        if box is not None and option == "rectangle":
-            box = check_box_shape(box)
+        check_search(option, category, box, schema)
+        if box is not None:
             size = photo_size(photo)
-            if size is not None:
-                box = parse_box(box, size)
+            box = parse_box(box, size) if size is not None else check_box_shape(box)
         return cls(option, photo, None, category, box, Narrowing.of(schema=schema, **narrowing))
 
     @classmethod

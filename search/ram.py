@@ -18,23 +18,26 @@ SNAPSHOT = "ram.npz"
 BATCH = 10_000
 
 
-def index_rows(ram: InvertedIndex, records: Iterable) -> None:
-    """Add store records to the RAM index: a row for each of a product's photos."""
+def photo_rows(records: Iterable) -> PhotoRows:
+    """Store records as index rows: a row for each of a product's photos."""
     rows = [(r, n, photo) for r in records for n, photo in enumerate(r.photos)]
-    if not rows:
-        return
-    ram.add(
-        PhotoRows(
-            [r.id for r, _n, _p in rows],
-            [p.description.category for _r, _n, p in rows],
-            [{g: v for g, (v, _p) in p.description.attributes.items()} for _r, _n, p in rows],
-            np.stack([p.description.code for _r, _n, p in rows]),
-            np.stack([p.description.colour for _r, _n, p in rows]),
-            [photo_key(p.image_hash) for _r, _n, p in rows],
-            [r.price for r, _n, _p in rows],
-            [n for _r, n, _p in rows],
-        )
+    return PhotoRows(
+        [r.id for r, _n, _p in rows],
+        [p.description.category for _r, _n, p in rows],
+        [{g: v for g, (v, _p) in p.description.attributes.items()} for _r, _n, p in rows],
+        np.stack([p.description.code for _r, _n, p in rows]) if rows else np.empty((0, 0), np.uint8),
+        np.stack([p.description.colour for _r, _n, p in rows]) if rows else np.empty((0, 0), np.float32),
+        [photo_key(p.image_hash) for _r, _n, p in rows],
+        [r.price for r, _n, _p in rows],
+        [n for _r, n, _p in rows],
     )
+
+
+def index_rows(ram: InvertedIndex, records: Iterable) -> None:
+    """Add store records to the RAM index."""
+    rows = photo_rows(records)
+    if len(rows):
+        ram.add(rows)
 
 
 def ram_from_store(store, *, schema: Schema | None = None) -> InvertedIndex:

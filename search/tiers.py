@@ -40,7 +40,9 @@ def search_category(
     return SearchResult(hits, cands.products, cands.products * index.code_bytes, note)
 
 
-def named_hits(index: SearchIndex, ids: list[str], probe: Probe, narrowing: Narrowing, config: RankingConfig) -> list[Hit]:
+def named_hits(
+    index: SearchIndex, ids: list[str], probe: Probe, narrowing: Narrowing, config: RankingConfig
+) -> list[Hit]:
     """Scored hits of named products, each at its best photo, in any category (the same photo found
     whatever the guess), those that hold the narrowing's keys."""
     if not ids:

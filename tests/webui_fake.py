@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from foundation.boxes import parse_box
 from foundation.schema import Schema, default_schema
 from foundation.text import category_from_text
 from indexer.prepare import prepare_image
 from indexer.products import product_from_fields
-from foundation.boxes import parse_box
-from search.query import check_k, check_option
 from search.narrowing import check_filters, check_offset, check_price_range, narrowed_keys
 from search.protocol import Engine, UnknownQuery
+from search.query import check_k, check_option
 from search.recent import RecentQueries
 
 FEATURE = 6  # side of the colour thumbnail compared

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
-from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from foundation.echo import echo
 from search.protocol import UnknownQuery
 from webui.app import AppState
+from webui.document import openapi_document
 from webui.forms import RequestError, parse_photo, parse_product, parse_search, read_images
 
 logger = logging.getLogger(__name__)
-
-OPENAPI = Path(__file__).with_name("openapi.json")
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -104,10 +101,8 @@ def stats():
 
 @bp.get("/openapi.json")
 def openapi():
-    """``webui/openapi.json`` with this server's own categories in ``Category``'s enum."""
-    doc = load_openapi()
-    doc["components"]["schemas"]["Category"]["enum"] = list(_state().categories)
-    return jsonify(doc)
+    """The OpenAPI document (``webui.document``) with this server's own categories in ``Category``'s enum."""
+    return jsonify(openapi_document(_state().categories))
 
 
 @bp.get("/categories")
@@ -118,17 +113,14 @@ def categories():
 @bp.post("/search")
 def search():
     state = _state()
-    q = parse_search(request.form, request.files, state.categories)
+    query = parse_search(request.form, request.files, state.categories)
     t0 = time.perf_counter()
-    if q.query_id is not None:
-        response = state.engine.rerun(q.query_id, **q.narrowing())
-    else:
-        response = state.engine.search(q.image, q.option, category=q.category, box=q.box, **q.narrowing())
+    response = state.engine.search(query).to_json()
     ms = (time.perf_counter() - t0) * 1e3
-    state.stats.search("rerun" if q.query_id is not None else q.option, ms)
+    state.stats.search("rerun" if query.is_rerun else query.option, ms)
     logger.debug(
         "search %s %s: %d results in %.0f ms",
-        q.option or "rerun",
+        query.option or "rerun",
         response["query"].get("category"),
         len(response["results"]),
         ms,
@@ -180,4 +172,5 @@ def delete_product(product_id: str):
 
 
 def load_openapi() -> dict:
-    return json.loads(OPENAPI.read_text(encoding="utf-8"))
+    """The OpenAPI document as the code defines it (``webui.document``)."""
+    return openapi_document()

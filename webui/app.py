@@ -21,7 +21,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from foundation.echo import echo
-from search.protocol import ENGINE_METHODS, Engine
+from search.protocol import Engine
 from webui.hosts import host_allowed, parse_allowed_hosts
 from webui.reload import DEFAULT_RELOAD_S, IndexWatcher
 
@@ -124,8 +124,7 @@ def create_app(config: Mapping | None = None) -> Flask:
         # without an admin token nothing is written: the store is opened read-only
         engine = SearchEngine.open(index, device=device, writable=bool(config.get("TOKEN")))
     if not isinstance(engine, Engine):
-        missing = [m for m in ENGINE_METHODS if not callable(getattr(engine, m, None))]
-        raise TypeError(f"ENGINE {type(engine).__name__} is not a search engine: it has no {', '.join(missing)}")
+        raise TypeError(f"ENGINE {type(engine).__name__} is not a search engine (search.protocol.Engine)")
     token = config.pop("TOKEN", None) or None
 
     app = Flask(__name__)

@@ -18,18 +18,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from foundation.dump import MAX_ID_CHARS, MAX_PHOTOS, MAX_TEXT, MAX_URL, check_id
 from foundation.echo import echo
 from foundation.images import ImageError, upright_size
 from foundation.schema import default_schema
 from foundation.text import category_from_text
-from search.engine import MAX_K, OPTIONS, check_k, check_option, parse_box
-from search.narrowing import MAX_OFFSET, check_offset, check_price_range, parse_filters
-from search.recent import ID_PATTERN as QUERY_ID_PATTERN
+from search.narrowing import MAX_OFFSET, Narrowing, check_offset, parse_filters
+from search.query import DEFAULT_K, MAX_K, OPTIONS, QUERY_ID_PATTERN, Query, check_k, check_option, check_search
 
-DEFAULT_K = 20
 MAX_ID = MAX_ID_CHARS  # characters in a product id
 MAX_PRICE_TEXT = 32
 
@@ -61,30 +59,6 @@ class RequestError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class SearchRequest:
-    image: bytes | None  # as uploaded (the engine's one describe path decodes it); None with query_id
-    option: str | None  # None with query_id: the query's own
-    category: str | None
-    box: tuple[float, float, float, float] | None
-    k: int
-    query_id: str | None = None  # a re-run of this query, edited by the filters below
-    filters: dict[str, str] = field(default_factory=dict)  # group -> value, schema order
-    price_min: float | None = None
-    price_max: float | None = None
-    offset: int = 0
-
-    def narrowing(self) -> dict:
-        """The keyword arguments ``Engine.search`` and ``Engine.rerun`` take for the filters and page."""
-        return {
-            "k": self.k,
-            "filters": self.filters,
-            "price_min": self.price_min,
-            "price_max": self.price_max,
-            "offset": self.offset,
-        }
 
 
 @dataclass(frozen=True)
@@ -197,19 +171,25 @@ def parse_query_id(value: str) -> str:
     return value
 
 
-def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> SearchRequest:
-    """A search request from multipart fields ``image`` (or ``query_id``), ``option``, ``category``,
-    ``box``, ``k``, ``filter`` (repeatable), ``price_min``, ``price_max``, ``offset``."""
-    k = parse_k(form.get("k"))
-    narrowing = {
-        "filters": parse_filters_field(_every(form, "filter")),
-        "offset": parse_offset(form.get("offset")),
-    }
-    lo, hi = parse_price(form.get("price_min"), "price_min"), parse_price(form.get("price_max"), "price_max")
+def _refused(build):
+    """``build()``, its ``ValueError`` as a ``RequestError`` (the engine's own rules, one message)."""
     try:
-        narrowing["price_min"], narrowing["price_max"] = check_price_range(lo, hi)
+        return build()
     except ValueError as exc:
         raise RequestError(str(exc)) from None
+
+
+def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> Query:
+    """A search from multipart fields ``image`` (or ``query_id``), ``option``, ``category``,
+    ``box``, ``k``, ``filter`` (repeatable), ``price_min``, ``price_max``, ``offset``."""
+    narrowing = {
+        "k": parse_k(form.get("k")),
+        "filters": parse_filters_field(_every(form, "filter")),
+        "offset": parse_offset(form.get("offset")),
+        "price_min": parse_price(form.get("price_min"), "price_min"),
+        "price_max": parse_price(form.get("price_max"), "price_max"),
+    }
+    _refused(lambda: Narrowing.of(**narrowing))  # the price range, before anything else is read
     if form.get("query_id") is not None:
         query_id = parse_query_id(form.get("query_id"))
         given = [f for f in ("option", "category", "box") if form.get(f) is not None]
@@ -220,33 +200,15 @@ def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> Se
                 f"query_id re-runs a search as it was described; it takes no {', '.join(given)} "
                 "(send a photo instead to search anew)"
             )
-        return SearchRequest(None, None, None, None, k, query_id=query_id, **narrowing)
-    request = _parse_photo_search(form, files, categories, k)
-    return SearchRequest(request.image, request.option, request.category, request.box, k, **narrowing)
-
-
-def _parse_photo_search(form: Mapping, files: Mapping, categories: Sequence[str], k: int) -> SearchRequest:
+        return _refused(lambda: Query.rerun(query_id, **narrowing))
     option = parse_option(form.get("option"))
     category = parse_category(form.get("category"), categories)
     box_text = form.get("box")
-    if option == "guided" and category is None:
-        raise RequestError(f"the guided option needs a category, one of: {', '.join(categories)}")
-    if option == "auto" and category is not None:
-        raise RequestError(f"the auto option takes no category (got {echo(category)}): use option=guided")
-    if option == "rectangle" and box_text is None:
-        raise RequestError("the rectangle option needs a box x0,y0,x1,y1 in the photo's pixels")
-    if option != "rectangle" and box_text is not None:
-        raise RequestError(f"a box ({echo(box_text)}) is only for option=rectangle, not {option!r}")
+    _refused(lambda: check_search(option, category, box_text, default_schema()))
     if box_text is not None and not _matches(BOX_PATTERN, box_text):
         raise RequestError(f"box must be 4 numbers x0,y0,x1,y1 (finite, separated by commas), got {echo(box_text)}")
     upload = read_image(files)
-    box = None
-    if option == "rectangle":
-        try:
-            box = parse_box(box_text, upload.size)
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
-    return SearchRequest(image=upload.data, option=option, category=category, box=box, k=k)
+    return _refused(lambda: Query.search(upload.data, option, category=category, box=box_text, **narrowing))
 
 
 def _text(form: Mapping, name: str, *, limit: int = MAX_TEXT) -> str | None:
@@ -320,7 +282,6 @@ def parse_product(form: Mapping, categories: Sequence[str]) -> dict:
 
 __all__ = [
     "RequestError",
-    "SearchRequest",
     "parse_search",
     "parse_product",
     "parse_id",

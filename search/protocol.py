@@ -1,9 +1,8 @@
 """What the web layer needs of a search engine: ``SearchEngine``'s public methods, as a typed Protocol.
 
 ``webui`` is written against ``Engine``, so anything with these methods serves the page and the
-API: the real ``search.engine.SearchEngine``, or the tests' ``FakeEngine``. The signatures are
-``SearchEngine``'s own, parameter for parameter; ``tests/test_webui_api.py`` checks that both
-engines match them.
+API (``search.engine.SearchEngine``). The signatures are ``SearchEngine``'s own, parameter for
+parameter.
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ class Server:
             fh.write(f"\n===== start {self.starts} =====\n")
             fh.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.webui_fake", str(self.dump), "--standin", str(self.index)]
+                [sys.executable, "-m", "tests.standin", str(self.dump), str(self.index)]
                 + ["--n", str(self.n), "--port", str(self.port), "--token", self.token, "--threads", str(self.threads)],
                 cwd=ROOT,
                 stdout=fh,

@@ -1,7 +1,7 @@
 """Load with faults: searches and re-index writes against a server that is killed midway and restarted.
 
 One invocation makes two runs of the same length against the stand-in server
-(``python -m tests.webui_fake DUMP --standin INDEX``: the real ``SearchEngine`` over an LMDB store,
+(``python -m tests.standin DUMP INDEX``: the real ``SearchEngine`` over an LMDB store,
 with model stand-ins), each on a fresh index of a small synthetic catalogue (``catalogues.synth``):
 
 * ``baseline``: 16 keep-alive clients search for ``--seconds``, cycling the three options

@@ -40,7 +40,7 @@ def _child(mode: str, photo: str, index: str | None) -> None:
     torch.set_num_threads(1)
     engine = None
     if mode == "search":
-        from tests.webui_fake import open_standin_engine, standin_describer
+        from tests.standin import open_standin_engine, standin_describer
 
         engine = open_standin_engine(index, standin_describer())
     data = Path(photo).read_bytes()
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.path.insert(0, str(ROOT))
     from catalogues.synth import synthesize
-    from tests.webui_fake import build_standin_index, standin_describer
+    from tests.standin import build_standin_index, standin_describer
 
     sizes = [float(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

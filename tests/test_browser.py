@@ -1,9 +1,11 @@
 """The search page in a real browser: Debian's Chromium driven by Playwright against a served index.
 
 The server is a real waitress process on a free port, waited on through /api/health. Its engine
-is the fake of ``tests/webui_fake.py`` (a ``search.protocol.Engine`` over the synthetic catalogue),
-so this tests the page and the API, not the models; every API answer the page and the test receive
-is checked against ``webui/openapi.json``. Screenshots of every state go to
+is the real ``SearchEngine`` with the model stand-ins of ``tests/standin.py``, over the synthetic
+catalogue with its own attribute labels (``--labelled``), so this tests the page and the API, not
+the models: the stand-ins' categories and boxes are simple (a central box; auto guesses from the
+photo's brightness), and a catalogue photo finds its own product first (the engine's same-photo
+rule). Every API answer the page and the test receive is checked against ``webui/openapi.json``. Screenshots of every state go to
 ``test-artifacts/browser/``.
 
 Chromium comes from ``make browser`` (``make test`` runs it first): without /usr/bin/chromium
@@ -25,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from foundation.schema import default_schema
+from tests.webui_api_fixtures import same_photo
 
 pytestmark = pytest.mark.browser
 
@@ -98,10 +101,12 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> dict:
 @pytest.fixture(scope="module")
 def server(synth_dump, tmp_path_factory):
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    folder = tmp_path_factory.mktemp("server")
+    log = folder / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.webui_fake", str(synth_dump), "--port", str(port), "--token", TOKEN],
+            [sys.executable, "-m", "tests.standin", str(synth_dump), str(folder / "index"), "--labelled"]
+            + ["--port", str(port), "--token", TOKEN],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -228,13 +233,16 @@ def test_three_options(page, rows, synth_dump):
     guided = info.value.json()
     assert guided["query"]["option"] == "guided" and guided["query"]["category"] == chosen
     _cards(page, guided["results"])
-    assert set(page.locator(".card").evaluate_all("cs => cs.map(c => c.dataset.category)")) == {chosen}
+    # the photo's own product first, whatever its category (the engine's same-photo rule), then the category
+    assert same_photo(guided["query"]) == row["id"] and guided["results"][0]["id"] == row["id"]
+    shown = page.locator(".card").evaluate_all("cs => cs.map(c => c.dataset.category)")
+    assert set(shown[1:]) == {chosen}, shown
     expect(page.locator("#seen")).to_have_attribute("data-category", chosen)
     _shot(page, "2-guided")
 
     # 3. draw a rectangle around each garment in turn: the results follow the box
     answers = []
-    for i, (*box, category) in enumerate(row["boxes"][:2]):
+    for i, (*box, _category) in enumerate(row["boxes"][:2]):
         with page.expect_response(_is_search) as info:
             _drag_box(page, box)
         rect = info.value.json()
@@ -242,10 +250,9 @@ def test_three_options(page, rows, synth_dump):
         assert all(abs(a - b) <= 2 for a, b in zip(rect["query"]["roi"], box)), (rect["query"]["roi"], box)
         answers.append(_cards(page, rect["results"]))
         assert page.locator("input[name=option][value=rectangle]").is_checked()
-        if category == row["attributes"]["category"]:
-            assert answers[-1][0] == row["id"]  # the box around the product itself finds it first
+        assert answers[-1][0] == row["id"]  # the very photo: its own product first, whatever the box
         _shot(page, f"3-rectangle-{i + 1}")
-    assert answers[0] != answers[1]
+    assert answers[0][1:] != answers[1][1:]  # the rest follows the box
 
     # "more like this" searches with that product's photo, guided by its category
     first = rect["results"][0]
@@ -259,7 +266,8 @@ def test_three_options(page, rows, synth_dump):
 
 
 def _edit_target(rows):
-    """A dress of the catalogue and a (colour, sleeve length) of other dresses unlike its own in both."""
+    """A dress of the catalogue and a (colour, sleeve length) of other dresses unlike its own in both
+    (so that the edits leave out the photo's own product, which the engine would otherwise rank first)."""
     dresses = [r for r in rows if r["attributes"]["category"] == "dress"]
     for row in dresses:
         own = row["attributes"]
@@ -274,13 +282,16 @@ def test_editing_attributes_narrows_the_results_without_sending_the_photo_again(
     from playwright.sync_api import expect
 
     row, (colour, sleeve) = _edit_target(rows)
+    page.check("input[name=option][value=guided]")  # no photo yet: nothing is sent
+    page.select_option("#category", "dress")
     with page.expect_response(_is_search) as info:
         page.set_input_files("#file", str(synth_dump.parent / row["image"]))
     first = info.value.json()
     assert first["query"]["category"] == "dress" and first["query"]["id"]
+    assert first["results"][0]["id"] == row["id"]  # the very photo: its own product first
     seen = {a["group"]: a["value"] for a in first["query"]["attributes"]}
-    assert seen["colour"] != colour and seen["sleeve_length"] != sleeve
-    expect(page.locator("#attr-colour")).to_have_value(seen["colour"])
+    assert "colour" not in seen and "sleeve_length" not in seen  # the stand-in attribute model sees none
+    expect(page.locator("#attr-colour")).to_have_value("")  # "any"
 
     with page.expect_response(_is_search) as info:
         page.select_option("#attr-colour", colour)
@@ -298,6 +309,7 @@ def test_editing_attributes_narrows_the_results_without_sending_the_photo_again(
     assert edited["results"], edited["query"]
     for hit in edited["results"]:
         assert hit["attributes"]["colour"] == colour and hit["attributes"]["sleeve_length"] == sleeve, hit
+    assert row["id"] not in [h["id"] for h in edited["results"]]  # its own colour is another
     _cards(page, edited["results"])
     shown = page.locator(".card").evaluate_all("cs => cs.map(c => JSON.parse(c.dataset.attributes))")
     assert all(a["colour"] == colour and a["sleeve_length"] == sleeve for a in shown), shown
@@ -322,9 +334,9 @@ def test_editing_attributes_narrows_the_results_without_sending_the_photo_again(
         page.press("#price-max", "Tab")
     assert info.value.json()["query"]["filters"] == [f"colour={colour}", f"sleeve_length={sleeve}"]
 
-    # back to the colour seen: only the sleeve length narrows
+    # back to any colour: only the sleeve length narrows
     with page.expect_response(_is_search) as info:
-        page.select_option("#attr-colour", seen["colour"])
+        page.select_option("#attr-colour", "")
     assert info.value.json()["query"]["filters"] == [f"sleeve_length={sleeve}"]
     expect(page.locator("#attributes .chip.edited")).to_have_count(1)
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from cli.main import main
-from tests.webui_fake import open_standin_engine
+from tests.standin import open_standin_engine
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from indexer.store import Store
 from search.engine import SearchEngine, load_ram_index
 from search.index import InvertedIndex, RankingConfig
 from tests.indexer_fakes import fake_describer, fake_models
-from tests.webui_fake import standin_engine
+from tests.standin import standin_engine
 from webui.app import create_app
 
 TOKEN = "photos-token"

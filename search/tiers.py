@@ -8,6 +8,8 @@ product is answered once: another tier of the Hamming order is fetched until it 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from search.narrowing import Narrowing
 from search.protocol import SearchIndex
 from search.ranking import Hit, Probe, RankingConfig, SearchResult, page_hits, rank, rank_named
@@ -50,3 +52,11 @@ def named_hits(
     cands = index.named(ids, probe.code, narrowing)
     ranked = rank_named(cands, probe, config, index.code_bytes * 8)
     return page_hits(cands, ranked, index.columns, 0, len(ranked))
+
+
+def search_page(
+    index: SearchIndex, probe: Probe, category: str, narrowing: Narrowing, config: RankingConfig
+) -> SearchResult:
+    """The products ranked ``offset`` to ``offset + k`` of ``category`` (the narrowing's page)."""
+    result = search_category(index, probe, category, narrowing, config, narrowing.offset + narrowing.k)
+    return replace(result, hits=result.hits[narrowing.offset :])

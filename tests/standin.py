@@ -31,6 +31,7 @@ class HashCoder:
     """Stands in for the appearance coder: bits of a 16x16 grey thumbnail above its mean."""
 
     code_bytes = 32
+    ranking = None  # no weights saved: the search's defaults
 
     def encode(self, images, *, batch_size: int = 64) -> np.ndarray:
         grey = [np.asarray(im.convert("L").resize((16, 16), Image.BILINEAR), np.float32) for im in images]

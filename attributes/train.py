@@ -22,20 +22,47 @@ from torch.utils.data import DataLoader
 from attributes.data import SequenceDataset, collate, group_targets, load_examples, preprocessing
 from attributes.model import AttributeModelConfig, build_attribute_model
 from foundation.backbones import default_backbone, default_pretrained
-from foundation.devices import check_device
 from foundation.modelfiles import file_hash, save_model
 from foundation.schema import Schema, default_schema
-from foundation.training import Checkpoint, LoopConfig, pick_preset, seed_everything, torch_threads, train_loop
+from foundation.training import Checkpoint, RunOptions, TrainSettings, seed_everything, torch_threads, train_loop
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = {"lstm": "attributes", "binary": "attributes-baseline"}
-# where and how long a run goes: a resumed run may change these
-RUN_SETTINGS = ("max_minutes", "threads", "device", "amp", "workers", "resume_checkpoint")
+
+# The paper's recipe, a ResNet-18 LSTM from scratch at 64 px: the scratch preset reproduces it, and
+# the demo trains it where no ImageNet file is installed.
+_RESNET_FROM_SCRATCH = dict(
+    backbone="resnet18", pretrained="none", frozen_stages=0, image_size=64, warmup_share=0.15, label_smoothing=0.0
+)
+
+
+def _default_preset() -> dict:
+    """The ImageNet recipe on ``default_backbone()``; where no ImageNet file is installed, its trunk
+    trains from scratch, every stage of it (the figures below need the weights)."""
+    backbone = default_backbone()
+    if default_pretrained(backbone) == "imagenet":
+        return dict(backbone=backbone, pretrained="imagenet")
+    return dict(backbone=backbone, pretrained="none", frozen_stages=0)
+
+
+def _demo_preset() -> dict:
+    """The demo's: the ImageNet trunk at 96 px where its file is installed (a drawn rectangle's crop
+    is read by ImageNet features, not by a net that saw 2,000 drawings), else the ResNet-18 from scratch."""
+    run = dict(threads=2, patience=3, max_minutes=4.0, resume_checkpoint=False)
+    backbone = default_backbone()
+    if default_pretrained(backbone) == "imagenet":
+        return dict(
+            backbone=backbone, pretrained="imagenet", frozen_stages=3, image_size=96, epochs=6, batch_size=64, **run
+        )
+    # 2,000 synthetic products (3,839 examples with the garment crops), held-out scenes: lr 3e-3 /
+    # batch 32 / 5 epochs stayed at chance (guided colour 0.10 on garment crops); lr 1e-3 / batch 64
+    # / 10 epochs reached 0.55 in 164 s.
+    return dict(_RESNET_FROM_SCRATCH, epochs=10, batch_size=64, lr=1e-3, **run)
 
 
 @dataclass(frozen=True)
-class AttributeTrainConfig:
+class AttributeTrainConfig(TrainSettings):
     """How an attribute model is trained; the defaults are the ImageNet fine-tuning recipe (see ``PRESETS``)."""
 
     kind: str = "lstm"
@@ -58,36 +85,30 @@ class AttributeTrainConfig:
     garment_crops: bool = True  # also learn from each product's own box, where its dump row has one
     patience: int = 3
     max_minutes: float | None = 17.0  # stop after the epoch that crosses this budget (None: no limit)
-    threads: int = 2
-    device: str = "auto"  # auto, cpu, cuda or cuda:N ("auto": cuda when there is one)
-    amp: bool = True  # mixed precision on cuda
-    seed: int = 0
-    workers: int = 0
     resume_checkpoint: bool = True  # write <name>-last.pt (weights + optimiser) after each epoch
 
+    TRAINS = "attributes"
+    FIXED_LOOP = {"finish_epoch": True}  # so the epoch the budget ends in is validated and can be kept
+    PRESET_FIELDS = {
+        "demo": _demo_preset(),
+        # MobileNetV2 from ImageNet at 224 px, three stages frozen, 8 epochs: ~19 minutes on the clothing
+        # train split here (2-core CPU); val NLL 0.270, category accuracy 0.827, micro P/R/F1
+        # 0.888/0.893/0.891 (the scratch recipe: 0.661 and 0.786).
+        "default": _default_preset(),
+        # The from-scratch ResNet-18 recipe: 383 s on the clothing train split here (val NLL 0.509 after
+        # 3 epochs, 0.293 after 20); val category accuracy 0.661, micro P/R/F1 0.782/0.790/0.786.
+        "scratch": dict(_RESNET_FROM_SCRATCH, epochs=20, lr=2e-3, patience=3, max_minutes=20.0),
+    }
+
     def __post_init__(self):
-        for name in ("image_size", "epochs", "batch_size", "threads", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        check_device(self.device)
         self.model_config(1)  # checks kind, backbone, pretrained and frozen_stages
-        self.loop_config()  # checks the loop's settings
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> AttributeTrainConfig:
-        """The preset ``name`` of ``PRESETS`` with ``overrides``; an unknown name lists those there are."""
-        return dataclasses.replace(pick_preset(PRESETS, name, "attributes"), **overrides)
-
-    @classmethod
-    def demo(cls, **overrides) -> AttributeTrainConfig:
-        """Small and fast: for the demo's synthetic catalogue on a CPU (about 3 minutes on 2 cores)."""
-        return cls.preset("demo", **overrides)
+        super().__post_init__()
 
     def model_config(self, vocab_size: int) -> AttributeModelConfig:
         return AttributeModelConfig(
@@ -101,70 +122,8 @@ class AttributeTrainConfig:
             vocab_size=vocab_size,
         )
 
-    def loop_config(self) -> LoopConfig:
-        return LoopConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_share=self.warmup_share,
-            clip_grad_norm=self.clip_grad_norm,
-            patience=self.patience,
-            seed=self.seed,
-            max_minutes=self.max_minutes,
-            finish_epoch=True,  # so the epoch the budget ends in is validated and can be kept
-            device=self.device,
-            amp=self.amp,
-            threads=self.threads,
-            checkpoint=self.resume_checkpoint,
-        )
 
-    def learning_settings(self) -> dict:
-        """What a resumed run must share with the first, beside the loop's own settings."""
-        loop = set(dataclasses.asdict(self.loop_config()))
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in loop and k not in RUN_SETTINGS}
-
-
-# The paper's ResNet-18 LSTM from scratch at 64 px, as it was trained before the ImageNet trunk.
-_RESNET_FROM_SCRATCH = dict(
-    backbone="resnet18", pretrained="none", frozen_stages=0, image_size=64, warmup_share=0.15, label_smoothing=0.0
-)
-
-
-def _default_preset() -> AttributeTrainConfig:
-    """The ImageNet recipe on ``default_backbone()``; where no ImageNet file is installed, its trunk
-    trains from scratch, every stage of it (the figures below need the weights)."""
-    backbone = default_backbone()
-    pretrained = default_pretrained(backbone)
-    if pretrained == "imagenet":
-        return AttributeTrainConfig(backbone=backbone, pretrained=pretrained)
-    return AttributeTrainConfig(backbone=backbone, pretrained="none", frozen_stages=0)
-
-
-def _demo_preset() -> AttributeTrainConfig:
-    """The demo's: the ImageNet trunk at 96 px where its file is installed (a drawn rectangle's crop
-    is read by ImageNet features, not by a net that saw 2,000 drawings), else the ResNet-18 from scratch."""
-    run = dict(threads=2, patience=3, max_minutes=4.0, resume_checkpoint=False)
-    backbone = default_backbone()
-    if default_pretrained(backbone) == "imagenet":
-        return AttributeTrainConfig(
-            backbone=backbone, pretrained="imagenet", frozen_stages=3, image_size=96, epochs=6, batch_size=64, **run
-        )
-    # 2,000 synthetic products (3,839 examples with the garment crops), held-out scenes: lr 3e-3 /
-    # batch 32 / 5 epochs stayed at chance (guided colour 0.10 on garment crops); lr 1e-3 / batch 64
-    # / 10 epochs reached 0.55 in 164 s.
-    return AttributeTrainConfig(**_RESNET_FROM_SCRATCH, epochs=10, batch_size=64, lr=1e-3, **run)
-
-
-PRESETS = {
-    "demo": _demo_preset(),
-    # MobileNetV2 from ImageNet at 224 px, three stages frozen, 8 epochs: ~19 minutes on the clothing
-    # train split here (2-core CPU); val NLL 0.270, category accuracy 0.827, micro P/R/F1
-    # 0.888/0.893/0.891 (the scratch recipe: 0.661 and 0.786).
-    "default": _default_preset(),
-    # The from-scratch ResNet-18 recipe: 383 s on the clothing train split here (val NLL 0.509 after
-    # 3 epochs, 0.293 after 20); val category accuracy 0.661, micro P/R/F1 0.782/0.790/0.786.
-    "scratch": AttributeTrainConfig(**_RESNET_FROM_SCRATCH, epochs=20, lr=2e-3, patience=3, max_minutes=20.0),
-}
+PRESETS = AttributeTrainConfig.presets()
 
 
 def token_weights(token_lists: list[list[int]], vocab_size: int, alpha: float) -> torch.Tensor:
@@ -201,19 +160,14 @@ def baseline_loss(
     ).mean()
 
 
-def _loss(model, images, tokens, kind, schema, weights, label_smoothing=0.0):
-    if kind == "lstm":
-        return sequence_loss(model(images, tokens[:, :-1]), tokens, weights, label_smoothing)
-    return baseline_loss(model(images), tokens, schema, label_smoothing)
-
-
 @torch.inference_mode()
 def validation_loss(model, loader, kind: str, schema: Schema, device) -> float:
     """Mean loss per target token (LSTM) or per group (baseline) over a loader (the loop sets eval mode and AMP)."""
+    plain = AttributeTask(model, kind, schema)  # no token weights, no label smoothing
     total, n = 0.0, 0
     for images, tokens in loader:
         images, tokens = images.to(device), tokens.to(device)
-        loss = _loss(model, images, tokens, kind, schema, None)
+        loss = plain.batch_loss(images, tokens)
         count = int((tokens[:, 1:] != 0).sum()) if kind == "lstm" else tokens.shape[0]
         total += float(loss) * count
         n += count
@@ -236,7 +190,14 @@ class AttributeTask:
         images, tokens = (t.to(device, non_blocking=True) for t in batch)
         if self.weights is not None and self.weights.device != device:
             self.weights = self.weights.to(device)
-        return _loss(self.model, images, tokens, self.kind, self.schema, self.weights, self.label_smoothing)
+        return self.batch_loss(images, tokens)
+
+    def batch_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The batch's loss, ``images`` (B, 3, H, W) and ``tokens`` (B, T) on the model's device."""
+        if self.kind == "lstm":
+            logits = self.model(images, tokens[:, :-1])
+            return sequence_loss(logits, tokens, self.weights, self.label_smoothing)
+        return baseline_loss(self.model(images), tokens, self.schema, self.label_smoothing)
 
 
 def train_attributes(
@@ -339,17 +300,11 @@ def train_attributes(
     checkpoint = Checkpoint(
         out_dir, f"{name}-last", config.learning_settings(), prep, schema=schema, data_hash=data_hash
     )
-    run = train_loop(
-        AttributeTask(model, config.kind, schema, weights, config.label_smoothing),
-        train_loader,
-        config.loop_config(),
-        checkpoint=checkpoint,
-        resume=resume,
-        progress=progress,
-        val_fn=val_fn,
-        on_best=save_best,
-        desc=name,
+    options = RunOptions(
+        checkpoint=checkpoint, resume=resume, val_fn=val_fn, on_best=save_best, progress=progress, desc=name
     )
+    task = AttributeTask(model, config.kind, schema, weights, config.label_smoothing)
+    run = train_loop(task, train_loader, config.loop_config(), options)
     if run.best is None:  # no epoch finished (a budget spent within the first): keep what there is
         logger.warning("%s: no epoch finished; saving the weights as they stand", name)
         save_best(model, {"epoch": 0, "train_loss": run.last_loss})

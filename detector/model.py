@@ -4,7 +4,7 @@ Class 0 is torchvision's background; class ``i + 1`` is the schema's ``category_
 Anchors, RoI pooling and NMS are torchvision's own. The backbone is a typed choice: the FPN
 backbones of ``foundation.backbones.detector_backbone`` (``mobilenet_v2``, the default, and
 ``resnet18``/``resnet50``), or torchvision's own ``mobilenet_v3_large_fpn``/``resnet50_fpn``
-detectors (today's earlier checkpoints).
+detectors (kept so that checkpoints trained on them still load).
 
 At inference the box head gives three sets of detections from the same proposals (see
 ``GroupedRoIHeads``): per category (torchvision's), per great-category (scored with the sum of

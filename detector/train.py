@@ -25,16 +25,13 @@ import torch
 
 from detector.data import DetectionDataset, collate, dumps_of, products_with_boxes
 from detector.model import DetectorConfig, build_detector, class_groups, class_names
-from foundation.devices import check_device
 from foundation.modelfiles import file_hash, save_model
 from foundation.schema import Schema, default_schema
-from foundation.training import Checkpoint, LoopConfig, pick_preset, seed_everything, torch_threads, train_loop
+from foundation.training import Checkpoint, RunOptions, TrainSettings, seed_everything, torch_threads, train_loop
 
 logger = logging.getLogger(__name__)
 
 LAST = "detector-last"  # the resumable checkpoint, beside detector.pt
-# where and how long a run goes: a resumed run may change these
-RUN_SETTINGS = ("max_minutes", "device", "amp", "threads", "workers", "eval_limit")
 SAVED_METRICS = (
     "non_guided",
     "guided",
@@ -47,7 +44,7 @@ SAVED_METRICS = (
 
 
 @dataclass(frozen=True)
-class DetectorTrainConfig:
+class DetectorTrainConfig(TrainSettings):
     """Settings of one training run (the model's own are in ``model``)."""
 
     model: DetectorConfig = field(default_factory=DetectorConfig)
@@ -58,33 +55,33 @@ class DetectorTrainConfig:
     warmup_steps: int = 100  # linear from lr / 25, then cosine to 0
     clip_grad_norm: float | None = 10.0
     max_minutes: float | None = 18.0  # stop after the step crossing this
-    device: str = "auto"  # auto, cpu, cuda or cuda:N
-    amp: bool = True  # on cuda only
-    threads: int = 2
     workers: int = 1
-    seed: int = 0
     eval_limit: int = 200  # validation images measured at the end
 
+    TRAINS = "detector"
+    RUN_SETTINGS = (*TrainSettings.RUN_SETTINGS, "eval_limit")
+    PRESET_FIELDS = {
+        # The demo's synthetic catalogue (2,000 images, 1-3 drawn garments each) in about 3 minutes
+        # (176 s on 2 CPU cores): one epoch at 128 px from the ImageNet backbone. Held-out synthetic
+        # scenes (200, seed 99): guided recall@0.5 0.97, fallback 1.4 %, ~32 ms an image.
+        "demo": dict(
+            model=DetectorConfig(min_size=128, max_size=160),
+            epochs=1,
+            batch_size=8,
+            lr=1e-3,
+            warmup_steps=20,
+            max_minutes=3.0,
+            eval_limit=100,
+        ),
+        # Sized for the street-photo mix (ccp train, the same photos with catalogue cut-outs pasted
+        # on, composed shop scenes: ~2,900 images) at ~6 images/s on 2 CPU cores: 2 epochs, ~17 minutes.
+        "default": {},
+    }
+
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
-        check_device(self.device)
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes must be positive, got {self.max_minutes!r}")
-        self.loop_config()  # checks the loop's settings
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> DetectorTrainConfig:
-        """The preset ``name`` of ``PRESETS`` with ``overrides``; an unknown name lists those there are."""
-        return replace(pick_preset(PRESETS, name, "detector"), **overrides)
-
-    @classmethod
-    def demo(cls) -> DetectorTrainConfig:
-        """The demo's preset: small inputs, about 3 minutes on a 2-core CPU."""
-        return cls.preset("demo")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size!r}")
+        super().__post_init__()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,43 +90,8 @@ class DetectorTrainConfig:
     def from_dict(cls, d: dict) -> DetectorTrainConfig:
         return cls(**{**d, "model": DetectorConfig(**d["model"])})
 
-    def loop_config(self) -> LoopConfig:
-        return LoopConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_steps=self.warmup_steps,
-            clip_grad_norm=self.clip_grad_norm,
-            seed=self.seed,
-            max_minutes=self.max_minutes,
-            device=self.device,
-            amp=self.amp,
-            threads=self.threads,
-        )
 
-    def learning_settings(self) -> dict:
-        """What a resumed run must share with the first, beside the loop's own settings."""
-        loop = set(asdict(self.loop_config()))
-        return {k: v for k, v in self.to_dict().items() if k not in loop and k not in RUN_SETTINGS}
-
-
-PRESETS = {
-    # The demo's synthetic catalogue (2,000 images, 1-3 drawn garments each) in about 3 minutes
-    # (176 s on 2 CPU cores): one epoch at 128 px from the ImageNet backbone. Held-out synthetic
-    # scenes (200, seed 99): guided recall@0.5 0.97, fallback 1.4 %, ~32 ms an image.
-    "demo": DetectorTrainConfig(
-        model=DetectorConfig(min_size=128, max_size=160),
-        epochs=1,
-        batch_size=8,
-        lr=1e-3,
-        warmup_steps=20,
-        max_minutes=3.0,
-        eval_limit=100,
-    ),
-    # Sized for the street-photo mix (ccp train, the same photos with catalogue cut-outs pasted
-    # on, composed shop scenes: ~2,900 images) at ~6 images/s on 2 CPU cores: 2 epochs, ~17 minutes.
-    "default": DetectorTrainConfig(),
-}
+PRESETS = DetectorTrainConfig.presets()
 
 
 class DetectorTask:
@@ -207,15 +169,8 @@ def train_detector(
     checkpoint = Checkpoint(
         out_dir, LAST, config.learning_settings(), preprocessing, schema=schema, data_hash=data_hash
     )
-    run = train_loop(
-        DetectorTask(model),
-        loader,
-        config.loop_config(),
-        checkpoint=checkpoint,
-        resume=resume,
-        progress=progress,
-        desc="detector",
-    )
+    options = RunOptions(checkpoint=checkpoint, resume=resume, progress=progress, desc="detector")
+    run = train_loop(DetectorTask(model), loader, config.loop_config(), options)
     result = {
         "epochs": run.epochs_done,
         "steps": run.steps,

@@ -11,6 +11,9 @@ states of the moment it stopped: on CPU it ends with the weights of an uninterru
 needs a loader ordered by its ``generator`` (or torch's global RNG) without persistent workers.
 A checkpoint made with other learning settings is refused, naming them; where and how long a run
 goes (device, threads, budgets) may change.
+
+Each model's config is a ``TrainSettings``: the run settings every trainer shares, its presets, and
+the ``LoopConfig`` and learning settings it gives the loop, written here once.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 import torch
@@ -36,7 +39,7 @@ from foundation.schema import Schema
 
 logger = logging.getLogger(__name__)
 
-WARMUP_START = 0.04  # warmup starts at lr / 25, where OneCycleLR started
+WARMUP_START = 0.04  # warmup starts at lr / 25 (OneCycleLR's default): small steps while AdamW's moments settle
 RUN_SETTINGS = ("max_minutes", "finish_epoch", "max_steps", "device", "amp", "threads", "checkpoint")
 T = TypeVar("T")
 
@@ -82,6 +85,72 @@ class LoopConfig:
 
     def learning_settings(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_SETTINGS}
+
+
+LOOP_FIELDS = frozenset(f.name for f in dataclasses.fields(LoopConfig))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A trainer's config: the run settings every trainer shares, its presets and what the loop gets.
+
+    A trainer subclasses this as a frozen dataclass and declares its own fields (a field named as
+    one of ``LoopConfig``'s is that loop setting; ``resume_checkpoint`` is its ``checkpoint``) and,
+    at class level, ``TRAINS`` (what it trains, for messages), ``PRESET_FIELDS`` (each preset's
+    fields that differ from the class's defaults), ``RUN_SETTINGS`` extended by its own run
+    settings (they stay out of its learning settings) and ``FIXED_LOOP`` (loop settings that are
+    not fields). A subclass's ``__post_init__`` checks its own fields, then calls this one, which
+    checks the loop's settings.
+    """
+
+    max_minutes: float | None = None  # this run's time budget (None: no limit)
+    device: str = "auto"  # auto, cpu, cuda or cuda:N ("auto": cuda when there is one)
+    amp: bool = True  # mixed precision, on cuda only
+    threads: int = 2
+    workers: int = 0  # loader processes
+    seed: int = 0
+
+    TRAINS: ClassVar[str] = "model"
+    PRESET_FIELDS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    # where and how long a run goes, and whether it writes its checkpoint: a resumed run may change these
+    RUN_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "max_minutes",
+        "device",
+        "amp",
+        "threads",
+        "workers",
+        "resume_checkpoint",
+    )
+    FIXED_LOOP: ClassVar[Mapping[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        self.loop_config()  # checks the loop's settings
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> Self:
+        """The preset ``name`` with ``overrides``; an unknown name lists those there are."""
+        return cls(**{**pick_preset(cls.PRESET_FIELDS, name, cls.TRAINS), **overrides})
+
+    @classmethod
+    def presets(cls) -> dict[str, Self]:
+        return {name: cls.preset(name) for name in cls.PRESET_FIELDS}
+
+    @classmethod
+    def demo(cls, **overrides) -> Self:
+        """The demo's preset: a few minutes on a 2-core CPU."""
+        return cls.preset("demo", **overrides)
+
+    def loop_config(self) -> LoopConfig:
+        names = {f.name for f in dataclasses.fields(self)}
+        values = {name: getattr(self, name) for name in names & LOOP_FIELDS}
+        if "resume_checkpoint" in names:
+            values["checkpoint"] = self.resume_checkpoint
+        return LoopConfig(**values, **self.FIXED_LOOP)
+
+    def learning_settings(self) -> dict:
+        """What a resumed run must share with the first, beside the loop's own settings."""
+        skip = LOOP_FIELDS | set(self.RUN_SETTINGS)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 class TrainTask(Protocol):
@@ -204,19 +273,9 @@ class _State:
 SAVED = ("epoch", "batch", "step", "history", "best", "best_epoch", "since_best", "running", "epoch_rng")
 
 
-def train_loop(
-    task: TrainTask,
-    loader,
-    cfg: LoopConfig,
-    *,
-    checkpoint: Checkpoint | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    val_fn: Callable[[nn.Module, torch.device], float] | None = None,
-    on_best: Callable[[nn.Module, dict], None] | None = None,
-    desc: str = "train",
-) -> LoopResult:
-    """Train ``task.model`` on ``loader`` as ``cfg`` says; returns what happened.
+@dataclass(frozen=True)
+class RunOptions:
+    """What one call of ``train_loop`` does around the training itself.
 
     Args:
         checkpoint: where the resumable checkpoint goes; None writes none (and cannot resume).
@@ -224,24 +283,40 @@ def train_loop(
         val_fn: the validation loss of the model (lower is better), computed after each epoch in
             eval mode without gradients; without it the epoch's training loss is monitored.
         on_best: called with the model and the epoch's record when the monitored loss improves.
+        progress: show progress bars.
+        desc: the run's name in progress bars and the log.
     """
+
+    checkpoint: Checkpoint | None = None
+    resume: bool = False
+    val_fn: Callable[[nn.Module, torch.device], float] | None = None
+    on_best: Callable[[nn.Module, dict], None] | None = None
+    progress: bool = True
+    desc: str = "train"
+
+
+def train_loop(task: TrainTask, loader, cfg: LoopConfig, options: RunOptions | None = None) -> LoopResult:
+    """Train ``task.model`` on ``loader`` as ``cfg`` says, with ``options``; returns what happened."""
+    options = options or RunOptions()
+    desc, checkpoint = options.desc, options.checkpoint
     if len(loader) == 0:
         raise ValueError(f"{desc}: the training data gives no batch (too few examples for the batch size?)")
     if getattr(loader, "persistent_workers", False):
         logger.warning("%s: persistent loader workers keep their random state across epochs; resume is not exact", desc)
     with torch_threads(cfg.threads):
-        loop = _Loop(task, loader, cfg, checkpoint, progress, val_fn, on_best, desc)
-        if resume and checkpoint is not None and checkpoint.path.is_file():
+        loop = _Loop(task, loader, cfg, options)
+        if options.resume and checkpoint is not None and checkpoint.path.is_file():
             loop.restore()
-        elif resume:
+        elif options.resume:
             logger.info("%s: no checkpoint to resume from; starting from scratch", desc)
         return loop.run()
 
 
 class _Loop:
-    def __init__(self, task, loader, cfg: LoopConfig, checkpoint, progress, val_fn, on_best, desc):
-        self.task, self.loader, self.cfg, self.checkpoint = task, loader, cfg, checkpoint
-        self.progress, self.val_fn, self.on_best, self.desc = progress, val_fn, on_best, desc
+    def __init__(self, task, loader, cfg: LoopConfig, options: RunOptions):
+        self.task, self.loader, self.cfg, self.options = task, loader, cfg, options
+        checkpoint, self.desc = options.checkpoint, options.desc
+        self.checkpoint = checkpoint
         self.device = parse_device(cfg.device)
         self.amp = cfg.amp and self.device.type == "cuda"
         seed_everything(cfg.seed)
@@ -259,7 +334,7 @@ class _Loop:
     def restore(self) -> None:
         ck = self.checkpoint
         saved = load_model(ck.models_dir, ck.name, schema=ck.schema)
-        diffs = config_differences(saved["config"].get("learning", {}), self.settings)  # all of them: an old format
+        diffs = config_differences(saved["config"].get("learning", {}), self.settings)  # none recorded: all differ
         if diffs:
             raise ResumeError(
                 f"cannot resume from {ck.path}: it was trained with other settings ({'; '.join(diffs[:6])}); "
@@ -332,7 +407,12 @@ class _Loop:
             t_epoch, out_of_time = time.perf_counter(), False
             desc = f"{self.desc} epoch {s.epoch + 1}/{cfg.epochs}"
             bar = tqdm(
-                self.batches(), total=n_batches, initial=s.batch, desc=desc, unit="batch", disable=not self.progress
+                self.batches(),
+                total=n_batches,
+                initial=s.batch,
+                desc=desc,
+                unit="batch",
+                disable=not self.options.progress,
             )
             for batch in bar:
                 self.step(batch)
@@ -377,10 +457,10 @@ class _Loop:
         record = {"epoch": s.epoch + 1, "train_loss": round(run["loss"] / n, 4)}
         record.update({k: round(v / n, 4) for k, v in run.items() if k not in ("loss", "batches", "seconds")})
         val = None
-        if self.val_fn is not None:
+        if self.options.val_fn is not None:
             self.model.eval()
             with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
-                val = float(self.val_fn(self.model, self.device))
+                val = float(self.options.val_fn(self.model, self.device))
             self.model.train()
             record["val_loss"] = round(val, 4)
         record["lr"] = self.scheduler.get_last_lr()[0]
@@ -391,7 +471,7 @@ class _Loop:
         logger.info("%s epoch %d: %s", self.desc, record["epoch"], record)
         if s.best is None or monitored < s.best:
             s.best, s.best_epoch, s.since_best = monitored, record["epoch"], 0
-            if self.on_best is not None:
-                self.on_best(self.model, record)
+            if self.options.on_best is not None:
+                self.options.on_best(self.model, record)
         else:
             s.since_best += 1

@@ -224,6 +224,11 @@ def test_presets_are_typed_and_an_unknown_one_is_named():
     assert set(PRESETS) == {"demo", "default", "frozen", "scratch"} and AppearanceConfig.demo() == PRESETS["demo"]
     assert AppearanceConfig.preset("demo", epochs=1).epochs == 1
     assert PRESETS["default"].objective == "instance" and not PRESETS["frozen"].finetune
+    # what a checkpoint records beside the loop's settings: another set refuses the checkpoints there are
+    assert set(AppearanceConfig().learning_settings()) == {
+        *("backbone", "pretrained", "finetune", "objective", "temperature", "category_weight", "frozen_stages"),
+        *("image_size", "batch_size", "invariance_weight", "max_products", "val_share"),
+    }
     with pytest.raises(
         ValueError, match="unknown appearance preset .huge.; choose from default, demo, frozen, scratch"
     ):

@@ -244,6 +244,12 @@ def test_presets_are_typed_and_an_unknown_one_is_named():
         AttributeTrainConfig.demo() == PRESETS["demo"] and AttributeTrainConfig.preset("default") == PRESETS["default"]
     )
     assert AttributeTrainConfig.demo(epochs=2).epochs == 2
+    # what a checkpoint records beside the loop's settings: another set refuses the checkpoints there are
+    assert set(AttributeTrainConfig().learning_settings()) == {
+        *("kind", "backbone", "pretrained", "frozen_stages", "image_size", "embed_dim", "hidden_dim", "dropout"),
+        *("batch_size", "label_smoothing", "label_weighting", "alpha", "garment_crops"),
+    }
+    assert AttributeTrainConfig().loop_config().finish_epoch  # the epoch a budget ends in is validated
     with pytest.raises(ValueError, match="unknown attributes preset 'huge'; choose from default, demo"):
         AttributeTrainConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):

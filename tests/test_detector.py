@@ -367,6 +367,8 @@ def test_presets_are_typed_and_an_unknown_one_is_named():
 
     assert set(PRESETS) == {"demo", "default"} and DetectorTrainConfig.demo() == PRESETS["demo"]
     assert DetectorTrainConfig.preset("default", epochs=3).epochs == 3
+    # what a checkpoint records beside the loop's settings: another set refuses the checkpoints there are
+    assert set(DetectorTrainConfig().learning_settings()) == {"model", "batch_size"}
     with pytest.raises(ValueError, match="unknown detector preset 'huge'; choose from default, demo"):
         DetectorTrainConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):

@@ -13,6 +13,8 @@ from foundation.training import (
     Checkpoint,
     LoopConfig,
     ResumeError,
+    RunOptions,
+    TrainSettings,
     build_schedule,
     pick_preset,
     seed_everything,
@@ -57,6 +59,38 @@ def test_bad_loop_settings_and_presets_are_named():
         LoopConfig(epochs=1, lr=1e-3, warmup_share=1.5)
     with pytest.raises(ValueError, match="unknown toy preset 'huge'; choose from default, demo"):
         pick_preset({"default": 1, "demo": 2}, "huge", "toy")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToySettings(TrainSettings):
+    epochs: int = 2
+    lr: float = 1e-3
+    hidden: int = 16
+    eval_limit: int = 100
+    resume_checkpoint: bool = True
+    max_minutes: float | None = 5.0
+
+    TRAINS = "toy"
+    RUN_SETTINGS = (*TrainSettings.RUN_SETTINGS, "eval_limit")
+    FIXED_LOOP = {"finish_epoch": True}
+    PRESET_FIELDS = {"demo": {"epochs": 1, "resume_checkpoint": False}, "default": {}}
+
+
+def test_a_trainers_settings_give_its_presets_loop_and_learning_settings():
+    assert ToySettings.presets() == {"demo": ToySettings(epochs=1, resume_checkpoint=False), "default": ToySettings()}
+    assert ToySettings.demo(lr=0.1) == ToySettings(epochs=1, lr=0.1, resume_checkpoint=False)
+    with pytest.raises(ValueError, match="unknown toy preset 'huge'; choose from default, demo"):
+        ToySettings.preset("huge")
+    loop = ToySettings.demo(device="cpu", threads=1, seed=3).loop_config()
+    assert loop == LoopConfig(
+        epochs=1, lr=1e-3, max_minutes=5.0, device="cpu", threads=1, seed=3, checkpoint=False, finish_epoch=True
+    )
+    # the loop records its own settings; where and how long a run goes may change on resume
+    assert ToySettings.demo(threads=1, eval_limit=5).learning_settings() == {"hidden": 16}
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        ToySettings(device="gpu")
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        ToySettings(epochs=0)
 
 
 def test_schedule_warms_up_linearly_then_anneals_to_zero():
@@ -117,7 +151,7 @@ def run(tmp_path, cfg=CFG, *, resume=False, workers=0, hidden=16, n=40, **kwargs
         Noisy(n), batch_size=8, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(cfg.seed)
     )
     ck = Checkpoint(tmp_path, "toy-last", settings={"hidden": hidden}, preprocessing={})
-    result = train_loop(task, loader, cfg, checkpoint=ck, resume=resume, progress=False, **kwargs)
+    result = train_loop(task, loader, cfg, RunOptions(checkpoint=ck, resume=resume, progress=False, **kwargs))
     return task.model.state_dict(), result
 
 

@@ -206,7 +206,6 @@ def train_attributes(
     *,
     val_dump: str | Path | None = None,
     config: AttributeTrainConfig | str = "default",
-    schema: Schema | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -218,7 +217,7 @@ def train_attributes(
     """
     if isinstance(config, str):
         config = AttributeTrainConfig.preset(config)
-    schema = schema or default_schema()
+    schema = default_schema()  # the one the models are saved with and checked against
     name = MODEL_NAMES[config.kind]
     out_dir = Path(out_dir)
     t_start = time.perf_counter()

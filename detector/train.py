@@ -26,7 +26,7 @@ import torch
 from detector.data import DetectionDataset, collate, dumps_of, products_with_boxes
 from detector.model import DetectorConfig, build_detector, class_groups, class_names
 from foundation.modelfiles import file_hash, save_model
-from foundation.schema import Schema, default_schema
+from foundation.schema import default_schema
 from foundation.training import Checkpoint, RunOptions, TrainSettings, seed_everything, torch_threads, train_loop
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,6 @@ def train_detector(
     config: DetectorTrainConfig | str = "default",
     progress: bool = True,
     resume: bool = False,
-    schema: Schema | None = None,
 ) -> dict:
     """Train on ``train_dump``'s boxes; write ``out_dir/detector.pt`` (and ``detector-last.pt``).
 
@@ -141,7 +140,7 @@ def train_detector(
     """
     if isinstance(config, str):
         config = DetectorTrainConfig.preset(config)
-    schema = schema or default_schema()
+    schema = default_schema()  # the one the models are saved with and checked against
     config = replace(config, model=config.model.resolved())
     dumps = dumps_of(train_dump)
     out_dir = Path(out_dir)

@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     from catalogues.synth import synthesize
     from detector.evaluate import evaluate_detector, format_report
     from search.engine import SearchEngine
+    from search.query import Query
 
     def read_dump(path):
         return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
             chance.append(colours[(cat, colour)] / max(1, per_category[cat]))
             photo = (Path(dump).parent / q["image"]).read_bytes()
             for option, kw in (("guided", {"category": cat}), ("auto", {}), ("rectangle", {"box": box})):
-                r = engine.search(photo, option, k=10, **kw)
+                r = engine.search(Query.search(photo, option, k=10, **kw)).to_json()
                 hits = [catalogue[h["id"]]["attributes"] for h in r["results"]]
                 row = rows[option]
                 row["queries"] += 1
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
                 row["same category"] += sum(h["category"] == cat for h in hits) / 10
                 row["roi on the garment"] += _iou(r["query"]["roi"], box) >= 0.5
                 times[option].append(r["query"]["timings_ms"]["total"])
+        engine.close()
     figures = {
         option: {
             "P@10 same colour": round(row["same colour"] / row["queries"], 3),

@@ -26,6 +26,10 @@ import faiss  # noqa: E402
 
 from foundation.schema import default_schema  # noqa: E402
 from search.index import InvertedIndex  # noqa: E402
+from search.narrowing import Narrowing  # noqa: E402
+from search.ranking import Probe, RankingConfig  # noqa: E402
+from search.rows import PhotoRows  # noqa: E402
+from search.tiers import search_page  # noqa: E402
 
 CODE_BYTES = 232  # as benchmarks/search_bench.py: inception4e + inception5b bits
 COLOUR_BINS = 132
@@ -48,11 +52,14 @@ def main() -> None:
         rng = np.random.default_rng(args.seed + 1)
         queries = rng.integers(0, 256, (args.queries, CODE_BYTES), dtype=np.uint8)
         q_colour = rng.random(COLOUR_BINS)
+        ranking = RankingConfig()
         for name, kw in CASES:
+            narrowing = Narrowing.of(k=20, **kw)
             ts, candidates = [], 0
             for q in queries:
                 t = time.perf_counter()
-                res = idx.search(q, q_colour, category, {"colour": "red"}, k=20, **kw)
+                probe = Probe.of(q, q_colour, {"colour": "red"}, idx.columns)
+                res = search_page(idx, probe, category, narrowing, ranking)
                 ts.append(time.perf_counter() - t)
                 candidates = res.candidates
             ms = np.asarray(ts) * 1e3
@@ -103,13 +110,15 @@ def build(schema, n: int, photos: int, seed: int) -> InvertedIndex:
         prices = [None if p < 8 else float(p) for p in rng.integers(5, 200, m)]
         rows = [(i, j) for i in range(m) for j in range(photos)]
         idx.add(
-            [f"p{start + i:07d}" for i, _j in rows],
-            [product_cats[i] for i, _j in rows],
-            [attrs[i] for i, _j in rows],
-            rng.integers(0, 256, (len(rows), CODE_BYTES), dtype=np.uint8),
-            rng.integers(0, 256, (len(rows), COLOUR_BINS), dtype=np.uint8),
-            prices=[prices[i] for i, _j in rows],
-            numbers=[j for _i, j in rows],
+            PhotoRows(
+                [f"p{start + i:07d}" for i, _j in rows],
+                [product_cats[i] for i, _j in rows],
+                [attrs[i] for i, _j in rows],
+                rng.integers(0, 256, (len(rows), CODE_BYTES), dtype=np.uint8),
+                rng.integers(0, 256, (len(rows), COLOUR_BINS), dtype=np.uint8),
+                prices=[prices[i] for i, _j in rows],
+                numbers=[j for _i, j in rows],
+            )
         )
     return idx
 

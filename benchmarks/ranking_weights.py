@@ -60,8 +60,9 @@ def main(argv=None) -> int:
     )
     from foundation.dump import read_dump
     from foundation.schema import default_schema
-    from search.engine import _attributes_of
-    from search.index import RankingConfig
+    from search.narrowing import Narrowing
+    from search.ranking import Probe, RankingConfig
+    from search.tiers import search_page
 
     schema = default_schema()
     out = Path(args.out)
@@ -78,23 +79,25 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     images = QueryImages()
     queries = shop_queries(products, category_of, images, n=args.queries, seed=args.seed)
-    described = []  # (query, option, description)
+    described = []  # (query, option, category, probe)
     for q in queries:
         image = images.get(q.image)
         for option in OPTIONS:
             box = q.box if option == "rectangle" else None
             guide = q.category if option == "guided" else None
             (d,) = engine.describer.describe([image], guides=[guide], boxes=[box])
-            described.append((q, option, d))
+            attributes = {g: v for g, (v, _p) in d.attributes.items()}
+            described.append((q, option, d.category, Probe.of(d.code, d.colour, attributes, engine.index.columns)))
     t_describe = time.perf_counter() - t0
     halves = np.random.default_rng([args.seed, 11]).permutation(len(queries)) % 2
     half_of = {q.id: int(h) for q, h in zip(queries, halves)}
 
+    page = Narrowing.of(k=args.k)
+
     def recalls(ranking: RankingConfig) -> dict[tuple[int, str], float]:
-        engine.index.ranking = ranking
         hits: dict[tuple[int, str], list[float]] = {}
-        for q, option, d in described:
-            result = engine.index.search(d.code, d.colour, d.category, _attributes_of(d), k=args.k)
+        for q, option, category, probe in described:
+            result = search_page(engine.index, probe, category, page, ranking)
             hits.setdefault((half_of[q.id], option), []).append(float(q.target in {h.id for h in result.hits}))
         return {key: float(np.mean(v)) for key, v in hits.items()}
 

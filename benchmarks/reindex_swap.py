@@ -69,6 +69,19 @@ with Store({index!r}, readonly=False) as store:
 """
 
 
+class NoModels:
+    """What the engine reads of a describer, without models: re-runs by query id never describe."""
+
+    ranking = None  # the default weights
+    signature = None  # the bulk run changes no models
+    device = "cpu"
+
+    def __init__(self):
+        from indexer.colour import ColourConfig
+
+        self.colour = ColourConfig()
+
+
 def pct(values, q):
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -82,7 +95,9 @@ def main() -> None:
     args = ap.parse_args()
     import faiss
 
-    from search.engine import Described, SearchEngine, load_ram_index
+    from search.answering import Seen, SeenGarment
+    from search.engine import SearchEngine, load_ram_index
+    from search.query import Query
     from webui.reload import IndexWatcher
 
     faiss.omp_set_num_threads(1)
@@ -101,11 +116,10 @@ def main() -> None:
             store.mark_built()
         print(f"store of {args.n} products written in {time.perf_counter() - t0:.1f}s")
         ram = load_ram_index(index, use_snapshot=False)
-        store = Store(index, readonly=True)
-
-        engine = SearchEngine(describer=None, store=store, index=ram)  # re-runs by query id never describe
-        first = next(store.iter_records()).description
-        qid = engine.recent.put(Described("guided", [first], [(first.category, 1.0)], []))
+        engine = SearchEngine(describer=NoModels(), store=Store(index, readonly=True), index=ram)
+        first = next(engine.store.iter_records()).description
+        qid = engine.recent.put(Seen("guided", (SeenGarment((first,), ((first.category, 1.0),)),), ()))
+        again = Query.rerun(qid, k=20)
         served: list[tuple[float, float]] = []
         errors: list[str] = []
         stop = threading.Event()
@@ -114,7 +128,7 @@ def main() -> None:
             while not stop.is_set():
                 t = time.perf_counter()
                 try:
-                    engine.rerun(qid, k=20)
+                    engine.search(again)
                 except Exception as exc:  # noqa: BLE001 - counted and printed
                     errors.append(repr(exc))
                 served.append((t, (time.perf_counter() - t) * 1e3))
@@ -138,7 +152,7 @@ def main() -> None:
         for t in threads:
             t.join()
         watcher.stop()
-        store.close()
+        engine.close()
     reload = engine.reloads[-1]
     before = [ms for t, ms in served if t < t_write]
     loading = [ms for t, ms in served if t_written <= t < t_swapped]

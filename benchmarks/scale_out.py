@@ -35,7 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from foundation.schema import default_schema  # noqa: E402
-from search.index import InvertedIndex, RankingConfig  # noqa: E402
+from search.index import InvertedIndex  # noqa: E402
+from search.narrowing import Narrowing  # noqa: E402
+from search.ranking import Probe, RankingConfig  # noqa: E402
+from search.rows import PhotoRows  # noqa: E402
+from search.tiers import search_page  # noqa: E402
 
 
 def rss(pid: int | str = "self") -> int:
@@ -128,11 +132,14 @@ def catalogue(n: int, code_bytes: int, bins: int, seed: int = 0) -> dict:
     }
 
 
-def timed(search, queries, data) -> tuple[list, list[float]]:
+def timed(index, queries, data) -> tuple[list, list[float]]:
+    """Each query's page of 10 through ``index`` (either backend, ranked alike), and its latency."""
     answers, ts = [], []
+    page, ranking = Narrowing.of(k=10), RankingConfig()
     for q in queries:
         t = time.perf_counter()
-        r = search(data["codes"][q], data["colours"][q], data["categories"][q], data["attributes"][q], k=10)
+        probe = Probe.of(data["codes"][q], data["colours"][q], data["attributes"][q], index.columns)
+        r = search_page(index, probe, data["categories"][q], page, ranking)
         ts.append(time.perf_counter() - t)
         answers.append([h.id for h in r.hits])
     return answers, ts
@@ -151,16 +158,16 @@ def serving(n: int, code_bits: int, n_queries: int, nlist: int, tmp: Path) -> No
     keys = ("ids", "categories", "attributes", "codes", "colours", "photos", "prices")
     gc.collect()
     before = rss()
-    ram = InvertedIndex(code_bytes=code_bytes, colour_bins=bins, ranking=RankingConfig())
+    ram = InvertedIndex(code_bytes=code_bytes, colour_bins=bins)
     for lo in range(0, n, 20_000):
-        ram.add(*[data[k][lo : lo + 20_000] for k in keys])
+        ram.add(PhotoRows(*[data[k][lo : lo + 20_000] for k in keys]))
     ram_bytes = (rss() - before) / n
     shards = ram._shards.values()
     arrays = sum(
         s.index.ntotal * code_bytes + sum(a.nbytes for a in (s.ids, s.colours, s.values, s.photos, s.prices))
         for s in shards
     )
-    exact, ts = timed(ram.search, queries, data)
+    exact, ts = timed(ram, queries, data)
     note = f"arrays; the process grew {ram_bytes:.0f} B/product"
     rows = [("embedded InvertedIndex (faiss)", pct(ts, 50), pct(ts, 99), 1.0, 1.0, arrays / n, note)]
     with local_milvus(tmp / "milvus") as uri:
@@ -173,15 +180,15 @@ def serving(n: int, code_bits: int, n_queries: int, nlist: int, tmp: Path) -> No
             t = time.perf_counter()
             groups = [g.name for g in default_schema().attribute_groups]
             for lo in range(0, n, 5000):
-                part = [data[k][lo : lo + 5000] for k in keys]
-                insert_rows(target, product_rows(*part, [{}] * len(part[0]), groups))
+                part = PhotoRows(*[data[k][lo : lo + 5000] for k in keys])
+                insert_rows(target, product_rows(part, [{}] * len(part), groups))
             build_vector_index(target, index_type=index_type, nlist=nlist)
             load_s = time.perf_counter() - t
             time.sleep(2)
             per_product = (rss(pid) - idle) / n
             for nprobe in probes:
                 milvus = MilvusIndex(uri, collection="bench", nprobe=nprobe)
-                got, ts = timed(milvus.search, queries, data)
+                got, ts = timed(milvus, queries, data)
                 recall = np.mean([len(set(a) & set(b)) / max(len(a), 1) for a, b in zip(got, exact)])
                 same = np.mean([a == b for a, b in zip(got, exact)])
                 name = f"Milvus {index_type}" + (f" nlist {nlist} nprobe {nprobe}" if index_type != "BIN_FLAT" else "")

@@ -28,6 +28,10 @@ import faiss  # noqa: E402
 
 from foundation.schema import default_schema  # noqa: E402
 from search.index import InvertedIndex  # noqa: E402
+from search.narrowing import Narrowing  # noqa: E402
+from search.ranking import Probe, RankingConfig  # noqa: E402
+from search.rows import PhotoRows  # noqa: E402
+from search.tiers import search_page  # noqa: E402
 
 CODE_BYTES = 232  # 1856 bits: inception4e (832) + inception5b (1024)
 COLOUR_BINS = 64
@@ -113,11 +117,13 @@ def main() -> None:
         stop = min(n, start + chunk)
         crng = np.random.default_rng([args.seed, start])
         idx.add(
-            [f"p{i:07d}" for i in range(start, stop)],
-            [cats[c] for c in category_of[start:stop]],
-            [{"colour": colour_values[c]} for c in crng.integers(0, len(colour_values), stop - start)],
-            crng.integers(0, 256, (stop - start, CODE_BYTES), dtype=np.uint8),
-            crng.integers(0, 256, (stop - start, COLOUR_BINS), dtype=np.uint8),
+            PhotoRows(
+                [f"p{i:07d}" for i in range(start, stop)],
+                [cats[c] for c in category_of[start:stop]],
+                [{"colour": colour_values[c]} for c in crng.integers(0, len(colour_values), stop - start)],
+                crng.integers(0, 256, (stop - start, CODE_BYTES), dtype=np.uint8),
+                crng.integers(0, 256, (stop - start, COLOUR_BINS), dtype=np.uint8),
+            )
         )
     build_s = time.perf_counter() - t
     del category_of
@@ -132,11 +138,12 @@ def main() -> None:
     print("\ncategory-restricted queries vs the full scan (k=20, shortlist 200, re-ranked):")
     print(f"{'category':14s}{'products':>10s}{'MB scanned':>12s}{'p50 ms':>9s}{'p99 ms':>9s}")
     q_colour = rng.random(COLOUR_BINS)
+    page, ranking = Narrowing.of(k=20), RankingConfig()
     for cat in (cats[0], cats[len(cats) // 2], cats[-1]):
         ts = []
         for q in queries:
             t = time.perf_counter()
-            idx.search(q, q_colour, cat, {"colour": "red"}, k=20)
+            search_page(idx, Probe.of(q, q_colour, {"colour": "red"}, idx.columns), cat, page, ranking)
             ts.append(time.perf_counter() - t)
         print(
             f"{cat:14s}{sizes.get(cat, 0):10,d}{sizes.get(cat, 0) * CODE_BYTES / 1e6:12.1f}{pct(ts, 50):9.2f}{pct(ts, 99):9.2f}"

@@ -40,6 +40,7 @@ def _child(mode: str, photo: str, index: str | None) -> None:
     torch.set_num_threads(1)
     engine = None
     if mode == "search":
+        from search.query import Query
         from tests.standin import open_standin_engine, standin_describer
 
         engine = open_standin_engine(index, standin_describer())
@@ -57,7 +58,7 @@ def _child(mode: str, photo: str, index: str | None) -> None:
 
         prepare_image(data)
     else:
-        engine.search(data, "guided", category="dress", k=10)
+        engine.search(Query.search(data, "guided", category="dress", k=10))
     seconds = time.perf_counter() - t0
     peak = _status_mb("VmHWM")
     print(json.dumps({"seconds": seconds, "peak_mb": peak, "added_mb": peak - base}))

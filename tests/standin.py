@@ -67,7 +67,7 @@ def build_standin_index(dump: str | Path, out: str | Path, describer, *, n: int 
 
 def open_standin_engine(index_dir: str | Path, describer):
     """The real SearchEngine over an index directory written by ``build_standin_index``; the caller
-    closes ``engine.store``."""
+    closes it (``engine.close()``, or ``with``)."""
     from indexer.store import Store
     from search.engine import SearchEngine, load_ram_index
 
@@ -88,7 +88,7 @@ def label_like_the_catalogue(engine, dump: str | Path) -> None:
     The store keeps what the stand-ins saw; each product's first photo only (``catalogues.synth``
     makes one a product)."""
     from foundation.dump import read_dump
-    from search.index import photo_key
+    from search.rows import PhotoRows, photo_key
 
     labels = {
         p.id: {g: v for g, v in p.attributes.items() if g not in NOT_LABELS}
@@ -96,13 +96,15 @@ def label_like_the_catalogue(engine, dump: str | Path) -> None:
     }
     records = list(engine.store.iter_records())
     engine.index.add(
-        [r.id for r in records],
-        [r.description.category for r in records],
-        [labels.get(r.id, {}) for r in records],
-        np.stack([r.description.code for r in records]),
-        np.stack([r.description.colour for r in records]),
-        photos=[photo_key(r.image_hash) for r in records],
-        prices=[r.price for r in records],
+        PhotoRows(
+            [r.id for r in records],
+            [r.description.category for r in records],
+            [labels.get(r.id, {}) for r in records],
+            np.stack([r.description.code for r in records]),
+            np.stack([r.description.colour for r in records]),
+            photos=[photo_key(r.image_hash) for r in records],
+            prices=[r.price for r in records],
+        )
     )
 
 

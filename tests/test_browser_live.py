@@ -45,15 +45,14 @@ def live(synth_dump, tmp_path):
     index = tmp_path / "index"
     build_index(old, models, index, workers=0, describer=fake_describer(models), progress=False)
     ram = load_ram_index(index)
-    store = Store(index, readonly=True)
-    engine = SearchEngine(describer=fake_describer(models), store=store, index=ram)
+    engine = SearchEngine(describer=fake_describer(models), store=Store(index, readonly=True), index=ram)
     app = create_app({"ENGINE": engine, "RELOAD_S": 0.1, "INDEX_POLL_MS": 200})
     running = make_server(app, ServeConfig(host="127.0.0.1", port=0, threads=4))
     stop = run_in_thread(running)
     yield f"http://127.0.0.1:{running.effective_port}/", index, new, models, mirrored
     stop()
     app.extensions["fashion_search"].watcher.stop()
-    store.close()
+    engine.close()
 
 
 def test_the_page_follows_a_re_index_and_shows_the_photo_that_matched(browser, live, api_contract):  # noqa: F811

@@ -20,7 +20,7 @@ def index_dir(standin_index, tmp_path, monkeypatch):
     shutil.copytree(index_dir, tmp_path / "index")
 
     def fake_open(path, *, device="cpu", ranking=None, writable=True):
-        return open_standin_engine(path, describer)  # the command closes its store
+        return open_standin_engine(path, describer)  # the command closes it (with ... as engine)
 
     monkeypatch.setattr(SearchEngine, "open", staticmethod(fake_open))
     return tmp_path / "index"

@@ -12,10 +12,11 @@ from PIL import Image
 import search.engine as engine_module
 from foundation.images import ImageError
 from indexer.bulk import build_index
-from indexer.describe import describe_items
+from indexer.describe import describe_query
 from indexer.prepare import WORKING_SIDE, guide_category, prepare_image
 from indexer.store import Store
 from search.engine import SearchEngine, load_ram_index
+from search.query import Query
 from tests.indexer_fakes import fake_describer, fake_models
 
 
@@ -52,25 +53,24 @@ def test_bulk_api_add_and_search_give_byte_identical_descriptions(indexed, monke
     describer = fake_describer(root / "index" / "models")
     index = load_ram_index(root / "index")
     store = Store(root / "index", readonly=False)
-    engine = SearchEngine(describer=describer, store=store, index=index)
     # the engine signs with the models the index was built with, as bulk did
     describer.signature = json.loads((root / "index" / "index.json").read_text())["models_signature"]
-    try:
-        seen = []
-        monkeypatch.setattr(
-            engine_module,
-            "describe_items",
-            lambda d, items: seen.extend(describe_items(d, items)) or seen[-len(items) :],
-        )
+    with SearchEngine(describer=describer, store=store, index=index) as engine:
+        seen = []  # what the search's describe (indexer.describe.describe_query) saw
+
+        def described(*args, **kw):
+            descs, hedge = describe_query(*args, **kw)
+            seen.append(descs[0])
+            return descs, hedge
+
+        monkeypatch.setattr(engine_module, "describe_query", described)
         engine.add({k: v for k, v in row.items() if k != "image"} | {"id": "p2"}, photo)
         added = store.get("p2")
-        response = engine.search(photo, "guided", category="dress", k=5)
-    finally:
-        store.close()
-    query = seen[-1]
-    assert bulk.description.roi == added.description.roi == query.description.roi
+        response = engine.search(Query.search(photo, "guided", category="dress", k=5)).to_json()
+    (query,) = seen
+    assert bulk.description.roi == added.description.roi == query.roi
     assert bulk.description.roi[3] > 900  # in the upright photo's own pixels (900x1600)
-    for other in (added.description, query.description):
+    for other in (added.description, query):
         assert other.code.tobytes() == bulk.description.code.tobytes()
         assert other.colour.tobytes() == bulk.description.colour.tobytes()
     assert added.content_hash == bulk.content_hash  # same bytes, same fields, same models
@@ -160,7 +160,7 @@ def test_a_bulk_run_skips_strips_and_boxes_outside_the_photo(tmp_path):
 
 
 def test_auto_hedges_across_the_likeliest_categories():
-    from search.engine import hedge_categories
+    from indexer.hedge import hedge_categories
 
     assert hedge_categories([("dress", 0.5), ("skirt", 0.2), ("coat", 0.15), ("hat", 0.1)]) == [
         ("dress", 0.5),
@@ -173,7 +173,7 @@ def test_auto_hedges_across_the_likeliest_categories():
 
 def test_auto_hedges_across_the_garments_first_then_the_categories_of_one():
     from foundation.schema import default_schema
-    from search.engine import hedge_categories
+    from indexer.hedge import hedge_categories
 
     great = default_schema().great_category
     # a top (a T-shirt or a shirt) and trousers: the trousers are searched before the second top
@@ -195,16 +195,13 @@ def test_a_catalogue_photo_is_found_whatever_the_category_guess(indexed):
     root, photo, _row, _bulk = indexed
     index = load_ram_index(root / "index")
     store = Store(root / "index", readonly=False)
-    engine = SearchEngine(describer=fake_describer(root / "index" / "models"), store=store, index=index)
-    try:
+    with SearchEngine(describer=fake_describer(root / "index" / "models"), store=store, index=index) as engine:
         for option, category in (("guided", "pants"), ("guided", "hat"), ("auto", None)):
-            response = engine.search(photo, option, category=category, k=3)
+            response = engine.search(Query.search(photo, option, category=category, k=3)).to_json()
             assert response["results"][0]["id"] == "p1", (option, category)
             assert "the same photo as product 'p1'" in response["query"]["note"]
-        auto = engine.search(photo, "auto", k=3)["query"]
+        auto = engine.search(Query.search(photo, "auto", k=3)).to_json()["query"]
         assert auto["searched"][0]["category"] == auto["category"]
-    finally:
-        store.close()
 
 
 class _UnsurePredictor:
@@ -231,33 +228,30 @@ def test_a_rectangle_without_a_category_hedges_like_auto_and_keeps_its_box(index
     describer.predictor = _UnsurePredictor()
     index = load_ram_index(root / "index")  # opens and closes the store: LMDB allows one open per process
     store = Store(root / "index", readonly=True)
-    engine = SearchEngine(describer=describer, store=store, index=index)
     box = (100, 300, 700, 1200)  # in the upright 900x1600 photo
-    try:
-        drawn = engine.search(photo, "rectangle", box=box, k=3)["query"]
+    with SearchEngine(describer=describer, store=store, index=index) as engine:
+
+        def described(*args, **kw) -> dict:
+            return engine.search(Query.search(photo, *args, k=3, **kw)).to_json()["query"]
+
+        drawn = described("rectangle", box=box)
         assert [s["category"] for s in drawn["searched"]] == ["t-shirt", "longsleeve"]
         assert drawn["roi"] == list(box) and not drawn["fallback"]
-        named = engine.search(photo, "rectangle", box=box, category="pants", k=3)["query"]
+        named = described("rectangle", box=box, category="pants")
         assert [s["category"] for s in named["searched"]] == ["pants"]  # the shopper said what it is
-        guided = engine.search(photo, "guided", category="dress", k=3)["query"]
+        guided = described("guided", category="dress")
         assert [s["category"] for s in guided["searched"]] == ["dress"]
-    finally:
-        store.close()
 
 
 def test_the_engine_ranks_with_the_weights_saved_with_the_appearance_model(indexed):
-    from search.index import RankingConfig
+    from search.ranking import RankingConfig
 
     root, _photo, _row, _bulk = indexed
     describer = fake_describer(root / "index" / "models")
     describer.coder.ranking = {"w_appearance": 3.0, "w_colour": 0.5, "w_shared": 0.0}
     index = load_ram_index(root / "index")
-    store = Store(root / "index", readonly=True)
-    try:
-        SearchEngine(describer=describer, store=store, index=index)
-        r = index.ranking
+    with Store(root / "index", readonly=True) as store:
+        r = SearchEngine(describer=describer, store=store, index=index).ranking
         assert (r.w_appearance, r.w_colour, r.w_shared, r.shortlist) == (3.0, 0.5, 0.0, RankingConfig().shortlist)
-        SearchEngine(describer=describer, store=store, index=index, ranking=RankingConfig(w_colour=9.0))
-        assert index.ranking == RankingConfig(w_colour=9.0)  # the caller's weights win
-    finally:
-        store.close()
+        mine = SearchEngine(describer=describer, store=store, index=index, ranking=RankingConfig(w_colour=9.0))
+        assert mine.ranking == RankingConfig(w_colour=9.0)  # the caller's weights win

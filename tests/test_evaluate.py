@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.baselines import code_rankings, colour_rankings, float_ranking
+from evaluation.baselines import Searcher, code_rankings, colour_rankings, float_ranking
 from evaluation.metrics import (
     COLOUR_ONLY,
     SHOP,
@@ -128,25 +128,30 @@ def test_colour_and_code_rankings_find_the_identical_item_first():
 
 
 def test_float_ranking_keeps_the_category_and_swaps_only_the_appearance_term():
-    from search.index import InvertedIndex, RankingConfig
+    from search.index import InvertedIndex
+    from search.ranking import RankingConfig
+    from search.rows import PhotoRows
 
     rng = np.random.default_rng(1)
     n = 40
     ids = [f"p{i:02d}" for i in range(n)]
     cats = ["pants" if i % 2 else "skirt" for i in range(n)]
-    index = InvertedIndex(code_bytes=4, colour_bins=6, ranking=RankingConfig(w_colour=0.0, w_shared=0.0))
+    index = InvertedIndex(code_bytes=4, colour_bins=6)
+    searcher = Searcher(index, RankingConfig(w_colour=0.0, w_shared=0.0))
     colours = rng.random((n, 6)).astype(np.float32)
-    index.add(ids, cats, [{"colour": "red"}] * n, rng.integers(0, 256, (n, 4), dtype=np.uint8), colours)
+    index.add(PhotoRows(ids, cats, [{"colour": "red"}] * n, rng.integers(0, 256, (n, 4), dtype=np.uint8), colours))
     floats = {pid: f for pid, f in zip(ids, rng.normal(size=(n, 16)).astype(np.float32))}
     # With the colour and attribute terms off, the order is the cosine order within the category.
     q = floats["p05"] + 0.01
-    got = float_ranking(index, q, colours[5], "pants", {"colour": "red"}, floats, 5)
+    # what an answer's "query" says of the garment: its category and attributes
+    described = {"category": "pants", "attributes": [{"group": "colour", "value": "red", "p": 0.9}]}
+    got = float_ranking(searcher, q, colours[5], described, floats, 5)
     want = sorted(
         (pid for pid, c in zip(ids, cats) if c == "pants"),
         key=lambda pid: -float(floats[pid] @ q) / np.linalg.norm(floats[pid]),
     )[:5]
     assert got == want and got[0] == "p05"
-    assert float_ranking(index, q, colours[5], "dress", {}, floats, 5) == []
+    assert float_ranking(searcher, q, colours[5], {"category": "dress", "attributes": []}, floats, 5) == []
 
 
 # -- street queries -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from indexer.bulk import build_index
 from indexer.store import PROGRESS_JSON, Store
 from search.engine import SearchEngine, load_ram_index
+from search.query import Query
 from tests.indexer_fakes import fake_describer, fake_models
 from webui.app import create_app
 from webui.reload import IndexWatcher
@@ -114,11 +115,11 @@ def test_a_finished_bulk_run_is_swapped_in_while_searches_run(catalogue, models,
     (reload,) = status["reloads"]
     assert reload["was"] == 10 and reload["products"] == 16
     new_photo, gone_photo = Path(rows[15]["image"]).read_bytes(), Path(rows[0]["image"]).read_bytes()
-    assert engine.search(new_photo, "auto")["results"][0]["id"] == rows[15]["id"]  # the new one is found
-    found = [h["id"] for h in engine.search(gone_photo, "auto", k=50)["results"]]
+    assert engine.search(Query.search(new_photo)).results[0].id == rows[15]["id"]  # the new one is found
+    found = [r.id for r in engine.search(Query.search(gone_photo, k=50)).results]
     assert rows[0]["id"] not in found and engine.product(rows[0]["id"]) is None  # the removed one is gone
     app.extensions["fashion_search"].watcher.stop()
-    store.close()
+    engine.close()
 
 
 def test_a_run_still_going_or_killed_is_not_loaded(catalogue, models):
@@ -176,7 +177,7 @@ def test_new_models_load_while_searches_wait_and_none_fails(catalogue, models, m
     def shopper() -> None:
         while not stop.is_set():
             try:
-                engine.search(photo, "auto")
+                engine.search(Query.search(photo, "auto"))
                 served.append(time.monotonic())
             except Exception as exc:  # noqa: BLE001 - any failure fails the test
                 failures.append(repr(exc))
@@ -194,6 +195,6 @@ def test_new_models_load_while_searches_wait_and_none_fails(catalogue, models, m
         stop.set()
         for t in threads:
             t.join(timeout=60)
-        store.close()
+        engine.close()
     assert failures == [] and loads == [index / "models"]
     assert done["models_changed"] and engine.describer is not describer

@@ -16,7 +16,12 @@ from foundation.schema import default_schema
 from indexer.bulk import build_index
 from indexer.store import Store
 from search.engine import SearchEngine, load_ram_index
-from search.index import InvertedIndex, RankingConfig
+from search.index import InvertedIndex
+from search.narrowing import Narrowing
+from search.query import Query
+from search.ranking import Probe, RankingConfig
+from search.rows import PhotoRows
+from search.tiers import search_page
 from tests.indexer_fakes import fake_describer, fake_models
 from tests.standin import standin_engine
 from webui.app import create_app
@@ -111,39 +116,43 @@ def test_a_search_answers_a_product_once_at_the_photo_that_matched(photo_index, 
         engine = SearchEngine(describer=fake_describer(models), store=store, index=ram)
         mirrored = (photo_dump.parent / "mirrored.jpg").read_bytes()
         category = store.get("multi").photos[1].description.category
-        response = engine.search(mirrored, "guided", category=category, k=20)
+        response = engine.search(Query.search(mirrored, "guided", category=category, k=20)).to_json()
         ids = [r["id"] for r in response["results"]]
         assert len(ids) == len(set(ids))
         assert response["results"][0]["id"] == "multi" and response["results"][0]["photo"] == 1
         assert "same photo" in response["query"]["note"]
 
 
+def ranked(index, code, colour, category, ranking, **narrowing):
+    probe = Probe.of(code, colour, {}, index.columns)
+    return search_page(index, probe, category, Narrowing.of(**narrowing), ranking)
+
+
 def test_pages_hold_each_product_once_at_its_best_photo():
     rng = np.random.default_rng(3)
-    idx = InvertedIndex(code_bytes=8, colour_bins=4, ranking=RankingConfig(shortlist=100))
+    idx, tiers = InvertedIndex(code_bytes=8, colour_bins=4), RankingConfig(shortlist=100)
     n, photos = 150, 3
     ids = [f"p{i:03d}" for i in range(n) for _ in range(photos)]
     numbers = [j for _ in range(n) for j in range(photos)]
     codes = rng.integers(0, 256, (n * photos, 8), dtype=np.uint8)
     colours = rng.random((n * photos, 4)).astype(np.float32)
-    idx.add(ids, ["dress"] * len(ids), [{}] * len(ids), codes, colours, numbers=numbers)
+    rows = PhotoRows(ids, ["dress"] * len(ids), [{}] * len(ids), codes, colours, numbers=numbers)
+    idx.add(rows)
     assert len(idx) == n and idx.photo_count() == n * photos and idx.category_sizes() == {"dress": n}
     q_code, q_colour = codes[7], colours[7]
-    whole = idx.search(q_code, q_colour, "dress", {}, k=n)
+    whole = ranked(idx, q_code, q_colour, "dress", tiers, k=n)
     assert whole.candidates == n and [h.id for h in whole.hits][0] == "p002" and whole.hits[0].photo == 1
     assert sorted(h.id for h in whole.hits) == sorted(set(ids))
-    pages = [h for off in range(0, n, 40) for h in idx.search(q_code, q_colour, "dress", {}, k=40, offset=off).hits]
+    pages = [h for off in range(0, n, 40) for h in ranked(idx, q_code, q_colour, "dress", tiers, k=40, offset=off).hits]
     assert [h.id for h in pages] == [h.id for h in whole.hits]  # same list, whatever the page size
     assert len({h.tier for h in whole.hits}) > 1  # several tiers of the Hamming order were paged
-    one_tier = InvertedIndex(code_bytes=8, colour_bins=4, ranking=RankingConfig(shortlist=n * photos))
-    one_tier.add(ids, ["dress"] * len(ids), [{}] * len(ids), codes, colours, numbers=numbers)
-    r = one_tier.ranking
+    r = RankingConfig(shortlist=n * photos)  # one tier
     ham = np.unpackbits(codes ^ q_code, axis=1).sum(1)
     stored = colours.astype(np.float16).astype(np.float32)  # the index keeps float16 histograms
     norm = stored / stored.sum(1, keepdims=True)
     dist = 0.5 * np.abs(norm - q_colour / q_colour.sum()).sum(1)
     score = r.w_appearance * ham / 64 + r.w_colour * dist
-    for h in one_tier.search(q_code, q_colour, "dress", {}, k=n).hits:  # each at its best photo
+    for h in ranked(idx, q_code, q_colour, "dress", r, k=n).hits:  # each at its best photo
         mine = [i for i, pid in enumerate(ids) if pid == h.id]
         best = min(mine, key=lambda i: (round(float(score[i]), 6), numbers[i]))
         assert numbers[best] == h.photo and h.score == pytest.approx(float(score[best]), abs=1e-5)
@@ -159,8 +168,7 @@ def _png(size=(96, 128), colour=(200, 30, 40)) -> bytes:
 
 
 def test_the_api_adds_a_product_of_several_photos(synth_dump, tmp_path, checked_client):
-    engine = standin_engine(synth_dump, tmp_path / "index", n=12)
-    try:
+    with standin_engine(synth_dump, tmp_path / "index", n=12) as engine:
         client = checked_client(create_app({"ENGINE": engine, "TOKEN": TOKEN, "TESTING": True}))
         headers = {"Authorization": f"Bearer {TOKEN}"}
         one, two = _png(), _png((128, 96), (30, 160, 60))
@@ -194,5 +202,3 @@ def test_the_api_adds_a_product_of_several_photos(synth_dump, tmp_path, checked_
         assert add(*[one] * (MAX_PHOTOS + 1)).status_code == 400
         assert add(one).status_code == 201  # replaced by one photo: the old second photo goes
         assert client.get("/api/products/multi-1/image?photo=1").status_code == 404
-    finally:
-        engine.store.close()

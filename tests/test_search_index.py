@@ -3,7 +3,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from search.index import InvertedIndex, RankingConfig, hamming_topk
+from search.index import InvertedIndex, hamming_topk
+from search.narrowing import MAX_K, MAX_OFFSET, Narrowing
+from search.ranking import Probe, RankingConfig
+from search.rows import PhotoRows
+from search.tiers import named_hits, search_page
 
 CODE_BYTES, BINS = 8, 6  # small codes make distance ties common, which is what the tie tests need
 
@@ -33,9 +37,21 @@ def test_hamming_topk_equals_numpy_brute_force(n, k, seed):
     assert dist.tolist() == want_d
 
 
-def _index(n=200, seed=0, **ranking):
+def ranked(index, code, colour, category, attributes=None, ranking=None, **narrowing):
+    """A category's page through the index, ranked by ``ranking`` (the defaults when None)."""
+    probe = Probe.of(code, colour, attributes or {}, index.columns)
+    return search_page(index, probe, category, Narrowing.of(**narrowing), ranking or RankingConfig())
+
+
+def pinned(index, ids, code, colour, attributes=None, ranking=None, **narrowing):
+    """The named products' hits (the same photo's), narrowed as a page would be."""
+    probe = Probe.of(code, colour, attributes or {}, index.columns)
+    return named_hits(index, ids, probe, Narrowing.of(**narrowing), ranking or RankingConfig())
+
+
+def _index(n=200, seed=0):
     rng = np.random.default_rng(seed)
-    idx = InvertedIndex(code_bytes=CODE_BYTES, colour_bins=BINS, ranking=RankingConfig(**ranking))
+    idx = InvertedIndex(code_bytes=CODE_BYTES, colour_bins=BINS)
     cats = rng.choice(["t-shirt", "pants", "dress"], n).tolist()
     ids = [f"p{i:04d}" for i in range(n)]
     attrs = [
@@ -44,32 +60,33 @@ def _index(n=200, seed=0, **ranking):
     ]
     codes = rng.integers(0, 256, (n, CODE_BYTES), dtype=np.uint8)
     colours = rng.random((n, BINS))
-    idx.add(ids, cats, attrs, codes, colours)
+    idx.add(PhotoRows(ids, cats, attrs, codes, colours))
     return idx, ids, cats, attrs, codes, colours
 
 
 def test_postings_restrict_candidates():
     idx, ids, cats, attrs, codes, colours = _index()
-    res = idx.search(codes[0], colours[0], "pants", {}, k=500)
+    assert cats.count("pants") <= MAX_K  # one page holds them all
+    res = ranked(idx, codes[0], colours[0], "pants", k=MAX_K)
     assert {h.id for h in res.hits} == {i for i, c in zip(ids, cats) if c == "pants"}
     assert res.candidates == cats.count("pants")
     red_pants = set(idx.postings("colour=red", "pants"))
     assert red_pants == {i for i, c, a in zip(ids, cats, attrs) if c == "pants" and a["colour"] == "red"}
-    res = idx.search(codes[0], colours[0], "pants", {}, k=500, filters={"colour": "red"})
+    res = ranked(idx, codes[0], colours[0], "pants", k=MAX_K, filters={"colour": "red"})
     assert {h.id for h in res.hits} == red_pants
 
 
 def test_exact_product_ranks_first_and_results_are_deterministic():
     idx, ids, cats, attrs, codes, colours = _index()
     for i in range(0, 200, 17):
-        res = idx.search(codes[i], colours[i], cats[i], attrs[i], k=5)
+        res = ranked(idx, codes[i], colours[i], cats[i], attrs[i], k=5)
         assert res.hits[0].id == ids[i] and res.hits[0].hamming == 0
-        again = idx.search(codes[i], colours[i], cats[i], attrs[i], k=5)
+        again = ranked(idx, codes[i], colours[i], cats[i], attrs[i], k=5)
         assert again.hits == res.hits
 
 
-def _two_product_index(**ranking):
-    idx = InvertedIndex(code_bytes=CODE_BYTES, colour_bins=BINS, ranking=RankingConfig(**ranking))
+def _two_product_index():
+    idx = InvertedIndex(code_bytes=CODE_BYTES, colour_bins=BINS)
     base = np.zeros(CODE_BYTES, np.uint8)
     return idx, base
 
@@ -81,36 +98,38 @@ def test_each_ranking_term_moves_results_the_right_way():
     idx, base = _two_product_index()
     near, far = base.copy(), base.copy()
     near[0], far[:3] = 0b1, 0xFF
-    idx.add(["a", "b"], ["pants", "pants"], [{}, {}], np.stack([far, near]), np.stack([col, col]))
-    assert [h.id for h in idx.search(base, col, "pants", {}).hits] == ["b", "a"]
+    idx.add(PhotoRows(["a", "b"], ["pants", "pants"], [{}, {}], np.stack([far, near]), np.stack([col, col])))
+    assert [h.id for h in ranked(idx, base, col, "pants").hits] == ["b", "a"]
     # Colour: same code, nearer colour first.
     idx, base = _two_product_index()
-    idx.add(["a", "b"], ["pants", "pants"], [{}, {}], np.stack([base, base]), np.stack([other, col]))
-    assert [h.id for h in idx.search(base, col, "pants", {}).hits] == ["b", "a"]
+    idx.add(PhotoRows(["a", "b"], ["pants", "pants"], [{}, {}], np.stack([base, base]), np.stack([other, col])))
+    assert [h.id for h in ranked(idx, base, col, "pants").hits] == ["b", "a"]
     # Shared attributes: same code and colour, more shared attributes first (a term off by default).
-    idx, base = _two_product_index(w_shared=0.25)
+    idx, base = _two_product_index()
     idx.add(
-        ["a", "b"],
-        ["pants", "pants"],
-        [{"colour": "blue"}, {"colour": "red", "fit": "slim"}],
-        np.stack([base, base]),
-        np.stack([col, col]),
+        PhotoRows(
+            ["a", "b"],
+            ["pants", "pants"],
+            [{"colour": "blue"}, {"colour": "red", "fit": "slim"}],
+            np.stack([base, base]),
+            np.stack([col, col]),
+        )
     )
-    hits = idx.search(base, col, "pants", {"colour": "red", "fit": "slim"}).hits
+    hits = ranked(idx, base, col, "pants", {"colour": "red", "fit": "slim"}, RankingConfig(w_shared=0.25)).hits
     assert [h.id for h in hits] == ["b", "a"]
     assert hits[0].shared_attributes == ("colour=red", "fit=slim") and hits[1].shared_attributes == ()
     # Ties are broken by id.
     idx, base = _two_product_index()
-    idx.add(["z", "m"], ["pants", "pants"], [{}, {}], np.stack([base, base]), np.stack([col, col]))
-    assert [h.id for h in idx.search(base, col, "pants", {}).hits] == ["m", "z"]
+    idx.add(PhotoRows(["z", "m"], ["pants", "pants"], [{}, {}], np.stack([base, base]), np.stack([col, col])))
+    assert [h.id for h in ranked(idx, base, col, "pants").hits] == ["m", "z"]
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.floats(0, 5), st.floats(0, 5), st.floats(0, 5), st.integers(0, 2**31))
 def test_score_is_the_documented_sum(wa, wc, ws, seed):
-    idx, ids, cats, attrs, codes, colours = _index(n=60, seed=seed % 1000, w_appearance=wa, w_colour=wc, w_shared=ws)
+    idx, ids, cats, attrs, codes, colours = _index(n=60, seed=seed % 1000)
     q = {"colour": "red", "fit": "slim"}
-    res = idx.search(codes[0], colours[0], cats[0], q, k=60)
+    res = ranked(idx, codes[0], colours[0], cats[0], q, RankingConfig(w_appearance=wa, w_colour=wc, w_shared=ws), k=60)
     scores = [h.score for h in res.hits]
     assert scores == sorted(scores)
     for h in res.hits:
@@ -121,33 +140,38 @@ def test_score_is_the_documented_sum(wa, wc, ws, seed):
 def test_add_and_delete_visible_to_next_search():
     idx, ids, cats, attrs, codes, colours = _index()
     i = 3
-    assert idx.search(codes[i], colours[i], cats[i], {}, k=1).hits[0].id == ids[i]
+    assert ranked(idx, codes[i], colours[i], cats[i], k=1).hits[0].id == ids[i]
     assert idx.delete([ids[i], "never-there"]) == 1
-    assert ids[i] not in {h.id for h in idx.search(codes[i], colours[i], cats[i], {}, k=500).hits}
-    idx.add(["new"], ["dress"], [{"colour": "red"}], codes[i : i + 1], colours[i : i + 1])
-    assert idx.search(codes[i], colours[i], "dress", {}, k=1).hits[0].id == "new"
+    assert ids[i] not in {h.id for h in ranked(idx, codes[i], colours[i], cats[i], k=MAX_K).hits}
+    idx.add(PhotoRows(["new"], ["dress"], [{"colour": "red"}], codes[i : i + 1], colours[i : i + 1]))
+    assert ranked(idx, codes[i], colours[i], "dress", k=1).hits[0].id == "new"
     # Re-adding an id replaces it, even across categories.
-    idx.add(["new"], ["pants"], [{}], codes[i : i + 1], colours[i : i + 1])
-    assert "new" not in {h.id for h in idx.search(codes[i], colours[i], "dress", {}, k=500).hits}
+    idx.add(PhotoRows(["new"], ["pants"], [{}], codes[i : i + 1], colours[i : i + 1]))
+    assert "new" not in {h.id for h in ranked(idx, codes[i], colours[i], "dress", k=MAX_K).hits}
     assert len(idx) == 200
 
 
 def test_too_few_products_is_said_not_widened():
     idx, ids, cats, attrs, codes, colours = _index(n=30)
-    res = idx.search(codes[0], colours[0], "skirt", {})
+    res = ranked(idx, codes[0], colours[0], "skirt")
     assert res.hits == [] and "only 0 products in category 'skirt'" in res.note
 
 
 def test_bad_queries_are_clear_errors():
     idx, ids, cats, attrs, codes, colours = _index(n=10)
     with pytest.raises(ValueError, match="unknown category 'sari'"):
-        idx.search(codes[0], colours[0], "sari", {})
-    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
-        idx.search(codes[0], colours[0], "pants", {}, k=0)
+        ranked(idx, codes[0], colours[0], "sari")
+    with pytest.raises(ValueError, match="unknown category 'sari'"):  # the backend checks it too
+        idx.shortlist(codes[0], "sari", Narrowing(), 10)
+    for k in (0, MAX_K + 1, 2.5, True):  # a page size is checked where the narrowing is built
+        with pytest.raises(ValueError, match=f"k must be an integer from 1 to {MAX_K}"):
+            Narrowing.of(k=k)
     with pytest.raises(ValueError, match="unknown value 'teal'"):
-        idx.search(codes[0], colours[0], "pants", {"colour": "teal"})
+        ranked(idx, codes[0], colours[0], "pants", {"colour": "teal"})
     with pytest.raises(ValueError, match="code has 3 bytes"):
-        idx.search(codes[0][:3], colours[0], "pants", {})
+        ranked(idx, codes[0][:3], colours[0], "pants")
+    with pytest.raises(ValueError, match="code has 3 bytes"):
+        idx.named(ids[:2], codes[0][:3], Narrowing())
 
 
 def test_snapshot_round_trip(tmp_path):
@@ -158,8 +182,8 @@ def test_snapshot_round_trip(tmp_path):
     assert len(back) == len(idx) and back.category_sizes() == idx.category_sizes()
     for i in range(5, 200, 23):
         assert (
-            back.search(codes[i], colours[i], cats[i], attrs[i]).hits
-            == idx.search(codes[i], colours[i], cats[i], attrs[i]).hits
+            ranked(back, codes[i], colours[i], cats[i], attrs[i]).hits
+            == ranked(idx, codes[i], colours[i], cats[i], attrs[i]).hits
         )
 
 
@@ -167,13 +191,14 @@ def _priced_index(n=200, seed=1):
     idx, ids, cats, attrs, codes, colours = _index(n=n, seed=seed)
     rng = np.random.default_rng(seed)
     prices = [None if i % 7 == 0 else float(rng.integers(5, 100)) for i in range(n)]
-    idx.add(ids, cats, attrs, codes, colours, prices=prices)  # re-adding replaces: now with prices
+    idx.add(PhotoRows(ids, cats, attrs, codes, colours, prices=prices))  # re-adding replaces: now with prices
     return idx, ids, cats, attrs, codes, colours, prices
 
 
 def _brute_ranked(idx, code, colour, category, attributes, keep):
     """Every product of ``category`` that ``keep`` accepts, ranked by the index's own score: the reference."""
-    everything = idx.search(code, colour, category, attributes, k=10_000).hits
+    assert idx.category_sizes()[category] <= MAX_K  # one page holds them all
+    everything = ranked(idx, code, colour, category, attributes, k=MAX_K).hits
     return [h.id for h in everything if keep(h.id)]
 
 
@@ -199,39 +224,49 @@ def test_filters_and_a_price_range_narrow_to_exactly_the_matching_products():
             return (lo is None or p >= lo) and (hi is None or p <= hi)
 
         want = _brute_ranked(idx, codes[0], colours[0], "pants", q, keep)
-        res = idx.search(codes[0], colours[0], "pants", q, k=500, filters=filters, price_min=lo, price_max=hi)
+        res = ranked(idx, codes[0], colours[0], "pants", q, k=MAX_K, filters=filters, price_min=lo, price_max=hi)
         assert [h.id for h in res.hits] == want, (filters, lo, hi)
         assert res.candidates == len(want)
-        # the same photo pinned by hits_for obeys the same narrowing
-        pinned = idx.hits_for(ids, codes[0], colours[0], q, filters=filters, price_min=lo, price_max=hi)
-        assert {h.id for h in pinned} == {i for i in ids if keep(i)}
-    assert idx.search(codes[0], colours[0], "pants", q, filters={"colour": "blue"}, price_min=1e9).hits == []
+        # the same photo pinned by named_hits obeys the same narrowing
+        same = pinned(idx, ids, codes[0], colours[0], q, filters=filters, price_min=lo, price_max=hi)
+        assert {h.id for h in same} == {i for i in ids if keep(i)}
+    assert ranked(idx, codes[0], colours[0], "pants", q, filters={"colour": "blue"}, price_min=1e9).hits == []
 
 
 def test_offset_pages_through_the_same_ranking():
-    idx, ids, cats, attrs, codes, colours = _index(n=300, shortlist=10)
-    whole = idx.search(codes[1], colours[1], cats[1], attrs[1], k=60).hits
-    pages = [idx.search(codes[1], colours[1], cats[1], attrs[1], k=15, offset=o).hits for o in (0, 15, 30, 45)]
+    idx, ids, cats, attrs, codes, colours = _index(n=300)
+    ten = RankingConfig(shortlist=10)
+    whole = ranked(idx, codes[1], colours[1], cats[1], attrs[1], ten, k=60).hits
+    pages = [ranked(idx, codes[1], colours[1], cats[1], attrs[1], ten, k=15, offset=o).hits for o in (0, 15, 30, 45)]
     assert [h for page in pages for h in page] == whole
-    assert idx.search(codes[1], colours[1], cats[1], attrs[1], k=5, offset=10_000).hits == []
-    with pytest.raises(ValueError, match="offset must be a non-negative integer, got -1"):
-        idx.search(codes[1], colours[1], cats[1], attrs[1], offset=-1)
+    assert ranked(idx, codes[1], colours[1], cats[1], attrs[1], ten, k=5, offset=MAX_OFFSET).hits == []
+    for offset in (-1, MAX_OFFSET + 1):
+        with pytest.raises(ValueError, match=f"offset must be an integer from 0 to {MAX_OFFSET}, got {offset}"):
+            Narrowing.of(offset=offset)
 
 
 def test_each_hit_carries_the_products_own_attributes():
     idx, ids, cats, attrs, codes, colours = _index()
     own = dict(zip(ids, attrs))
-    for h in idx.search(codes[2], colours[2], cats[2], {"colour": "red"}, k=50).hits:
+    for h in ranked(idx, codes[2], colours[2], cats[2], {"colour": "red"}, k=50).hits:
         assert dict(h.attributes) == own[h.id]
         assert [g for g, _v in h.attributes] == ["colour", "fit"]  # schema order
 
 
 def test_an_unknown_filter_is_a_clear_error():
     idx, ids, cats, attrs, codes, colours = _index(n=20)
-    with pytest.raises(ValueError, match="unknown filter colour=teal"):
-        idx.search(codes[0], colours[0], "pants", {}, filters={"colour": "teal"})
-    with pytest.raises(ValueError, match="unknown filter shape=round"):
-        idx.search(codes[0], colours[0], "pants", {}, filters={"shape": "round"})
+    # refused where the narrowing is built ...
+    with pytest.raises(ValueError, match="unknown colour 'teal'"):
+        Narrowing.of(filters={"colour": "teal"})
+    with pytest.raises(ValueError, match="unknown attribute group 'shape'"):
+        Narrowing.of(filters={"shape": "round"})
+    # ... and by the backend, should an unchecked one reach it
+    for group, value in (("colour", "teal"), ("shape", "round")):
+        unchecked = Narrowing(filters={group: value})
+        with pytest.raises(ValueError, match=f"unknown filter {group}={value}"):
+            idx.shortlist(codes[0], "pants", unchecked, 10)
+        with pytest.raises(ValueError, match=f"unknown filter {group}={value}"):
+            idx.named(ids, codes[0], unchecked)
 
 
 def test_prices_survive_the_snapshot_and_an_old_format_is_refused(tmp_path):
@@ -240,10 +275,9 @@ def test_prices_survive_the_snapshot_and_an_old_format_is_refused(tmp_path):
     idx, ids, cats, attrs, codes, colours, prices = _priced_index()
     idx.save(tmp_path / "ram.npz")
     back = InvertedIndex.load(tmp_path / "ram.npz")
-    kw = {"k": 500, "price_min": 10.0, "price_max": 60.0}
+    kw = {"k": MAX_K, "price_min": 10.0, "price_max": 60.0}
     assert (
-        back.search(codes[0], colours[0], "dress", {}, **kw).hits
-        == idx.search(codes[0], colours[0], "dress", {}, **kw).hits
+        ranked(back, codes[0], colours[0], "dress", **kw).hits == ranked(idx, codes[0], colours[0], "dress", **kw).hits
     )
     with np.load(tmp_path / "ram.npz") as z:
         arrays = {name: z[name] for name in z.files if not name.endswith("/prices")}

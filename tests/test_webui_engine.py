@@ -24,9 +24,8 @@ TOKEN = "engine-token"
 
 @pytest.fixture(scope="module")
 def engine(synth_dump, tmp_path_factory):
-    engine = standin_engine(synth_dump, tmp_path_factory.mktemp("index"), n=N_PRODUCTS)
-    yield engine
-    engine.store.close()
+    with standin_engine(synth_dump, tmp_path_factory.mktemp("index"), n=N_PRODUCTS) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")

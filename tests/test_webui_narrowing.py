@@ -116,11 +116,6 @@ def test_offset_pages_through_the_results(client, photo):
     assert rerun(client, qid, k=5, offset=n).json["results"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="search.engine: the same-photo product (a bag here) is dropped by sleeve_length=long, "
-    "a filter the answer says it did not use (hits_for gets every filter, not those that apply)",
-)
 def test_a_filter_of_a_group_the_category_lacks_narrows_nothing(client, photo):
     plain = search(client, photo, option="guided", category="shoes")
     r = search_with(client, photo, ["sleeve_length=long"], option="guided", category="shoes")

@@ -32,9 +32,8 @@ def engine(standin_index, tmp_path):
     """A fresh engine per test, on a copy of the index: updates made by one test stay out of the others."""
     index_dir, describer = standin_index
     shutil.copytree(index_dir, tmp_path / "index")
-    engine = open_standin_engine(tmp_path / "index", describer)
-    yield engine
-    engine.store.close()
+    with open_standin_engine(tmp_path / "index", describer) as engine:
+        yield engine
 
 
 @pytest.fixture

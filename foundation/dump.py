@@ -20,8 +20,8 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
+from foundation.boxes import Box
 from foundation.echo import echo
 from foundation.images import ImageError, image_size
 from foundation.schema import Schema, default_schema
@@ -29,16 +29,6 @@ from foundation.schema import Schema, default_schema
 logger = logging.getLogger(__name__)
 
 FIELDS = ("id", "image", "images", "title", "category_path", "price", "url", "category", "attributes", "boxes")
-
-
-class Box(NamedTuple):
-    """A garment's box in pixels, ``[x0, y0, x1, y1)``, and its schema category."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    category: str
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from PIL import Image
 
 from appearance.model import AppearanceCoder
 from foundation import modelfiles
-from foundation.boxes import pixel_box
+from foundation.boxes import Box, pixel_box
 from foundation.schema import Schema, default_schema
 from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
@@ -38,7 +38,6 @@ from indexer.prepare import ImageLimits, Prepared, content_hash, guide_category,
 
 logger = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]
 MODEL_NAMES = ("attributes", "detector", "appearance")
 
 

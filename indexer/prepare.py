@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from foundation.boxes import Box, corners
 from foundation.images import ImageError, load_working_image, make_thumbnail
 from foundation.schema import Schema
 from foundation.text import category_from_text
@@ -29,8 +30,6 @@ WORKING_SIDE = 640  # the longest side the models see; ROIs are mapped back to t
 THUMB_SIZE = 256
 BLANK_STD = 2.0  # per-channel standard deviation (0-255) below which an image is a blank placeholder
 MAX_ASPECT = 20.0  # longer side over shorter: a 2600x8 strip would shrink to nothing the models can read
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -61,11 +60,11 @@ class Prepared:
         """Original pixels per working pixel."""
         return self.original_size[0] / self.image.size[0]
 
-    def to_working(self, box: Box) -> Box:
+    def to_working(self, box: Box | Sequence[float]) -> tuple[float, float, float, float]:
         """A box in the original photo's pixels, in the working image's pixels."""
         sx = self.original_size[0] / self.image.size[0]
         sy = self.original_size[1] / self.image.size[1]
-        x0, y0, x1, y1 = box
+        x0, y0, x1, y1 = corners(box)
         return x0 / sx, y0 / sy, x1 / sx, y1 / sy
 
     def to_original(self, roi: Sequence[float]) -> tuple[int, int, int, int]:

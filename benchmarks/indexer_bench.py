@@ -115,7 +115,7 @@ def main() -> None:
         print("stage seconds:", s["stage_seconds"])
         print("stage share:  ", s["stage_share"])
         with Store(tmp / "index-1") as store:  # the one-photo run's, which `s` reports
-            codes = np.stack([r.description.code for r in store.iter_records()])
+            codes = np.stack([r.photos[0].description.code for r in store.iter_records()])
             thumbs = sum(len(store.thumbnail(r.id) or b"") for r in store.iter_records())
             n = len(store)
             print(

@@ -4,7 +4,7 @@ Reader, decoder, describer and writer are separate stages; the runner (:func:`bu
 takes an optional ``describer`` so that tests pass small fakes.
 
 Restart-safety: every batch is written in one LMDB transaction, and a product whose id and
-content hash (``indexer.products.photos_hash``: every photo's bytes, the product's fields and the
+content hash (``indexer.prepare.content_hash``: every photo's bytes, the product's fields and the
 models' signature) are already in the store is skipped without decoding. A run killed at any
 moment and started again with the same command therefore resumes where its last commit left off
 and ends with every good product exactly once; a changed dump adds new and updates changed
@@ -30,9 +30,9 @@ from foundation.atomic import atomic_copy, atomic_write_text
 from foundation.dump import DumpReport, Product, ProductError, check_boxes, read_dump
 from foundation.images import ImageError
 from foundation.schema import Schema, default_schema
-from indexer.describe import MODEL_NAMES, Described, describe_items, models_signature
-from indexer.prepare import ImageLimits, Prepared, bytes_hash, prepare_image
-from indexer.products import photos_hash, product_item, product_record
+from indexer.describe import MODEL_NAMES, DescribedPhoto, describe_items, models_signature
+from indexer.prepare import ImageLimits, Prepared, bytes_hash, content_hash, prepare_image
+from indexer.products import product_fields, product_item, product_record, stored_photo
 from indexer.store import MODELS_DIR, REPORT_JSON, Store
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ class Decoded:
 def _read_photos(product: Product) -> tuple[list[tuple[int, str, bytes, str]], list[dict]]:
     """(number, path, bytes, hash) of each readable photo, identical bytes once; and what was left out."""
     photos, problems, seen = [], [], {}
-    for n, path in enumerate(product.images):
+    for n, photo in enumerate(product.photos):
+        path = photo.path
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
@@ -106,7 +107,7 @@ def _decode(job: tuple[Product, str | None, str, ImageLimits]) -> Decoded:
     readable, problems = _read_photos(product)
     if not readable:
         return Decoded(product, "", error=problems[0]["reason"], photo_problems=problems)
-    chash = photos_hash(product, [h for *_, h in readable], signature)
+    chash = content_hash([h for *_, h in readable], product_fields(product), signature)
     out = Decoded(product, chash, readable[0][3], photo_problems=problems)
     if chash == old_hash:
         out.unchanged, out.decode_s = True, time.perf_counter() - t0
@@ -132,11 +133,11 @@ def _decode(job: tuple[Product, str | None, str, ImageLimits]) -> Decoded:
     return out
 
 
-def _describe_batch(describer, batch: list[Decoded], skip) -> list[tuple[Decoded, list[Described]]]:
+def _describe_batch(describer, batch: list[Decoded], skip) -> list[tuple[Decoded, list[DescribedPhoto]]]:
     """Describe a batch (every photo of each product); when it fails, one product at a time, so one
     bad product is reported and skipped."""
 
-    def describe(products: list[Decoded]) -> list[tuple[Decoded, list[Described]]]:
+    def describe(products: list[Decoded]) -> list[tuple[Decoded, list[DescribedPhoto]]]:
         items = [product_item(d.product, p) for d in products for p in d.photos]
         described = iter(describe_items(describer, items))
         return [(d, [next(described) for _ in d.photos]) for d in products]
@@ -256,7 +257,7 @@ def build_index(
     signature = describer.signature
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_models(models_dir, out_dir / MODELS_DIR)
-    store = Store(out_dir, readonly=False)
+    store = Store(out_dir, readonly=False, reindex=True)  # one of an older format: emptied, indexed again
     store.write_info(
         {
             "code_bytes": int(describer.code_bytes),
@@ -293,7 +294,7 @@ def build_index(
                 "id": d.product.id,
                 "field": field,
                 "reason": reason,
-                "image": str(d.product.image),
+                "image": str(d.product.photos[0].path),
             }
         )
         logger.warning("skipping %s (line %d): %s", d.product.id, d.product.line, reason)
@@ -307,7 +308,8 @@ def build_index(
             for out in outs:
                 for k in ("attributes", "detector", "appearance", "colour"):
                     stages[k] += out.description.timings_ms.get(k, 0.0) / 1e3
-            records.append(product_record(d.product, outs, d.images, d.content_hash))
+            photos = [stored_photo(image, out) for image, out in zip(d.images, outs)]
+            records.append(product_record(d.product, photos, d.content_hash))
             thumbs[d.product.id] = [out.prepared.thumbnail for out in outs]
             counts["updated" if d.product.id in old else "added"] += 1
             counts["photos"] += len(outs)
@@ -351,7 +353,11 @@ def build_index(
             if d.image_hash in first_of_bytes:
                 counts["duplicates"] += 1
                 duplicates.append(
-                    {"id": d.product.id, "same_image_as": first_of_bytes[d.image_hash], "image": str(d.product.image)}
+                    {
+                        "id": d.product.id,
+                        "same_image_as": first_of_bytes[d.image_hash],
+                        "image": str(d.product.photos[0].path),
+                    }
                 )
             else:
                 first_of_bytes[d.image_hash] = d.product.id

@@ -272,15 +272,17 @@ class Item:
 
 
 @dataclass
-class Described:
+class DescribedPhoto:
+    """What ``describe_items`` says of one photo."""
+
     description: Description  # ROI in the photo's own pixels
     prepared: Prepared
-    content_hash: str
+    content_hash: str  # of this photo alone and the item's fields (``indexer.prepare.content_hash``)
 
 
 def describe_items(
     describer: Describer, items: Sequence[Item], *, limits: ImageLimits | None = None
-) -> list[Described]:
+) -> list[DescribedPhoto]:
     """Prepare, guide and describe a batch of photos: the same path offline and online.
 
     Raises:
@@ -298,5 +300,5 @@ def describe_items(
     out = []
     for it, p, d in zip(items, prepared, descs):
         d.roi = p.to_original(d.roi)
-        out.append(Described(d, p, content_hash(p.image_hash, it.fields, describer.signature)))
+        out.append(DescribedPhoto(d, p, content_hash([p.image_hash], it.fields, describer.signature)))
     return out

@@ -4,7 +4,8 @@
 decompression-bomb guard, turns the photo upright by its EXIF orientation, shrinks it to the
 working size (so the cost of a request is bounded before any model runs), refuses blank
 placeholders and makes the thumbnail. ``guide_category`` is the one category precedence.
-``content_hash`` is the one content hash: what decides whether a stored product is current.
+``content_hash`` is the one content hash (of a product's photos, its fields and the models): what
+decides whether a stored product is current.
 
 Torch-free: the bulk indexer runs ``prepare_image`` in its decode workers.
 """
@@ -149,9 +150,12 @@ def guide_category(
     return None
 
 
-def content_hash(image_hash: str, fields: Sequence, signature: str) -> str:
-    """The image's hash, the product's own fields and the models' signature, hashed together."""
-    h = hashlib.sha256(image_hash.encode())
+def content_hash(image_hashes: Sequence[str], fields: Sequence, signature: str) -> str:
+    """Every photo's hash (in order), the product's own fields and the models' signature, hashed
+    together: what bulk and the API store, and compare to know a product is unchanged."""
+    if isinstance(image_hashes, str):
+        raise TypeError("content_hash takes a sequence of photo hashes, not one string")
+    h = hashlib.sha256(",".join(image_hashes).encode())
     h.update(json.dumps([*fields, signature]).encode())
     return h.hexdigest()[:32]
 

@@ -67,7 +67,7 @@ def _contents(index: Path) -> dict:
     with Store(index) as store:
         out = {}
         for r in store.iter_records():
-            d = r.description
+            d = r.photos[0].description
             out[r.id] = (
                 r.content_hash,
                 r.title,
@@ -219,8 +219,8 @@ def test_category_from_text_else_labelled_attributes_else_auto(synth_dump, model
     dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_index(dump, models, tmp_path / "index", workers=0, describer=fake_describer(models), progress=False)
     with Store(tmp_path / "index") as store:
-        assert store.get("text").description.category == "skirt"
-        assert store.get("label").description.category == "skirt"
+        assert store.get("text").photos[0].description.category == "skirt"
+        assert store.get("label").photos[0].description.category == "skirt"
         from tests.indexer_fakes import FakePredictor
 
-        assert store.get("auto").description.category in FakePredictor.AUTO
+        assert store.get("auto").photos[0].description.category in FakePredictor.AUTO

@@ -68,14 +68,15 @@ def test_bulk_api_add_and_search_give_byte_identical_descriptions(indexed, monke
     finally:
         store.close()
     query = seen[-1]
-    assert bulk.description.roi == added.description.roi == query.description.roi
-    assert bulk.description.roi[3] > 900  # in the upright photo's own pixels (900x1600)
-    for other in (added.description, query.description):
-        assert other.code.tobytes() == bulk.description.code.tobytes()
-        assert other.colour.tobytes() == bulk.description.colour.tobytes()
+    bulk_photo, added_photo = bulk.photos[0].description, added.photos[0].description
+    assert bulk_photo.roi == added_photo.roi == query.description.roi
+    assert bulk_photo.roi[3] > 900  # in the upright photo's own pixels (900x1600)
+    for other in (added_photo, query.description):
+        assert other.code.tobytes() == bulk_photo.code.tobytes()
+        assert other.colour.tobytes() == bulk_photo.colour.tobytes()
     assert added.content_hash == bulk.content_hash  # same bytes, same fields, same models
     assert response["results"][0]["hamming"] == 0
-    assert response["query"]["roi"] == list(bulk.description.roi)
+    assert response["query"]["roi"] == list(bulk_photo.roi)
 
 
 def test_the_working_size_bounds_what_the_models_see():

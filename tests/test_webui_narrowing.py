@@ -33,10 +33,10 @@ def engine(request, tmp_path, rows):
     records = list(engine.store.iter_records())
     engine.index.add(
         [r.id for r in records],
-        [r.description.category for r in records],
+        [r.photos[0].description.category for r in records],
         [labels[r.id] for r in records],
-        np.stack([r.description.code for r in records]),
-        np.stack([r.description.colour for r in records]),
+        np.stack([r.photos[0].description.code for r in records]),
+        np.stack([r.photos[0].description.colour for r in records]),
         prices=[r.price for r in records],
     )
     yield engine
@@ -153,7 +153,7 @@ def test_an_edited_colour_steers_the_colour_term(engine, client, photo):
     swatch = swatch_histogram(engine.schema.colour_swatches["blue"], engine.describer.colour).astype(np.float32)
     swatch /= swatch.sum()
     for hit in r.json["results"]:
-        own = engine.store.get(hit["id"]).description.colour.astype(np.float32)
+        own = engine.store.get(hit["id"]).photos[0].description.colour.astype(np.float32)
         own /= own.sum()
         assert hit["colour_distance"] == pytest.approx(0.5 * float(np.abs(own - swatch).sum()), abs=2e-3)
 

@@ -186,9 +186,9 @@ def build_catalogue_index(
     dump: Path, models: Path, index_dir: Path, *, describer=None, device: str = "cpu", progress: bool = True
 ) -> Path:
     """Index the catalogue dump with the bulk indexer (which resumes an interrupted run)."""
-    from indexer.bulk import build_index
+    from indexer.bulk import BulkConfig, build_index
 
-    summary = build_index(dump, models, index_dir, describer=describer, device=device, progress=progress)
+    summary = build_index(dump, models, index_dir, BulkConfig(device=device, progress=progress), describer=describer)
     logger.info("catalogue index: %s", {k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
     return index_dir
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import search.engine as engine_module
 from foundation.images import ImageError
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.describe import describe_items
 from indexer.prepare import WORKING_SIDE, guide_category, prepare_image
 from indexer.store import Store
@@ -40,7 +40,11 @@ def indexed(tmp_path_factory):
     row = {"id": "p1", "image": "p1.jpg", "title": "red midi dress", "price": 30.0, "url": "https://shop/p1"}
     (root / "dump.jsonl").write_text(json.dumps(row) + "\n")
     build_index(
-        root / "dump.jsonl", models, root / "index", workers=0, describer=fake_describer(models), progress=False
+        root / "dump.jsonl",
+        models,
+        root / "index",
+        BulkConfig(workers=0, progress=False),
+        describer=fake_describer(models),
     )
     with Store(root / "index") as store:
         bulk = store.get("p1")
@@ -151,7 +155,11 @@ def test_a_bulk_run_skips_strips_and_boxes_outside_the_photo(tmp_path):
     ]
     (tmp_path / "dump.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = build_index(
-        tmp_path / "dump.jsonl", models, tmp_path / "index", workers=0, describer=fake_describer(models), progress=False
+        tmp_path / "dump.jsonl",
+        models,
+        tmp_path / "index",
+        BulkConfig(workers=0, progress=False),
+        describer=fake_describer(models),
     )
     assert summary["indexed"] == 1 and summary["skipped"] == 2
     report = json.loads((tmp_path / "index" / "report.json").read_text())

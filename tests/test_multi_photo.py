@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from foundation.dump import MAX_PHOTOS, ProductError, check_product
 from foundation.schema import default_schema
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.store import Store
 from search.engine import SearchEngine, load_ram_index
 from search.index import InvertedIndex, RankingConfig
@@ -56,7 +56,7 @@ def photo_dump(synth_dump, tmp_path_factory) -> Path:
 def photo_index(photo_dump, models, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("index") / "index"
     summary = build_index(
-        photo_dump, models, out, workers=0, batch_size=4, describer=fake_describer(models), progress=False
+        photo_dump, models, out, BulkConfig(workers=0, batch_size=4, progress=False), describer=fake_describer(models)
     )
     return out, summary
 
@@ -104,7 +104,9 @@ def test_each_photo_is_indexed_under_its_product(photo_index, photo_dump, models
         first, second = store.thumbnail("multi"), store.thumbnail("multi", 1)
         assert first and second and first != second and store.thumbnail("multi", 2) is None
         assert len(store.get("listed").photos) == 2
-    again = build_index(photo_dump, models, index, workers=0, describer=fake_describer(models), progress=False)
+    again = build_index(
+        photo_dump, models, index, BulkConfig(workers=0, progress=False), describer=fake_describer(models)
+    )
     assert again["unchanged"] == 10 and again["indexed"] == 0  # every photo's hash in the content hash
 
 

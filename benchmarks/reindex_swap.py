@@ -52,7 +52,8 @@ def records(start: int, n: int, *, seed: int, multi: float = 0.0):
 
     for i in range(start, start + n):
         more = tuple(Photo("", f"{i:016x}{k}", description()) for k in range(2)) if rng.random() < multi else ()
-        yield ProductRecord(f"p{i:07d}", f"product {i}", "", 10.0, None, "", description(), f"h{i}", f"{i:016x}", more)
+        first = Photo("", f"{i:016x}", description())
+        yield ProductRecord(f"p{i:07d}", f"product {i}", "", 10.0, None, (first, *more), f"h{i}")
 
 
 _WRITER = """
@@ -104,7 +105,7 @@ def main() -> None:
         store = Store(index, readonly=True)
 
         engine = SearchEngine(describer=None, store=store, index=ram)  # re-runs by query id never describe
-        first = next(store.iter_records()).description
+        first = next(store.iter_records()).photos[0].description
         qid = engine.recent.put(Described("guided", [first], [(first.category, 1.0)], []))
         served: list[tuple[float, float]] = []
         errors: list[str] = []

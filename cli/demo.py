@@ -55,10 +55,10 @@ def prepare(home: Path, *, n: int = 2000, seed: int = 0, progress: bool = True) 
 
 
 def _index(dump: Path, models: Path, index: Path, progress: bool) -> None:
-    from indexer.bulk import build_index
+    from indexer.bulk import BulkConfig, build_index
     from search.engine import load_ram_index
 
-    build_index(dump, models, index, progress=progress)
+    build_index(dump, models, index, BulkConfig(progress=progress))
     load_ram_index(index)  # the RAM snapshot, written at index time
     (index / "DONE").write_text("built\n")
 

@@ -69,7 +69,7 @@ def evaluate_model(
     queries = boxes = 0
     seconds = 0.0
     for p in tqdm(products, desc="detector evaluation", unit="img", disable=not progress):
-        image = load_image(p.image)
+        image = load_image(p.photos[0].path)
         t0 = time.perf_counter()
         raw = detector.raw([image])[0]  # batch 1: the latency a single query sees
         seconds += time.perf_counter() - t0

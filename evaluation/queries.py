@@ -54,7 +54,7 @@ def shop_queries(
             if others_pool
             else []
         )
-        scene, boxes = compose(load_image(target.image), [load_image(o.image) for o in others], rng)
+        scene, boxes = compose(load_image(target.photos[0].path), [load_image(o.photos[0].path) for o in others], rng)
         key = f"shop:{qi:04d}"
         images.add_image(key, scene)
         category = category_of[target.id]

@@ -189,9 +189,9 @@ def build_catalogue_index(
     dump: Path, models: Path, index_dir: Path, *, describer=None, device: str = "cpu", progress: bool = True
 ) -> Path:
     """Index the catalogue dump with the bulk indexer (which resumes an interrupted run)."""
-    from indexer.bulk import build_index
+    from indexer.bulk import BulkConfig, build_index
 
-    summary = build_index(dump, models, index_dir, describer=describer, device=device, progress=progress)
+    summary = build_index(dump, models, index_dir, BulkConfig(device=device, progress=progress), describer=describer)
     logger.info("catalogue index: %s", {k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
     return index_dir
 
@@ -262,7 +262,7 @@ def _evaluate(
     dump = convert_catalogue(clothing, out / "catalogue", cfg.split, progress=progress)
     products = list(read_dump(dump, schema=schema, check_images=False))
     category_of = _truth_categories(products, schema)
-    image_of = {p.id: p.image for p in products}
+    image_of = {p.id: p.photos[0].path for p in products}
     stages["catalogue dump"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -306,7 +306,9 @@ def _evaluate(
 
         t0 = time.perf_counter()
         featurizer = load_featurizer(engine.describer, batch=cfg.batch)
-        records = [(r.id, image_of[r.id], r.description.roi) for r in engine.store.iter_records() if r.id in image_of]
+        records = [
+            (r.id, image_of[r.id], r.photos[0].description.roi) for r in engine.store.iter_records() if r.id in image_of
+        ]
         catalogue = catalogue_features(records, featurizer, progress=progress)
         stages["catalogue baseline features"] = time.perf_counter() - t0
         stages.update(

@@ -29,7 +29,7 @@ from PIL import Image
 
 from appearance.model import AppearanceCoder
 from foundation import modelfiles
-from foundation.boxes import pixel_box
+from foundation.boxes import Box, pixel_box
 from foundation.schema import Schema, default_schema
 from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
@@ -38,7 +38,6 @@ from indexer.prepare import ImageLimits, Prepared, content_hash, guide_category,
 
 logger = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]
 MODEL_NAMES = ("attributes", "detector", "appearance")
 
 
@@ -289,15 +288,17 @@ class Item:
 
 
 @dataclass
-class Described:
+class DescribedPhoto:
+    """What ``describe_items`` says of one photo."""
+
     description: Description  # ROI in the photo's own pixels
     prepared: Prepared
-    content_hash: str
+    content_hash: str  # of this photo alone and the item's fields (``indexer.prepare.content_hash``)
 
 
 def describe_items(
     describer: Describer, items: Sequence[Item], *, limits: ImageLimits | None = None
-) -> list[Described]:
+) -> list[DescribedPhoto]:
     """Prepare, guide and describe a batch of photos: the same path offline and online.
 
     Raises:
@@ -315,7 +316,7 @@ def describe_items(
     out = []
     for it, p, d in zip(items, prepared, descs):
         d.roi = p.to_original(d.roi)
-        out.append(Described(d, p, content_hash(p.image_hash, it.fields, describer.signature)))
+        out.append(DescribedPhoto(d, p, content_hash([p.image_hash], it.fields, describer.signature)))
     return out
 
 

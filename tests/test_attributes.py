@@ -350,7 +350,7 @@ def test_predictor_interface(trained, synth_dump):
     models, _ = trained
     predictor = AttributePredictor.load(models)
     products = list(read_dump(synth_dump, check_images=False))[:6]
-    images = [load_image(p.image) for p in products]
+    images = [load_image(p.photos[0].path) for p in products]
     guides = [None, "skirt", None, "hat", None, "dress"]
     out = predictor.predict(images, guides)
     assert len(out) == 6

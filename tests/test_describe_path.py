@@ -11,7 +11,7 @@ from PIL import Image
 
 import search.engine as engine_module
 from foundation.images import ImageError
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.describe import describe_items
 from indexer.prepare import WORKING_SIDE, guide_category, prepare_image
 from indexer.store import Store
@@ -40,7 +40,11 @@ def indexed(tmp_path_factory):
     row = {"id": "p1", "image": "p1.jpg", "title": "red midi dress", "price": 30.0, "url": "https://shop/p1"}
     (root / "dump.jsonl").write_text(json.dumps(row) + "\n")
     build_index(
-        root / "dump.jsonl", models, root / "index", workers=0, describer=fake_describer(models), progress=False
+        root / "dump.jsonl",
+        models,
+        root / "index",
+        BulkConfig(workers=0, progress=False),
+        describer=fake_describer(models),
     )
     with Store(root / "index") as store:
         bulk = store.get("p1")
@@ -68,14 +72,15 @@ def test_bulk_api_add_and_search_give_byte_identical_descriptions(indexed, monke
     finally:
         store.close()
     query = seen[-1]
-    assert bulk.description.roi == added.description.roi == query.description.roi
-    assert bulk.description.roi[3] > 900  # in the upright photo's own pixels (900x1600)
-    for other in (added.description, query.description):
-        assert other.code.tobytes() == bulk.description.code.tobytes()
-        assert other.colour.tobytes() == bulk.description.colour.tobytes()
+    bulk_photo, added_photo = bulk.photos[0].description, added.photos[0].description
+    assert bulk_photo.roi == added_photo.roi == query.description.roi
+    assert bulk_photo.roi[3] > 900  # in the upright photo's own pixels (900x1600)
+    for other in (added_photo, query.description):
+        assert other.code.tobytes() == bulk_photo.code.tobytes()
+        assert other.colour.tobytes() == bulk_photo.colour.tobytes()
     assert added.content_hash == bulk.content_hash  # same bytes, same fields, same models
     assert response["results"][0]["hamming"] == 0
-    assert response["query"]["roi"] == list(bulk.description.roi)
+    assert response["query"]["roi"] == list(bulk_photo.roi)
 
 
 def test_the_working_size_bounds_what_the_models_see():
@@ -150,7 +155,11 @@ def test_a_bulk_run_skips_strips_and_boxes_outside_the_photo(tmp_path):
     ]
     (tmp_path / "dump.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = build_index(
-        tmp_path / "dump.jsonl", models, tmp_path / "index", workers=0, describer=fake_describer(models), progress=False
+        tmp_path / "dump.jsonl",
+        models,
+        tmp_path / "index",
+        BulkConfig(workers=0, progress=False),
+        describer=fake_describer(models),
     )
     assert summary["indexed"] == 1 and summary["skipped"] == 2
     report = json.loads((tmp_path / "index" / "report.json").read_text())

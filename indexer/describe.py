@@ -48,27 +48,21 @@ def models_signature(models_dir: str | Path) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass(kw_only=True, eq=False)
 class Describer:
-    """The attribute predictor, the detector, the appearance coder and colour settings, built once."""
+    """The attribute predictor, the detector, the appearance coder and colour settings, built once.
 
-    def __init__(
-        self,
-        *,
-        predictor,
-        detector,
-        coder: AppearanceCoder,
-        colour: ColourConfig | None = None,
-        schema: Schema | None = None,
-        signature: str = "",
-        device: str = "cpu",
-    ):
-        self.predictor = predictor
-        self.detector = detector
-        self.coder = coder
-        self.colour = colour or ColourConfig()
-        self.schema = schema or default_schema()
-        self.signature = signature  # of the model files: part of every content hash
-        self.device = device
+    ``signature`` is the model files' (part of every content hash: new models re-describe every
+    product); ``device`` is where the models run, so models loaded anew go to the same one.
+    """
+
+    predictor: object  # attributes.predict.AttributePredictor
+    detector: object  # detector.predict.GarmentDetector
+    coder: AppearanceCoder
+    colour: ColourConfig = field(default_factory=ColourConfig)
+    schema: Schema = field(default_factory=default_schema)
+    signature: str = ""
+    device: str = "cpu"
 
     @classmethod
     def load(
@@ -176,9 +170,11 @@ class Describer:
         t0 = time.perf_counter()
         fallback = [False] * n
         need = [i for i in range(n) if boxes[i] is None or guides[i] is None]
-        todo = [i for i in need if raws[i] is None]
-        for i, raw in zip(todo, self.detector.raw([images[i] for i in todo]) if todo else []):
-            raws[i] = raw
+        # the same photo twice in a batch is detected once
+        todo = list({id(images[i]): images[i] for i in need if raws[i] is None}.values())
+        found = dict(zip((id(im) for im in todo), self.detector.raw(todo))) if todo else {}
+        for i in need:
+            raws[i] = found.get(id(images[i]), raws[i])
         reguide = []
         for i in need:
             raw = raws[i]

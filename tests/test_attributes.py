@@ -19,7 +19,7 @@ from attributes.train import PRESETS, AttributeTrainConfig, baseline_loss, seque
 from foundation.backbones import default_backbone, default_pretrained
 from foundation.dump import read_dump
 from foundation.images import load_image
-from foundation.modelfiles import ModelError, load_model, save_model
+from foundation.modelfiles import ModelError, ModelFile, load_model, save_model
 from foundation.schema import Schema, default_schema
 
 SCHEMA = default_schema()
@@ -183,9 +183,11 @@ def test_saved_and_loaded_model_gives_identical_outputs_and_refuses_another_sche
     save_model(
         tmp_path,
         "attributes",
-        state_dicts={"model": model.state_dict()},
-        config={"model": cfg.to_dict()},
-        preprocessing={"image_size": 64, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ModelFile(
+            state_dicts={"model": model.state_dict()},
+            config={"model": cfg.to_dict()},
+            preprocessing={"image_size": 64, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
         schema=SCHEMA,
     )
     loaded, _ = load_sequence_model(tmp_path)
@@ -213,9 +215,11 @@ def test_load_gives_the_model_and_the_preprocessing_saved_with_it(tmp_path):
     save_model(
         tmp_path,
         "attributes",
-        state_dicts={"model": model.state_dict()},
-        config={"model": cfg.to_dict()},
-        preprocessing={"image_size": 40, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ModelFile(
+            state_dicts={"model": model.state_dict()},
+            config={"model": cfg.to_dict()},
+            preprocessing={"image_size": 40, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
         schema=SCHEMA,
     )
     loaded, preprocess = load(tmp_path)

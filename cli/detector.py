@@ -68,11 +68,10 @@ def _convert_ccp(args) -> int:
 
 
 def _convert_scenes(args) -> int:
-    from catalogues.scenes import convert_scenes
+    from catalogues.scenes import SceneConfig, convert_scenes
 
-    dump, counts = convert_scenes(
-        args.dir, args.out, n=args.n, seed=args.seed, split=args.split, backgrounds=args.backgrounds
-    )
+    config = SceneConfig(n=args.n, seed=args.seed, split=args.split, backgrounds=args.backgrounds)
+    dump, counts = convert_scenes(args.dir, args.out, config)
     print(f"wrote {counts['products']} scenes with {counts['boxes']} boxes ({counts['pasted']} pasted) to {dump}")
     return 0
 

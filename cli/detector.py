@@ -48,11 +48,10 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from detector.evaluate import evaluate_detector, format_report
+    from detector.evaluate import DetectorEvalConfig, evaluate_detector, format_report
 
-    result = evaluate_detector(
-        args.data, args.models, limit=args.limit, score_threshold=args.threshold, guidance=args.guidance
-    )
+    config = DetectorEvalConfig(limit=args.limit, score_threshold=args.threshold, guidance=args.guidance)
+    result = evaluate_detector(args.data, args.models, config)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_report(result))

@@ -70,7 +70,7 @@ def test_unknown_choices_are_named():
     with pytest.raises(ValueError, match=r"unknown pretrained value 'imagenet21k'; choose one of auto, imagenet, none"):
         DetectorConfig(pretrained="imagenet21k")
     with pytest.raises(ValueError, match="unknown guidance 'box'"):
-        GarmentDetector(build_detector(TINY, num_classes=len(class_names())), classes=class_names(), guidance="box")
+        GarmentDetector(build_detector(TINY, num_classes=len(class_names())), guidance="box")
     from cli.main import main
 
     with pytest.raises(SystemExit):

@@ -64,10 +64,10 @@ def _index(dump: Path, models: Path, index: Path, progress: bool) -> None:
 
 
 def run_demo(home: Path, n: int, seed: int, *, host: str = "127.0.0.1", port: int = 8000) -> int:
-    from webui.serving import serve
+    from webui.serving import ServeConfig, serve
 
     t0 = time.perf_counter()
     index = prepare(home, n=n, seed=seed)
     print(f"[demo] ready in {time.perf_counter() - t0:.0f}s")
-    serve(index, host=host, port=port)
+    serve(index, config=ServeConfig(host=host, port=port))
     return 0

@@ -122,21 +122,21 @@ class GarmentDetector:
         self,
         model,
         *,
-        classes: tuple[str, ...],
         score_threshold: float = 0.3,
         device: str = "cpu",
         preprocess: Preprocess | None = None,
         guidance: str = "ranked",
         schema: Schema | None = None,
     ):
+        """``model``: a detector built for ``schema`` (``detector.model.class_names(schema)`` its classes)."""
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must lie in [0, 1], got {score_threshold!r}")
         if guidance not in GUIDANCE:
             raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE)}")
         self.device = parse_device(device)
         self.model = model.eval().to(self.device)
-        self.classes = classes
         self.schema = schema or default_schema()
+        self.classes = class_names(self.schema)
         self.greats = great_categories(self.schema)
         self.score_threshold = score_threshold
         self.guidance = guidance
@@ -157,7 +157,6 @@ class GarmentDetector:
         fold_batch_norm(model)
         return cls(
             model,
-            classes=class_names(schema),
             score_threshold=score_threshold,
             device=device,
             preprocess=preprocess,
@@ -177,7 +176,6 @@ class GarmentDetector:
     ):
         return cls(
             model,
-            classes=class_names(schema),
             score_threshold=score_threshold,
             device=device,
             guidance=guidance,

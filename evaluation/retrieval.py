@@ -309,8 +309,7 @@ def _evaluate(inputs: RetrievalInputs, out: Path, cfg: RetrievalEvalConfig, prog
                 images,
                 described,
                 catalogue,
-                Searcher(engine.index, engine.ranking),
-                depth=cfg.depth,
+                Searcher(engine.index, engine.ranking, cfg.depth),
                 progress=progress,
             )
         )

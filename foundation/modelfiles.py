@@ -152,24 +152,16 @@ class ModelFile:
 def save_model(
     models_dir: str | Path,
     name: str,
-    contents: ModelFile | None = None,
+    contents: ModelFile,
     *,
     schema: Schema | None = None,
     metrics: dict[str, Any] | None = None,
     data_hash: str | None = None,
-    **parts: Any,
 ) -> Path:
-    """Write ``<models_dir>/<name>.pt`` atomically and record it in the manifest.
-
-    ``parts`` (``state_dicts=``, ``config=``, ``preprocessing=``, ``extra=``) is the keyword form
-    of ``contents``, kept for the training modules that still call it that way.
-    """
+    """Write ``<models_dir>/<name>.pt`` atomically and record it in the manifest."""
     import torch
     import torchvision
 
-    if (contents is None) == (not parts):
-        raise TypeError("save_model takes a ModelFile or its parts as keywords, not both")
-    contents = contents or ModelFile(**parts)
     schema = schema or default_schema()
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)

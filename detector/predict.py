@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 
 from detector.model import (
     GUIDANCE,
@@ -50,6 +50,8 @@ class ROI:
 
 
 WITHIN_IOU = 0.5  # a detected box is the drawn rectangle's garment when they overlap this much
+GARMENT_IOU = 0.5  # two boxes of any classes overlapping this much are one garment (cross-class suppression)
+MAX_GARMENTS = 6  # garments of one photo offered at most
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,22 @@ class GarmentDetector:
                 rois = [r for r, v in zip(rois, iou[:, 0].tolist()) if v >= WITHIN_IOU]
             out[c] = max((r.score for r in rois), default=0.0)
         return out
+
+    def garments(self, raw: Raw) -> list[ROI]:
+        """The photo's garments: one box per garment, whatever class found it, best first.
+
+        Every box of a great-category head (tops, bottoms, ...) and of a category head above the
+        threshold is a candidate, named with its great-category; boxes that overlap a better one at
+        IoU >= ``GARMENT_IOU`` are the same garment (class-agnostic non-maximum suppression). The
+        crop reader says which category of the great-category it is."""
+        great_of = self.schema.great_category
+        found = [r for r in raw.great if r.score >= self.score_threshold]
+        found += [ROI(r.box, great_of(r.category), r.score) for r in raw.rois if r.score >= self.score_threshold]
+        if not found:
+            return []
+        boxes = torch.tensor([r.box for r in found], dtype=torch.float32)
+        keep = nms(boxes, torch.tensor([r.score for r in found]), GARMENT_IOU).tolist()
+        return [found[i] for i in keep[:MAX_GARMENTS]]
 
     def choose(self, raw: Raw, guide: str | None, size: tuple[int, int]) -> Detection:
         """The detection of ``raw`` (one image's, of ``size``) for ``guide`` (None: non-guided)."""

@@ -105,14 +105,16 @@ class Describer:
         return self.coder.ranking
 
     def describe_hedged(
-        self, image: Image.Image, guide: str | None = None, box: Box | None = None
+        self, image: Image.Image, guide: str | None = None, box: Box | None = None, raw=None
     ) -> tuple[list[Description], list[tuple[str, float]]]:
         """One photo's garment (guided, in a rectangle, or auto) and, where the model picked its
         category, the other likely categories (``indexer.hedge``), described in one call: the
-        detector runs once. Returns the descriptions (the garment's own first, then one per other
-        category) and the categories searched with their probability."""
+        detector runs once (``raw``: its output, when the caller has it). Returns the descriptions
+        (the garment's own first, then one per other category) and the categories searched with
+        their probability."""
         image = image if image.mode == "RGB" else image.convert("RGB")
-        raw = self.detector.raw([image])[0] if box is None or guide is None else None
+        if raw is None and (box is None or guide is None):
+            raw = self.detector.raw([image])[0]
         (first,) = self._describe([image], [guide], [box], [raw])
         if guide is None:
             hedge = hedge_categories(first.categories, self.schema.great_category)
@@ -318,13 +320,21 @@ def describe_items(
 
 def describe_query(
     describer: Describer, prepared: Prepared, *, guide: str | None = None, box: Box | None = None
-) -> tuple[list[Description], list[tuple[str, float]]]:
-    """A shopper's photo, prepared once, described as ``Describer.describe_hedged`` says; ``box`` and
-    the ROIs answered are in the photo's own pixels."""
+) -> list[tuple[list[Description], list[tuple[str, float]]]]:
+    """A shopper's photo, prepared once, described: with a guide or a drawn box, the one garment
+    meant (``Describer.describe_hedged``); else every garment found (``indexer.garments``), the
+    likeliest meant first. Each garment comes as its descriptions and the categories searched;
+    ``box`` and the ROIs answered are in the photo's own pixels."""
+    from indexer.garments import describe_garments
+
     if guide is not None:
         describer.schema.check_category(guide)
-    working = prepared.to_working(box) if box is not None else None
-    descs, hedge = describer.describe_hedged(prepared.image, guide, working)
-    for d in descs:
-        d.roi = prepared.to_original(d.roi)
-    return descs, hedge
+    if guide is None and box is None:
+        garments = describe_garments(describer, prepared.image)
+    else:
+        working = prepared.to_working(box) if box is not None else None
+        garments = [describer.describe_hedged(prepared.image, guide, working)]
+    for descs, _hedge in garments:
+        for d in descs:
+            d.roi = prepared.to_original(d.roi)
+    return garments

@@ -35,6 +35,7 @@ from detector.model import (
     fold_batch_norm,
     great_categories,
 )
+from foundation.boxes import MAX_GARMENTS
 from foundation.devices import parse_device
 from foundation.modelfiles import ModelError, Preprocess, load_model
 from foundation.schema import Schema, default_schema
@@ -51,7 +52,6 @@ class ROI:
 
 WITHIN_IOU = 0.5  # a detected box is the drawn rectangle's garment when they overlap this much
 GARMENT_IOU = 0.5  # two boxes of any classes overlapping this much are one garment (cross-class suppression)
-MAX_GARMENTS = 6  # garments of one photo offered at most
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 from foundation.echo import echo
 
+MAX_GARMENTS = 6  # garments of one photo found and searched at most
+
 
 class Box(NamedTuple):
     """A rectangle in an image's pixels, ``[x0, y0, x1, y1)``; a garment labelled in a dump also

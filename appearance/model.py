@@ -157,14 +157,9 @@ class AppearanceCoder:
         if self.median is None:
             raise ValueError("fit the median on the catalogue before saving the appearance coder")
         state = {k: v for k, v in self.net.state_dict().items() if not k.startswith("head.")}
-        return modelfiles.save_model(
-            models_dir,
-            NAME,
+        contents = modelfiles.ModelFile(
             state_dicts={"features": state, "median": {"median": torch.from_numpy(self.median.copy())}},
             config=config or {},
-            schema=schema,
-            metrics=metrics,
-            data_hash=data_hash,
             preprocessing={**self.preprocess.to_dict(), "transform_input": bool(self.net.transform_input)},
             extra={
                 "ranking": self.ranking,
@@ -174,6 +169,7 @@ class AppearanceCoder:
                 "pretrained": self.net.pretrained,
             },
         )
+        return modelfiles.save_model(models_dir, NAME, contents, schema=schema, metrics=metrics, data_hash=data_hash)
 
     def tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(N, 3, S, S) network input of RGB images: squashed to S x S, ImageNet-normalised."""

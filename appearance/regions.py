@@ -47,7 +47,7 @@ def load_regions(
         if category is None:
             continue
         try:
-            im = load_image(p.image)
+            im = load_image(p.photos[0].path)
         except ImageError as exc:
             logger.warning("skipping %s: %s", p.id, exc)
             continue

@@ -103,7 +103,7 @@ def load_examples(
             skipped += 1
             continue
         try:
-            im = _load_small(p.image, side)
+            im = _load_small(p.photos[0].path, side)
         except ImageError as exc:
             logger.warning("product %s: %s; skipped", p.id, exc)
             skipped += 1
@@ -128,7 +128,7 @@ def _garment_crop(product, category: str | None, margin: float = 0.1) -> Image.I
     if len(own) != 1:
         return None
     try:
-        im = load_image(product.image)
+        im = load_image(product.photos[0].path)
     except ImageError:
         return None  # the whole-photo example already reported an unreadable image
     b, (w, h) = own[0], im.size

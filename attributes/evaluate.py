@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -90,10 +91,11 @@ def confusion(pred_cats: list[str | None], true_cats: list[str], schema: Schema)
 
 
 @torch.inference_mode()
-def _lstm_pass(model, loader, schema: Schema, constraints: Constraints, beam: int, progress: bool, desc: str):
+def _lstm_pass(model, loader, constraints: Constraints, beam: int, progress: bool):
+    schema = constraints.schema
     nll_sum, n_tok = 0.0, 0
     auto, guided, truths = [], [], []
-    for images, tokens in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+    for images, tokens in tqdm(loader, desc="lstm", unit="batch", disable=not progress):
         logits = model(images, tokens[:, :-1])
         nll = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), ignore_index=0, reduction="sum"
@@ -128,27 +130,34 @@ def _token_sets(attrs: list[dict[str, str]], schema: Schema) -> list[set[int]]:
     return [{schema.token_id(schema.token(g, v)) for g, v in a.items()} for a in attrs]
 
 
+@dataclass(frozen=True)
+class AttributeEvalConfig:
+    """How the attribute model is measured."""
+
+    beam: int = 1  # beam width (1: greedy)
+    baseline: bool = True  # beside the binary-relevance baseline, when the model directory holds one
+    limit: int | None = None  # the dump's first N products only
+    batch_size: int = 64
+
+
 def evaluate_split(
     dump: str | Path,
     models_dir: str | Path,
+    config: AttributeEvalConfig = AttributeEvalConfig(),
     *,
     schema: Schema | None = None,
-    beam: int = 1,
-    baseline: bool = True,
-    limit: int | None = None,
-    batch_size: int = 64,
     progress: bool = True,
 ) -> dict:
     """All figures for one dump: the LSTM's, and the baseline's when there is one."""
     schema = schema or default_schema()
     model, ck = load_sequence_model(models_dir, schema=schema)
     size = ck["preprocessing"]["image_size"]
-    ex = load_examples(dump, size, schema=schema, progress=progress, limit=limit)
-    loader = DataLoader(SequenceDataset(ex, size, train=False), batch_size=batch_size, collate_fn=collate)
+    ex = load_examples(dump, size, schema=schema, progress=progress, limit=config.limit)
+    loader = DataLoader(SequenceDataset(ex, size, train=False), batch_size=config.batch_size, collate_fn=collate)
     constraints = Constraints(schema)
     dependent = [g.name for g in schema.groups[2:]]
     t0 = time.perf_counter()
-    nll, auto, guided, truths = _lstm_pass(model, loader, schema, constraints, beam, progress, "lstm")
+    nll, auto, guided, truths = _lstm_pass(model, loader, constraints, config.beam, progress)
     auto_attrs = [schema.decode(t) for t in auto]
     guided_attrs = [schema.decode(t) for t in guided]
     lstm = {
@@ -164,8 +173,8 @@ def evaluate_split(
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    result = {"dump": str(dump), "products": len(ex), "skipped": ex.skipped, "beam": beam, "lstm": lstm}
-    if baseline:
+    result = {"dump": str(dump), "products": len(ex), "skipped": ex.skipped, "beam": config.beam, "lstm": lstm}
+    if config.baseline:
         try:
             bmodel, _ = load_sequence_model(models_dir, MODEL_NAMES["binary"], schema=schema)
         except ModelError as exc:
@@ -186,15 +195,18 @@ def evaluate_split(
 def evaluate_attributes(
     dump: str | Path,
     models_dir: str | Path,
+    config: AttributeEvalConfig = AttributeEvalConfig(),
     *,
     train_dump: str | Path | None = None,
     train_limit: int | None = 1000,
     **kwargs,
 ) -> dict:
-    """Figures on ``dump`` (and on up to ``train_limit`` products of ``train_dump``, for Table 2's train row)."""
-    out = {"models": str(models_dir), "val": evaluate_split(dump, models_dir, **kwargs)}
+    """Figures on ``dump`` (and on up to ``train_limit`` products of ``train_dump``, for Table 2's train row).
+
+    ``kwargs`` (``schema``, ``progress``) go to ``evaluate_split``."""
+    out = {"models": str(models_dir), "val": evaluate_split(dump, models_dir, config, **kwargs)}
     if train_dump:
-        out["train"] = evaluate_split(train_dump, models_dir, **{**kwargs, "limit": train_limit})
+        out["train"] = evaluate_split(train_dump, models_dir, replace(config, limit=train_limit), **kwargs)
     return out
 
 

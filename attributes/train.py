@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from attributes.data import SequenceDataset, collate, group_targets, load_examples, preprocessing
 from attributes.model import AttributeModelConfig, build_attribute_model
 from foundation.backbones import default_backbone, default_pretrained
-from foundation.modelfiles import file_hash, save_model
+from foundation.modelfiles import ModelFile, file_hash, save_model
 from foundation.schema import Schema, default_schema
 from foundation.training import Checkpoint, RunOptions, TrainSettings, seed_everything, torch_threads, train_loop
 
@@ -288,9 +288,7 @@ def train_attributes(
         save_model(
             out_dir,
             name,
-            state_dicts={"model": model.state_dict()},
-            config=cfg_dict,
-            preprocessing=prep,
+            ModelFile(state_dicts={"model": model.state_dict()}, config=cfg_dict, preprocessing=prep),
             schema=schema,
             metrics=metrics,
             data_hash=data_hash,

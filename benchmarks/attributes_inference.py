@@ -31,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     predictor = AttributePredictor.load(args.models)
     products = list(read_dump(args.data, check_images=False))[: args.n]
-    images = [load_image(p.image) for p in products]
+    images = [load_image(p.photos[0].path) for p in products]
     guides = [p.attributes.get("category") for p in products]
     predictor.predict(images[:4])  # warm-up
     figures = {}

@@ -25,7 +25,7 @@ def main() -> None:
     from foundation.images import load_image
 
     detector = GarmentDetector.load(args.models)
-    images = [load_image(p.image) for p in products_with_boxes(args.dump)[: args.n]]
+    images = [load_image(p.photos[0].path) for p in products_with_boxes(args.dump)[: args.n]]
     detector.detect(images[:1])  # warm-up
     times = []
     for im in images:

@@ -35,7 +35,7 @@ from appearance.model import AppearanceCoder  # noqa: E402
 from catalogues.datasets import clothing_rows  # noqa: E402
 from foundation.images import load_image  # noqa: E402
 from foundation.schema import default_schema  # noqa: E402
-from indexer.bulk import build_index  # noqa: E402
+from indexer.bulk import BulkConfig, build_index  # noqa: E402
 from indexer.describe import Describer  # noqa: E402
 from indexer.store import Store  # noqa: E402
 
@@ -100,10 +100,8 @@ def main() -> None:
                 dump,
                 args.models,
                 tmp / f"index-{k}",
-                workers=args.workers,
-                batch_size=args.batch_size,
+                BulkConfig(workers=args.workers, batch_size=args.batch_size, progress=False),
                 describer=describer,
-                progress=False,
             )
             wall = time.perf_counter() - t0
             print(
@@ -115,7 +113,7 @@ def main() -> None:
         print("stage seconds:", s["stage_seconds"])
         print("stage share:  ", s["stage_share"])
         with Store(tmp / "index-1") as store:  # the one-photo run's, which `s` reports
-            codes = np.stack([r.description.code for r in store.iter_records()])
+            codes = np.stack([r.photos[0].description.code for r in store.iter_records()])
             thumbs = sum(len(store.thumbnail(r.id) or b"") for r in store.iter_records())
             n = len(store)
             print(

@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     from evaluation.metrics import QueryImages
     from evaluation.queries import shop_queries
     from evaluation.retrieval import (
+        RetrievalEvalConfig,
         _truth_categories,
         build_catalogue_index,
         convert_catalogue,
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     images = QueryImages()
-    queries = shop_queries(products, category_of, images, n=args.queries, seed=args.seed)
+    queries = shop_queries(products, category_of, images, RetrievalEvalConfig(queries=args.queries, seed=args.seed))
     described = []  # (query, option, category, probe)
     for q in queries:
         image = images.get(q.image)

@@ -52,7 +52,8 @@ def records(start: int, n: int, *, seed: int, multi: float = 0.0):
 
     for i in range(start, start + n):
         more = tuple(Photo("", f"{i:016x}{k}", description()) for k in range(2)) if rng.random() < multi else ()
-        yield ProductRecord(f"p{i:07d}", f"product {i}", "", 10.0, None, "", description(), f"h{i}", f"{i:016x}", more)
+        first = Photo("", f"{i:016x}", description())
+        yield ProductRecord(f"p{i:07d}", f"product {i}", "", 10.0, None, (first, *more), f"h{i}")
 
 
 _WRITER = """
@@ -117,7 +118,7 @@ def main() -> None:
         print(f"store of {args.n} products written in {time.perf_counter() - t0:.1f}s")
         ram = load_ram_index(index, use_snapshot=False)
         engine = SearchEngine(describer=NoModels(), store=Store(index, readonly=True), index=ram)
-        first = next(engine.store.iter_records()).description
+        first = next(engine.store.iter_records()).photos[0].description
         qid = engine.recent.put(Seen("guided", (SeenGarment((first,), ((first.category, 1.0),)),), ()))
         again = Query.rerun(qid, k=20)
         served: list[tuple[float, float]] = []

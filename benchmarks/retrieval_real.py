@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval
+    from evaluation.retrieval import RetrievalEvalConfig, RetrievalInputs, evaluate_retrieval
     from evaluation.tables import result_tables
 
     # One thread: on a loaded 2-core machine two threads spin against each other (single-image
@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     models = Path(args.models)
     describer = describer_without_detector(models)
     cfg = RetrievalEvalConfig(split=args.split, queries=args.queries, seed=args.seed)
-    result = evaluate_retrieval(args.clothing, args.ccp, models, args.out, config=cfg, describer=describer)
+    inputs = RetrievalInputs(args.clothing, args.ccp, models)
+    result = evaluate_retrieval(inputs, args.out, config=cfg, describer=describer)
     for table in result_tables(result["metrics"], k=cfg.k):
         print(f"\n{table.title}")
         print(" | ".join(table.columns[:-1]))

@@ -65,9 +65,9 @@ def indexing(models: Path, products: int, tmp: Path) -> int:
     import torch
 
     from catalogues.synth import synthesize
-    from indexer.bulk import build_index
+    from indexer.bulk import BulkConfig, build_index
     from indexer.describe import Describer
-    from indexer.ray_bulk import build_index_ray, load_describer, start_ray
+    from indexer.ray_bulk import RayConfig, build_index_ray, load_describer, start_ray
 
     real = (models / "attributes.pt").is_file() and (models / "detector.pt").is_file()
     factory = functools.partial(load_describer, device="cpu") if real else standin_describer
@@ -76,14 +76,19 @@ def indexing(models: Path, products: int, tmp: Path) -> int:
     torch.set_num_threads(2)
     describer = Describer.load(models) if real else standin_describer(models)
     runs = {}
-    s = build_index(dump, models, tmp / "local", workers=2, describer=describer, progress=False)
+    s = build_index(dump, models, tmp / "local", BulkConfig(workers=2, progress=False), describer=describer)
     runs["local (2 decode workers, 2 torch threads)"] = s
     t = time.perf_counter()
     start_ray(num_cpus=2, pythonpath=str(ROOT))
     ray_start = time.perf_counter() - t
     for actors in (1, 2):
         s = build_index_ray(
-            dump, models, tmp / f"ray{actors}", actors=actors, describer_factory=factory, progress=False
+            dump,
+            models,
+            tmp / f"ray{actors}",
+            BulkConfig(progress=False),
+            RayConfig(actors=actors),
+            describer_factory=factory,
         )
         runs[f"ray local mode, {actors} actor{'s' * (actors > 1)} (2 torch threads each)"] = s
     ray.shutdown()

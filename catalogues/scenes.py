@@ -16,7 +16,7 @@ appearance code's instance training. Each pasted garment may be transformed: ran
 each side, scale, rotation within +-8 degrees, colour jitter; the scene is JPEG-recompressed
 (quality 60-90). Garments are placed in disjoint slots, so boxes are those of the pasted pixels.
 
-**on real backgrounds** (``convert_scenes(..., backgrounds=CCP_DIR)``, ``compose_on_photo``):
+**on real backgrounds** (``SceneConfig(backgrounds=CCP_DIR)``, ``compose_on_photo``):
 the canvas is a ccp street photo of the same split, its own garments kept with their boxes
 (``ccp_instances``), and 1-3 cut-outs (transformed as above) pasted where they cover at most
 ``MAX_COVER`` of any box already there and are covered by those boxes at most as much; a
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -286,27 +287,41 @@ def _street_photos(ccp_dir: str | Path, split: str | None, schema: Schema) -> li
     return photos
 
 
+@dataclass(frozen=True)
+class SceneConfig:
+    """What ``convert_scenes`` composes: ``n`` scenes, seeded, of one split's clothing photos.
+
+    ``canvas_size`` is the synthetic background's (width, height); ``backgrounds``, the ccp folder
+    whose street photos (same split) are the canvases instead.
+    """
+
+    n: int
+    seed: int = 0
+    split: str | None = None
+    canvas_size: tuple[int, int] = (448, 448)
+    backgrounds: str | Path | None = None
+
+    def __post_init__(self):
+        _check_split(self.split)
+        if self.n < 1:
+            raise ValueError(f"--n must be at least 1, got {self.n}")
+
+
 def convert_scenes(
     clothing_dir: str | Path,
     out: str | Path,
+    config: SceneConfig,
     *,
-    n: int,
-    seed: int = 0,
-    split: str | None = None,
     schema: Schema | None = None,
-    canvas_size: tuple[int, int] = (448, 448),
-    backgrounds: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[Path, dict]:
-    """``n`` composed scenes of clothing photos -> ``OUT/products.jsonl`` + ``OUT/images``.
+    """``config.n`` composed scenes of clothing photos -> ``OUT/products.jsonl`` + ``OUT/images``.
 
     Without ``backgrounds``: 1-4 garments each on a synthetic background (``compose_scene``).
     With ``backgrounds`` (the ccp folder): 1-3 garments each pasted onto a street photo of the
     same split, whose own garments keep their boxes (``compose_on_photo``).
     """
-    _check_split(split)
-    if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
+    n, seed, split, backgrounds = config.n, config.seed, config.split, config.backgrounds
     schema = schema or default_schema()
     pool = []
     for row in clothing_rows(clothing_dir, split):
@@ -343,7 +358,7 @@ def convert_scenes(
                 scene, boxes = compose_on_photo(im, own, garments, rng)
             pasted += len(boxes) - len(own)
         else:
-            scene, placed = compose_scene(garments, rng, canvas_size=canvas_size)
+            scene, placed = compose_scene(garments, rng, canvas_size=config.canvas_size)
             boxes = [[*box, c] for box, c, _ in placed]
             pasted += len(boxes)
         name = f"images/scene-{seed}-{i:06d}.jpg"

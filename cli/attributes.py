@@ -47,17 +47,10 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from attributes.evaluate import evaluate_attributes, format_report
+    from attributes.evaluate import AttributeEvalConfig, evaluate_attributes, format_report
 
-    result = evaluate_attributes(
-        args.data,
-        args.models,
-        train_dump=args.train,
-        train_limit=args.train_limit,
-        beam=args.beam,
-        baseline=not args.no_baseline,
-        limit=args.limit,
-    )
+    config = AttributeEvalConfig(beam=args.beam, baseline=not args.no_baseline, limit=args.limit)
+    result = evaluate_attributes(args.data, args.models, config, train_dump=args.train, train_limit=args.train_limit)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_report(result))

@@ -55,19 +55,19 @@ def prepare(home: Path, *, n: int = 2000, seed: int = 0, progress: bool = True) 
 
 
 def _index(dump: Path, models: Path, index: Path, progress: bool) -> None:
-    from indexer.bulk import build_index
+    from indexer.bulk import BulkConfig, build_index
     from search.engine import load_ram_index
 
-    build_index(dump, models, index, progress=progress)
+    build_index(dump, models, index, BulkConfig(progress=progress))
     load_ram_index(index)  # the RAM snapshot, written at index time
     (index / "DONE").write_text("built\n")
 
 
 def run_demo(home: Path, n: int, seed: int, *, host: str = "127.0.0.1", port: int = 8000) -> int:
-    from webui.serving import serve
+    from webui.serving import ServeConfig, serve
 
     t0 = time.perf_counter()
     index = prepare(home, n=n, seed=seed)
     print(f"[demo] ready in {time.perf_counter() - t0:.0f}s")
-    serve(index, host=host, port=port)
+    serve(index, config=ServeConfig(host=host, port=port))
     return 0

@@ -48,11 +48,10 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from detector.evaluate import evaluate_detector, format_report
+    from detector.evaluate import DetectorEvalConfig, evaluate_detector, format_report
 
-    result = evaluate_detector(
-        args.data, args.models, limit=args.limit, score_threshold=args.threshold, guidance=args.guidance
-    )
+    config = DetectorEvalConfig(limit=args.limit, score_threshold=args.threshold, guidance=args.guidance)
+    result = evaluate_detector(args.data, args.models, config)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_report(result))
@@ -68,11 +67,10 @@ def _convert_ccp(args) -> int:
 
 
 def _convert_scenes(args) -> int:
-    from catalogues.scenes import convert_scenes
+    from catalogues.scenes import SceneConfig, convert_scenes
 
-    dump, counts = convert_scenes(
-        args.dir, args.out, n=args.n, seed=args.seed, split=args.split, backgrounds=args.backgrounds
-    )
+    config = SceneConfig(n=args.n, seed=args.seed, split=args.split, backgrounds=args.backgrounds)
+    dump, counts = convert_scenes(args.dir, args.out, config)
     print(f"wrote {counts['products']} scenes with {counts['boxes']} boxes ({counts['pasted']} pasted) to {dump}")
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 
@@ -18,28 +17,25 @@ def _synth(args) -> int:
 
 
 def _index(args) -> int:
-    from indexer.bulk import build_index
+    from indexer.bulk import BulkConfig, build_index
     from search.engine import load_ram_index
 
     if args.engine != "ray" and (args.address or args.actors is not None or args.actor_threads is not None):
         raise ValueError("--address, --actors and --actor-threads are only used with --engine ray")
-    if args.engine == "ray":
-        from indexer.ray_bulk import build_index_ray
-
-        run = functools.partial(
-            build_index_ray, address=args.address, actors=args.actors or 2, threads=args.actor_threads
-        )
-    else:
-        run = functools.partial(build_index, workers=args.workers)
-    summary = run(
-        args.dump,
-        args.models,
-        args.out,
+    config = BulkConfig(
+        workers=args.workers,
         batch_size=args.batch_size,
         device=args.device,
         delete_missing=args.delete_missing,
         progress=not args.quiet,
     )
+    if args.engine == "ray":
+        from indexer.ray_bulk import RayConfig, build_index_ray
+
+        ray_config = RayConfig(address=args.address, actors=args.actors or 2, threads=args.actor_threads)
+        summary = build_index_ray(args.dump, args.models, args.out, config, ray_config)
+    else:
+        summary = build_index(args.dump, args.models, args.out, config)
     load_ram_index(args.out)  # the RAM snapshot written now, so a server starts from it at once
     print(
         f"indexed {summary['indexed']} products, {summary['photos']} photos ({summary['added']} new, "

@@ -52,17 +52,12 @@ def engine_opener(args, *, writable: bool):
 
 
 def _export_milvus(args) -> int:
-    from search.milvus_export import export_store
+    from search.milvus_export import ExportSettings, export_store
 
-    summary = export_store(
-        args.index,
-        args.milvus,
-        collection=args.collection,
-        index_type=args.index_type,
-        nlist=args.nlist,
-        replace=args.replace,
-        progress=not args.quiet,
+    settings = ExportSettings(
+        collection=args.collection, index_type=args.index_type, nlist=args.nlist, replace=args.replace
     )
+    summary = export_store(args.index, args.milvus, settings, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 

@@ -16,13 +16,13 @@ def _demo(args) -> int:
 
 def _serve(args) -> int:
     from cli.scaling import engine_opener
-    from webui.serving import serve
+    from webui.serving import ServeConfig, serve
 
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    serve(
-        Path(args.index),
+    open_engine = engine_opener(args, writable=bool(token))  # without a token nothing is written
+    config = ServeConfig(
         host=args.host,
         port=args.port,
         token=token,
@@ -30,9 +30,8 @@ def _serve(args) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
         allowed_hosts=tuple(args.allowed_hosts.split(",")) if args.allowed_hosts is not None else None,
-        reload_s=args.reload_s,
-        open_engine=engine_opener(args, writable=bool(token)),  # without a token nothing is written
     )
+    serve(Path(args.index), config=config, reload_s=args.reload_s, open_engine=open_engine)
     return 0
 
 

@@ -59,7 +59,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         p = self.products[i]
         try:
-            image = load_image(p.image)
+            image = load_image(p.photos[0].path)
         except ImageError as exc:
             logger.warning("product %s: %s; using a blank image with no boxes", p.id, exc)
             return torch.zeros(3, 64, 64), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}

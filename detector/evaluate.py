@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ def evaluate_model(
     queries = boxes = 0
     seconds = 0.0
     for p in tqdm(products, desc="detector evaluation", unit="img", disable=not progress):
-        image = load_image(p.image)
+        image = load_image(p.photos[0].path)
         t0 = time.perf_counter()
         raw = detector.raw([image])[0]  # batch 1: the latency a single query sees
         seconds += time.perf_counter() - t0
@@ -126,20 +127,29 @@ def evaluate_model(
     }
 
 
+@dataclass(frozen=True)
+class DetectorEvalConfig:
+    """How the saved detector is measured."""
+
+    limit: int | None = None  # the dump's first N images with boxes only
+    score_threshold: float = 0.3  # of the guided ROI: below it, a fallback
+    guidance: str = "ranked"  # how the guide selects ROIs (``detector.model.GUIDANCE``)
+
+
 def evaluate_detector(
     dump: str | Path,
     models_dir: str | Path,
+    config: DetectorEvalConfig = DetectorEvalConfig(),
     *,
-    limit: int | None = None,
-    score_threshold: float = 0.3,
-    guidance: str = "ranked",
     progress: bool = True,
     schema: Schema | None = None,
 ) -> dict:
     """Table 3 for the detector saved in ``models_dir`` on ``dump``'s boxes."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    detector = GarmentDetector.load(models_dir, schema=schema, score_threshold=score_threshold, guidance=guidance)
-    return evaluate_model(detector, dump, schema=schema, limit=limit, progress=progress)
+    detector = GarmentDetector.load(
+        models_dir, schema=schema, score_threshold=config.score_threshold, guidance=config.guidance
+    )
+    return evaluate_model(detector, dump, schema=schema, limit=config.limit, progress=progress)
 
 
 def format_report(result: dict) -> str:

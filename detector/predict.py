@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, nms
 
 from detector.model import (
     GUIDANCE,
@@ -35,6 +35,7 @@ from detector.model import (
     fold_batch_norm,
     great_categories,
 )
+from foundation.boxes import MAX_GARMENTS
 from foundation.devices import parse_device
 from foundation.modelfiles import ModelError, Preprocess, load_model
 from foundation.schema import Schema, default_schema
@@ -50,6 +51,7 @@ class ROI:
 
 
 WITHIN_IOU = 0.5  # a detected box is the drawn rectangle's garment when they overlap this much
+GARMENT_IOU = 0.5  # two boxes of any classes overlapping this much are one garment (cross-class suppression)
 
 
 @dataclass(frozen=True)
@@ -122,21 +124,21 @@ class GarmentDetector:
         self,
         model,
         *,
-        classes: tuple[str, ...],
         score_threshold: float = 0.3,
         device: str = "cpu",
         preprocess: Preprocess | None = None,
         guidance: str = "ranked",
         schema: Schema | None = None,
     ):
+        """``model``: a detector built for ``schema`` (``detector.model.class_names(schema)`` its classes)."""
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must lie in [0, 1], got {score_threshold!r}")
         if guidance not in GUIDANCE:
             raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE)}")
         self.device = parse_device(device)
         self.model = model.eval().to(self.device)
-        self.classes = classes
         self.schema = schema or default_schema()
+        self.classes = class_names(self.schema)
         self.greats = great_categories(self.schema)
         self.score_threshold = score_threshold
         self.guidance = guidance
@@ -157,7 +159,6 @@ class GarmentDetector:
         fold_batch_norm(model)
         return cls(
             model,
-            classes=class_names(schema),
             score_threshold=score_threshold,
             device=device,
             preprocess=preprocess,
@@ -177,7 +178,6 @@ class GarmentDetector:
     ):
         return cls(
             model,
-            classes=class_names(schema),
             score_threshold=score_threshold,
             device=device,
             guidance=guidance,
@@ -225,6 +225,22 @@ class GarmentDetector:
                 rois = [r for r, v in zip(rois, iou[:, 0].tolist()) if v >= WITHIN_IOU]
             out[c] = max((r.score for r in rois), default=0.0)
         return out
+
+    def garments(self, raw: Raw) -> list[ROI]:
+        """The photo's garments: one box per garment, whatever class found it, best first.
+
+        Every box of a great-category head (tops, bottoms, ...) and of a category head above the
+        threshold is a candidate, named with its great-category; boxes that overlap a better one at
+        IoU >= ``GARMENT_IOU`` are the same garment (class-agnostic non-maximum suppression). The
+        crop reader says which category of the great-category it is."""
+        great_of = self.schema.great_category
+        found = [r for r in raw.great if r.score >= self.score_threshold]
+        found += [ROI(r.box, great_of(r.category), r.score) for r in raw.rois if r.score >= self.score_threshold]
+        if not found:
+            return []
+        boxes = torch.tensor([r.box for r in found], dtype=torch.float32)
+        keep = nms(boxes, torch.tensor([r.score for r in found]), GARMENT_IOU).tolist()
+        return [found[i] for i in keep[:MAX_GARMENTS]]
 
     def choose(self, raw: Raw, guide: str | None, size: tuple[int, int]) -> Detection:
         """The detection of ``raw`` (one image's, of ``size``) for ``guide`` (None: non-guided)."""

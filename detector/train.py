@@ -25,7 +25,7 @@ import torch
 
 from detector.data import DetectionDataset, collate, dumps_of, products_with_boxes
 from detector.model import DetectorConfig, build_detector, class_groups, class_names
-from foundation.modelfiles import file_hash, save_model
+from foundation.modelfiles import ModelFile, file_hash, save_model
 from foundation.schema import default_schema
 from foundation.training import Checkpoint, RunOptions, TrainSettings, seed_everything, torch_threads, train_loop
 
@@ -193,9 +193,7 @@ def train_detector(
     save_model(
         out_dir,
         "detector",
-        state_dicts={"model": model.state_dict()},
-        config=config.to_dict(),
-        preprocessing=preprocessing,
+        ModelFile(state_dicts={"model": model.state_dict()}, config=config.to_dict(), preprocessing=preprocessing),
         schema=schema,
         data_hash=data_hash,
         metrics={

@@ -93,10 +93,11 @@ def float_ranking(
 
 @dataclass(frozen=True)
 class Searcher:
-    """The engine's index and ranking, which the float baseline ranks with."""
+    """The engine's index and ranking, which the float baseline ranks with, and the results kept a query."""
 
     index: object  # search.protocol.SearchIndex
     ranking: RankingConfig
+    depth: int = 20
 
 
 @dataclass
@@ -140,11 +141,10 @@ def run_baselines(
     catalogue: CatalogueFeatures,
     searcher: Searcher,
     *,
-    depth: int = 20,
     progress: bool = True,
 ) -> dict[str, float]:
     """The three baselines on the run's queries; returns the seconds each took."""
-    featurizer = catalogue.featurizer
+    featurizer, depth = catalogue.featurizer, searcher.depth
     seconds = {}
     t0 = time.perf_counter()
     keys = list(dict.fromkeys(q.image for q in run.queries))

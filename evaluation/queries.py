@@ -6,12 +6,16 @@ import logging
 import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from evaluation.metrics import SHOP, STREET_GARMENT, STREET_PHOTO, Query, QueryImages
 from foundation.schema import Schema, default_schema
+
+if TYPE_CHECKING:
+    from evaluation.retrieval import RetrievalEvalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -21,26 +25,27 @@ def shop_queries(
     products,
     category_of: Mapping[str, str],
     images: QueryImages,
+    config: RetrievalEvalConfig,
     *,
-    n: int,
-    seed: int,
     compose=None,
     progress: bool = True,
 ) -> list[Query]:
-    """Composed-scene queries: ``n`` catalogue products (seeded draw), each transformed and pasted
-    with 1-2 garments of other categories onto a background by ``catalogues.scenes``'s composer.
+    """Composed-scene queries: ``config.queries`` catalogue products (drawn with ``config.seed``), each
+    transformed and pasted with 1-2 garments of other categories onto a background by
+    ``catalogues.scenes``'s composer.
 
     The query's target is the source product, its category the product's true one and its box
     the box the composer reports for the pasted target.
     """
     from foundation.images import load_image
 
+    n = config.queries
     if compose is None:
         compose = default_composer()
     usable = [p for p in products if p.id in category_of]
     if not usable:
         raise ValueError("no catalogue product has a known category: no shop queries")
-    rng = np.random.default_rng([seed, 8])
+    rng = np.random.default_rng([config.seed, 8])
     chosen = rng.choice(len(usable), size=min(n, len(usable)), replace=False)
     if n > len(usable):
         logger.warning("--queries %d is more than the %d catalogue products: using each once", n, len(usable))
@@ -54,7 +59,7 @@ def shop_queries(
             if others_pool
             else []
         )
-        scene, boxes = compose(load_image(target.image), [load_image(o.image) for o in others], rng)
+        scene, boxes = compose(load_image(target.photos[0].path), [load_image(o.photos[0].path) for o in others], rng)
         key = f"shop:{qi:04d}"
         images.add_image(key, scene)
         category = category_of[target.id]
@@ -78,27 +83,26 @@ def default_composer():
 # -- street queries -----------------------------------------------------------------------------
 def street_queries(
     ccp_dir: str | Path,
-    split: str | None,
     catalogue_categories: Collection[str],
     images: QueryImages,
+    config: RetrievalEvalConfig,
     *,
     schema: Schema | None = None,
-    min_side: int = 24,
-    min_pixels: int = 1000,
 ) -> list[Query]:
-    """Street-to-shop queries from a ccp-layout folder: one per garment box, one per photo.
+    """Street-to-shop queries from the ``config.split`` photos of a ccp-layout folder: one per
+    garment box, one per photo.
 
     A garment is a query when its label maps to a category the catalogue holds and its box is at
-    least ``min_side`` pixels each way with ``min_pixels`` mask pixels (ccp boxes of a few stray
-    pixels are no garment a shopper could mean). The photo query counts every mapped garment
-    present as right, whatever its size.
+    least ``config.min_street_side`` pixels each way with ``config.min_street_pixels`` mask pixels
+    (ccp boxes of a few stray pixels are no garment a shopper could mean). The photo query counts
+    every mapped garment present as right, whatever its size.
     """
     from catalogues.datasets import ccp_rows
 
     schema = schema or default_schema()
     catalogue_categories = set(catalogue_categories)
     queries = []
-    for rec in ccp_rows(ccp_dir, split):
+    for rec in ccp_rows(ccp_dir, config.split):
         key = f"ccp:{rec['image']}"
         present, garments = set(), []
         for b in rec.get("boxes", []):
@@ -107,7 +111,8 @@ def street_queries(
                 continue
             present.add(category)
             x0, y0, x1, y1 = (float(v) for v in b["box"])
-            if x1 - x0 >= min_side and y1 - y0 >= min_side and b.get("pixels", math.inf) >= min_pixels:
+            side, pixels = min(x1 - x0, y1 - y0), b.get("pixels", math.inf)
+            if side >= config.min_street_side and pixels >= config.min_street_pixels:
                 garments.append((b["label"], category, (x0, y0, x1, y1)))
         if not present:
             continue

@@ -132,6 +132,20 @@ class RetrievalEvalConfig:
             raise ValueError(f"--split must be train or val, got {self.split!r}")
 
 
+@dataclass(frozen=True)
+class RetrievalInputs:
+    """What the evaluation reads: the clothing dataset (the catalogue), the ccp one (the street
+    queries) and the models directory (``metrics.json``'s ``inputs``)."""
+
+    clothing: Path
+    ccp: Path
+    models: Path
+
+    def __post_init__(self):
+        for name in ("clothing", "ccp", "models"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
+
 def _truth_categories(products, schema: Schema) -> dict[str, str]:
     """Each catalogue product's true category, from the label the converter kept."""
     out = {}
@@ -189,9 +203,9 @@ def build_catalogue_index(
     dump: Path, models: Path, index_dir: Path, *, describer=None, device: str = "cpu", progress: bool = True
 ) -> Path:
     """Index the catalogue dump with the bulk indexer (which resumes an interrupted run)."""
-    from indexer.bulk import build_index
+    from indexer.bulk import BulkConfig, build_index
 
-    summary = build_index(dump, models, index_dir, describer=describer, device=device, progress=progress)
+    summary = build_index(dump, models, index_dir, BulkConfig(device=device, progress=progress), describer=describer)
     logger.info("catalogue index: %s", {k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
     return index_dir
 
@@ -208,9 +222,7 @@ def open_engine(index_dir: Path, *, describer=None, device: str = "cpu"):
 
 
 def evaluate_retrieval(
-    clothing: str | Path,
-    ccp: str | Path,
-    models: str | Path,
+    inputs: RetrievalInputs,
     out: str | Path,
     *,
     config: RetrievalEvalConfig | None = None,
@@ -225,35 +237,27 @@ def evaluate_retrieval(
         compose: the scene composer (default: ``catalogues.scenes``'s).
     """
     cfg = config or RetrievalEvalConfig()
-    schema = default_schema()
-    clothing, ccp, models, out = Path(clothing), Path(ccp), Path(models), Path(out)
-    for what, path in (("clothing", clothing / "images.csv"), ("ccp", ccp / "annotations.jsonl")):
+    out = Path(out)
+    for what, path in (("clothing", inputs.clothing / "images.csv"), ("ccp", inputs.ccp / "annotations.jsonl")):
         if not path.is_file():
             raise FileNotFoundError(f"--{what} {path.parent} does not have the {what} layout: no {path.name}")
-    if not models.is_dir():
-        raise FileNotFoundError(f"no models directory at {models}")
+    if not inputs.models.is_dir():
+        raise FileNotFoundError(f"no models directory at {inputs.models}")
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _evaluate(clothing, ccp, models, out, cfg, schema, progress, describer, compose)
+        return _evaluate(inputs, out, cfg, progress, describer, compose)
     finally:
         torch.set_num_threads(threads)
 
 
-def _evaluate(
-    clothing: Path,
-    ccp: Path,
-    models: Path,
-    out: Path,
-    cfg: RetrievalEvalConfig,
-    schema: Schema,
-    progress: bool,
-    describer,
-    compose,
-) -> dict:
+def _evaluate(inputs: RetrievalInputs, out: Path, cfg: RetrievalEvalConfig, progress: bool, describer, compose) -> dict:
     from evaluation.report import Report, write_report
     from foundation.dump import read_dump
+
+    clothing, ccp, models = inputs.clothing, inputs.ccp, inputs.models
+    schema = default_schema()
 
     stages: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -262,7 +266,7 @@ def _evaluate(
     dump = convert_catalogue(clothing, out / "catalogue", cfg.split, progress=progress)
     products = list(read_dump(dump, schema=schema, check_images=False))
     category_of = _truth_categories(products, schema)
-    image_of = {p.id: p.image for p in products}
+    image_of = {p.id: p.photos[0].path for p in products}
     stages["catalogue dump"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -276,21 +280,9 @@ def _evaluate(
         t0 = time.perf_counter()
         images = QueryImages()
         shop = (
-            shop_queries(
-                products, category_of, images, n=cfg.queries, seed=cfg.seed, compose=compose, progress=progress
-            )
-            if cfg.queries
-            else []
+            shop_queries(products, category_of, images, cfg, compose=compose, progress=progress) if cfg.queries else []
         )
-        street = street_queries(
-            ccp,
-            cfg.split,
-            set(category_of.values()),
-            images,
-            schema=schema,
-            min_side=cfg.min_street_side,
-            min_pixels=cfg.min_street_pixels,
-        )
+        street = street_queries(ccp, set(category_of.values()), images, cfg, schema=schema)
         run = Run(shop + street)
         stages["query sets"] = time.perf_counter() - t0
         logger.info(
@@ -306,7 +298,9 @@ def _evaluate(
 
         t0 = time.perf_counter()
         featurizer = load_featurizer(engine.describer, batch=cfg.batch)
-        records = [(r.id, image_of[r.id], r.description.roi) for r in engine.store.iter_records() if r.id in image_of]
+        records = [
+            (r.id, image_of[r.id], r.photos[0].description.roi) for r in engine.store.iter_records() if r.id in image_of
+        ]
         catalogue = catalogue_features(records, featurizer, progress=progress)
         stages["catalogue baseline features"] = time.perf_counter() - t0
         stages.update(
@@ -315,8 +309,7 @@ def _evaluate(
                 images,
                 described,
                 catalogue,
-                Searcher(engine.index, engine.ranking),
-                depth=cfg.depth,
+                Searcher(engine.index, engine.ranking, cfg.depth),
                 progress=progress,
             )
         )
@@ -366,7 +359,7 @@ def _evaluate(
 def retrieval_command(args) -> int:
     """``fashion-search evaluate retrieval``: run it and print the headline tables."""
     cfg = RetrievalEvalConfig(split=args.split, queries=args.queries, seed=args.seed, device=args.device)
-    result = evaluate_retrieval(args.clothing, args.ccp, args.models, args.out, config=cfg)
+    result = evaluate_retrieval(RetrievalInputs(args.clothing, args.ccp, args.models), args.out, config=cfg)
     for table in result_tables(result["metrics"], k=cfg.k):
         print(f"\n{table.title}")
         print("  ".join(f"{c:>14}" for c in table.columns[:-1]))

@@ -1,13 +1,32 @@
-"""Rectangles in an image's pixels, ``[x0, y0, x1, y1)``: parsed and checked in one place."""
+"""Rectangles in an image's pixels, ``[x0, y0, x1, y1)``: the one ``Box`` type, parsed and checked
+in one place."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from foundation.echo import echo
 
-Box = tuple[float, float, float, float]
+MAX_GARMENTS = 6  # garments of one photo found and searched at most
+
+
+class Box(NamedTuple):
+    """A rectangle in an image's pixels, ``[x0, y0, x1, y1)``; a garment labelled in a dump also
+    names its schema ``category``. The functions here take a ``Box`` or any ``[x0, y0, x1, y1]``
+    sequence, and answer the corners as a plain tuple (what PIL's ``crop`` takes)."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    category: str | None = None
+
+
+def corners(box: Box | Sequence[float]) -> tuple[float, ...]:
+    """The corner numbers of a box: a ``Box``'s four, or a sequence's own (checked by the caller)."""
+    return tuple(box[:4]) if isinstance(box, Box) else tuple(box)
 
 
 def parse_box(box, size: tuple[int, int], *, min_side: float = 4) -> tuple[float, float, float, float]:
@@ -15,7 +34,7 @@ def parse_box(box, size: tuple[int, int], *, min_side: float = 4) -> tuple[float
     if isinstance(box, str):
         parts = box.replace(" ", "").split(",")
     elif isinstance(box, Sequence):
-        parts = list(box)
+        parts = list(corners(box))
     else:
         raise ValueError(f"box must be x0,y0,x1,y1, got {echo(box)}")
     if len(parts) != 4:
@@ -36,11 +55,11 @@ def parse_box(box, size: tuple[int, int], *, min_side: float = 4) -> tuple[float
     return x0, y0, x1, y1
 
 
-def pixel_box(box: Box, size: tuple[int, int]) -> tuple[int, int, int, int]:
+def pixel_box(box: Box | Sequence[float], size: tuple[int, int]) -> tuple[int, int, int, int]:
     """The pixel box covering ``box``, clamped to the image and at least one pixel wide."""
     w, h = size
     try:
-        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, y0, x1, y1 = (float(v) for v in corners(box))
     except (TypeError, ValueError):
         raise ValueError(f"a box must be four numbers x0, y0, x1, y1, got {box!r}") from None
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):

@@ -6,7 +6,8 @@ are given, a path given twice kept once, at most ``MAX_PHOTOS``), ``title`` and/
 ``category_path``, optional ``price``, ``url`` and ``category`` (the seller's explicit fashion
 category, which wins over what the text says), and for training data optional ``attributes``
 (group -> value) and ``boxes`` (``[x0, y0, x1, y1, category]`` in pixels, on the first photo).
-In a CSV, ``images``, ``attributes`` and ``boxes`` hold JSON text.
+In a CSV, ``images``, ``attributes`` and ``boxes`` hold JSON text. A checked ``Product`` holds
+its photos in that order (``photos``, each a ``Photo``).
 
 A bad row is reported (line, id, field, reason) and skipped; reading goes on.
 """
@@ -14,14 +15,15 @@ A bad row is reported (line, id, field, reason) and skipped; reading goes on.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
+from foundation.boxes import Box
 from foundation.echo import echo
 from foundation.images import ImageError, image_size
 from foundation.schema import Schema, default_schema
@@ -31,40 +33,34 @@ logger = logging.getLogger(__name__)
 FIELDS = ("id", "image", "images", "title", "category_path", "price", "url", "category", "attributes", "boxes")
 
 
-class Box(NamedTuple):
-    """A garment's box in pixels, ``[x0, y0, x1, y1)``, and its schema category."""
+@dataclass(frozen=True)
+class Photo:
+    """One photo of a product in the dump."""
 
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    category: str
+    path: Path  # as given, under the dump's folder when relative
+    size: tuple[int, int] | None = None  # (width, height) from the header, when checked (the first photo)
 
 
 @dataclass(frozen=True)
 class Product:
     id: str
-    image: Path
+    photos: tuple[Photo, ...] = ()  # in the dump's order; none for a product added through the API
     title: str = ""
     category_path: str = ""
     price: float | None = None
     url: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
-    boxes: tuple[Box, ...] = ()
+    boxes: tuple[Box, ...] = ()  # on the first photo
     line: int = 0
-    size: tuple[int, int] | None = None  # (width, height) from the header, when checked
     category: str | None = None  # the seller's explicit category (schema name)
-    more_images: tuple[Path, ...] = ()  # the product's other photos, after ``image``
-
-    @property
-    def images(self) -> tuple[Path, ...]:
-        """Every photo of the product, ``image`` first."""
-        return (self.image, *self.more_images)
 
     def to_json(self) -> dict:
+        """The product as a dump row (``image``: the first photo, ``images``: every one)."""
         d = asdict(self)
-        d["image"] = str(self.image)
-        d["more_images"] = [str(p) for p in self.more_images]
+        del d["photos"]
+        paths = [str(p.path) for p in self.photos]
+        d["image"] = paths[0] if paths else None
+        d["images"] = paths
         d["boxes"] = [list(b) for b in self.boxes]
         return d
 
@@ -203,13 +199,14 @@ def check_product(
     paths = _image_paths(row, base)
     if image_required and not paths:
         raise _Bad("image", "missing image path: give image or images")
-    image_path, *more = paths or [Path("")]
+    photos = [Photo(path) for path in paths]
     size = None
-    if check_images:
+    if check_images and photos:
         try:
-            size = image_size(image_path)
+            size = image_size(photos[0].path)
         except ImageError as exc:
             raise _Bad("image", str(exc)) from None
+        photos[0] = Photo(photos[0].path, size)
     price = row.get("price")
     if price is not None:
         try:
@@ -248,16 +245,14 @@ def check_product(
         check_boxes(boxes, size)
     return Product(
         id=pid,
-        image=image_path,
+        photos=tuple(photos),
         title=title,
         category_path=category_path,
         price=price,
         url=url,
         attributes=attributes,
         boxes=tuple(boxes),
-        size=size,
         category=category,
-        more_images=tuple(more),
     )
 
 
@@ -327,4 +322,4 @@ def read_dump(
             continue
         seen.add(product.id)
         report.good += 1
-        yield Product(**{**product.__dict__, "line": line})
+        yield dataclasses.replace(product, line=line)

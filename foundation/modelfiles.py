@@ -134,17 +134,29 @@ def read_manifest(models_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """What a checkpoint holds besides its schema: the weights and what rebuilds and feeds the model.
+
+    ``state_dicts``: name -> state_dict; ``config``: the typed config as a dict; ``preprocessing``:
+    what ``Preprocess.from_saved`` (and the model's own ``load``) reads; ``extra``: anything else
+    the model's ``load`` needs back (a training run's position, say).
+    """
+
+    state_dicts: dict[str, dict]
+    config: dict[str, Any]
+    preprocessing: dict[str, Any]
+    extra: dict[str, Any] | None = None
+
+
 def save_model(
     models_dir: str | Path,
     name: str,
+    contents: ModelFile,
     *,
-    state_dicts: dict[str, dict],
-    config: dict[str, Any],
-    preprocessing: dict[str, Any],
     schema: Schema | None = None,
     metrics: dict[str, Any] | None = None,
     data_hash: str | None = None,
-    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<models_dir>/<name>.pt`` atomically and record it in the manifest."""
     import torch
@@ -156,12 +168,12 @@ def save_model(
     path = models_dir / f"{name}.pt"
     checkpoint = {
         "name": name,
-        "state_dicts": state_dicts,
-        "config": config,
-        "preprocessing": preprocessing,
+        "state_dicts": contents.state_dicts,
+        "config": contents.config,
+        "preprocessing": contents.preprocessing,
         "schema": schema.to_dict(),
         "schema_fingerprint": schema.fingerprint,
-        "extra": extra or {},
+        "extra": contents.extra or {},
     }
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
     manifest = read_manifest(models_dir)
@@ -172,7 +184,7 @@ def save_model(
         "torchvision": torchvision.__version__,
         "data_hash": data_hash,
         "metrics": metrics or {},
-        "config": config,
+        "config": contents.config,
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"

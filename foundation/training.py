@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from foundation.devices import check_device, parse_device
-from foundation.modelfiles import config_differences, load_model, save_model
+from foundation.modelfiles import ModelFile, config_differences, load_model, save_model
 from foundation.schema import Schema
 
 logger = logging.getLogger(__name__)
@@ -355,12 +355,14 @@ class _Loop:
         save_model(
             ck.models_dir,
             ck.name,
-            state_dicts={k: v.state_dict() for k, v in self.parts.items()},
-            config={"learning": self.settings, "loop": dataclasses.asdict(self.cfg)},
-            preprocessing=dict(ck.preprocessing),
+            ModelFile(
+                state_dicts={k: v.state_dict() for k, v in self.parts.items()},
+                config={"learning": self.settings, "loop": dataclasses.asdict(self.cfg)},
+                preprocessing=dict(ck.preprocessing),
+                extra={**{k: getattr(self.state, k) for k in SAVED}, "rng": rng_state(self.loader)},
+            ),
             schema=ck.schema,
             data_hash=ck.data_hash,
-            extra={**{k: getattr(self.state, k) for k in SAVED}, "rng": rng_state(self.loader)},
         )
 
     def batches(self) -> Iterator:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from appearance.model import AppearanceCoder
 from foundation import modelfiles
-from foundation.boxes import pixel_box
+from foundation.boxes import Box, pixel_box
 from foundation.schema import Schema, default_schema
 from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
@@ -38,7 +38,6 @@ from indexer.prepare import ImageLimits, Prepared, content_hash, guide_category,
 
 logger = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]
 MODEL_NAMES = ("attributes", "detector", "appearance")
 
 
@@ -49,27 +48,21 @@ def models_signature(models_dir: str | Path) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass(kw_only=True, eq=False)
 class Describer:
-    """The attribute predictor, the detector, the appearance coder and colour settings, built once."""
+    """The attribute predictor, the detector, the appearance coder and colour settings, built once.
 
-    def __init__(
-        self,
-        *,
-        predictor,
-        detector,
-        coder: AppearanceCoder,
-        colour: ColourConfig | None = None,
-        schema: Schema | None = None,
-        signature: str = "",
-        device: str = "cpu",
-    ):
-        self.predictor = predictor
-        self.detector = detector
-        self.coder = coder
-        self.colour = colour or ColourConfig()
-        self.schema = schema or default_schema()
-        self.signature = signature  # of the model files: part of every content hash
-        self.device = device
+    ``signature`` is the model files' (part of every content hash: new models re-describe every
+    product); ``device`` is where the models run, so models loaded anew go to the same one.
+    """
+
+    predictor: object  # attributes.predict.AttributePredictor
+    detector: object  # detector.predict.GarmentDetector
+    coder: AppearanceCoder
+    colour: ColourConfig = field(default_factory=ColourConfig)
+    schema: Schema = field(default_factory=default_schema)
+    signature: str = ""
+    device: str = "cpu"
 
     @classmethod
     def load(
@@ -112,14 +105,16 @@ class Describer:
         return self.coder.ranking
 
     def describe_hedged(
-        self, image: Image.Image, guide: str | None = None, box: Box | None = None
+        self, image: Image.Image, guide: str | None = None, box: Box | None = None, raw=None
     ) -> tuple[list[Description], list[tuple[str, float]]]:
         """One photo's garment (guided, in a rectangle, or auto) and, where the model picked its
         category, the other likely categories (``indexer.hedge``), described in one call: the
-        detector runs once. Returns the descriptions (the garment's own first, then one per other
-        category) and the categories searched with their probability."""
+        detector runs once (``raw``: its output, when the caller has it). Returns the descriptions
+        (the garment's own first, then one per other category) and the categories searched with
+        their probability."""
         image = image if image.mode == "RGB" else image.convert("RGB")
-        raw = self.detector.raw([image])[0] if box is None or guide is None else None
+        if raw is None and (box is None or guide is None):
+            raw = self.detector.raw([image])[0]
         (first,) = self._describe([image], [guide], [box], [raw])
         if guide is None:
             hedge = hedge_categories(first.categories, self.schema.great_category)
@@ -177,9 +172,11 @@ class Describer:
         t0 = time.perf_counter()
         fallback = [False] * n
         need = [i for i in range(n) if boxes[i] is None or guides[i] is None]
-        todo = [i for i in need if raws[i] is None]
-        for i, raw in zip(todo, self.detector.raw([images[i] for i in todo]) if todo else []):
-            raws[i] = raw
+        # the same photo twice in a batch is detected once
+        todo = list({id(images[i]): images[i] for i in need if raws[i] is None}.values())
+        found = dict(zip((id(im) for im in todo), self.detector.raw(todo))) if todo else {}
+        for i in need:
+            raws[i] = found.get(id(images[i]), raws[i])
         reguide = []
         for i in need:
             raw = raws[i]
@@ -289,15 +286,17 @@ class Item:
 
 
 @dataclass
-class Described:
+class DescribedPhoto:
+    """What ``describe_items`` says of one photo."""
+
     description: Description  # ROI in the photo's own pixels
     prepared: Prepared
-    content_hash: str
+    content_hash: str  # of this photo alone and the item's fields (``indexer.prepare.content_hash``)
 
 
 def describe_items(
     describer: Describer, items: Sequence[Item], *, limits: ImageLimits | None = None
-) -> list[Described]:
+) -> list[DescribedPhoto]:
     """Prepare, guide and describe a batch of photos: the same path offline and online.
 
     Raises:
@@ -315,19 +314,27 @@ def describe_items(
     out = []
     for it, p, d in zip(items, prepared, descs):
         d.roi = p.to_original(d.roi)
-        out.append(Described(d, p, content_hash(p.image_hash, it.fields, describer.signature)))
+        out.append(DescribedPhoto(d, p, content_hash([p.image_hash], it.fields, describer.signature)))
     return out
 
 
 def describe_query(
     describer: Describer, prepared: Prepared, *, guide: str | None = None, box: Box | None = None
-) -> tuple[list[Description], list[tuple[str, float]]]:
-    """A shopper's photo, prepared once, described as ``Describer.describe_hedged`` says; ``box`` and
-    the ROIs answered are in the photo's own pixels."""
+) -> list[tuple[list[Description], list[tuple[str, float]]]]:
+    """A shopper's photo, prepared once, described: with a guide or a drawn box, the one garment
+    meant (``Describer.describe_hedged``); else every garment found (``indexer.garments``), the
+    likeliest meant first. Each garment comes as its descriptions and the categories searched;
+    ``box`` and the ROIs answered are in the photo's own pixels."""
+    from indexer.garments import describe_garments
+
     if guide is not None:
         describer.schema.check_category(guide)
-    working = prepared.to_working(box) if box is not None else None
-    descs, hedge = describer.describe_hedged(prepared.image, guide, working)
-    for d in descs:
-        d.roi = prepared.to_original(d.roi)
-    return descs, hedge
+    if guide is None and box is None:
+        garments = describe_garments(describer, prepared.image)
+    else:
+        working = prepared.to_working(box) if box is not None else None
+        garments = [describer.describe_hedged(prepared.image, guide, working)]
+    for descs, _hedge in garments:
+        for d in descs:
+            d.roi = prepared.to_original(d.roi)
+    return garments

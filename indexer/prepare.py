@@ -4,7 +4,8 @@
 decompression-bomb guard, turns the photo upright by its EXIF orientation, shrinks it to the
 working size (so the cost of a request is bounded before any model runs), refuses blank
 placeholders and makes the thumbnail. ``guide_category`` is the one category precedence.
-``content_hash`` is the one content hash: what decides whether a stored product is current.
+``content_hash`` is the one content hash (of a product's photos, its fields and the models): what
+decides whether a stored product is current.
 
 Torch-free: the bulk indexer runs ``prepare_image`` in its decode workers.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from foundation.boxes import Box, corners
 from foundation.images import ImageError, load_working_image, make_thumbnail
 from foundation.schema import Schema
 from foundation.text import category_from_text
@@ -29,8 +31,6 @@ WORKING_SIDE = 640  # the longest side the models see; ROIs are mapped back to t
 THUMB_SIZE = 256
 BLANK_STD = 2.0  # per-channel standard deviation (0-255) below which an image is a blank placeholder
 MAX_ASPECT = 20.0  # longer side over shorter: a 2600x8 strip would shrink to nothing the models can read
-
-Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,11 @@ class Prepared:
         """Original pixels per working pixel."""
         return self.original_size[0] / self.image.size[0]
 
-    def to_working(self, box: Box) -> Box:
+    def to_working(self, box: Box | Sequence[float]) -> tuple[float, float, float, float]:
         """A box in the original photo's pixels, in the working image's pixels."""
         sx = self.original_size[0] / self.image.size[0]
         sy = self.original_size[1] / self.image.size[1]
-        x0, y0, x1, y1 = box
+        x0, y0, x1, y1 = corners(box)
         return x0 / sx, y0 / sy, x1 / sx, y1 / sy
 
     def to_original(self, roi: Sequence[float]) -> tuple[int, int, int, int]:
@@ -150,9 +150,12 @@ def guide_category(
     return None
 
 
-def content_hash(image_hash: str, fields: Sequence, signature: str) -> str:
-    """The image's hash, the product's own fields and the models' signature, hashed together."""
-    h = hashlib.sha256(image_hash.encode())
+def content_hash(image_hashes: Sequence[str], fields: Sequence, signature: str) -> str:
+    """Every photo's hash (in order), the product's own fields and the models' signature, hashed
+    together: what bulk and the API store, and compare to know a product is unchanged."""
+    if isinstance(image_hashes, str):
+        raise TypeError("content_hash takes a sequence of photo hashes, not one string")
+    h = hashlib.sha256(",".join(image_hashes).encode())
     h.update(json.dumps([*fields, signature]).encode())
     return h.hexdigest()[:32]
 

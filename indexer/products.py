@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from foundation.dump import Product, check_product
 from foundation.schema import Schema, default_schema
-from indexer.describe import Described, Describer, Item, describe_items
+from indexer.describe import DescribedPhoto, Describer, Item, describe_items
 from indexer.prepare import content_hash
 from indexer.store import Photo, ProductRecord, Store
 
@@ -27,33 +27,19 @@ def product_item(product: Product, source) -> Item:
     )
 
 
-def photos_hash(product: Product, image_hashes: Sequence[str], signature: str) -> str:
-    """A product's content hash: every photo's bytes (in order), its own fields, the models'. With
-    one photo it is ``describe_items``' own hash of that photo."""
-    return content_hash(",".join(image_hashes), product_fields(product), signature)
+def stored_photo(path: str, described: DescribedPhoto) -> Photo:
+    """A described photo as the store keeps it (its timings left out)."""
+    described.description.timings_ms = {}
+    return Photo(path, described.prepared.image_hash, described.description)
 
 
-def product_record(
-    product: Product, described: Sequence[Described], images: Sequence[str], chash: str
-) -> ProductRecord:
-    """The record of a product and its described photos, in order (``images``: their paths;
-    ``chash``: :func:`photos_hash`)."""
-    if not described:
+def product_record(product: Product, photos: Sequence[Photo], chash: str) -> ProductRecord:
+    """The record of a product and its stored photos, in order (``chash``: the content hash of its
+    photos' bytes, :func:`product_fields` and the models, ``indexer.prepare.content_hash``)."""
+    if not photos:
         raise ValueError(f"product {product.id!r} has no photo to store")
-    for d in described:
-        d.description.timings_ms = {}
-    first, *rest = described
     return ProductRecord(
-        product.id,
-        product.title,
-        product.category_path,
-        product.price,
-        product.url,
-        images[0],
-        first.description,
-        chash,
-        first.prepared.image_hash,
-        tuple(Photo(str(i), d.prepared.image_hash, d.description) for i, d in zip(images[1:], rest)),
+        product.id, product.title, product.category_path, product.price, product.url, tuple(photos), chash
     )
 
 
@@ -74,9 +60,9 @@ def add_products(
     for p, sources in products:
         mine = [next(described) for _ in sources]
         # a dump row's own paths; photos sent through the API have none
-        paths = [str(i) for i in p.images] if len(p.images) == len(mine) and str(p.image) not in ("", ".") else []
-        chash = photos_hash(p, [d.prepared.image_hash for d in mine], describer.signature)
-        records.append(product_record(p, mine, paths or [""] * len(mine), chash))
+        paths = [str(photo.path) for photo in p.photos] if len(p.photos) == len(mine) else [""] * len(mine)
+        chash = content_hash([d.prepared.image_hash for d in mine], product_fields(p), describer.signature)
+        records.append(product_record(p, [stored_photo(path, d) for path, d in zip(paths, mine)], chash))
         thumbs[p.id] = [d.prepared.thumbnail for d in mine]
     store.put(records, thumbs)
     return records

@@ -3,9 +3,10 @@
 The driver is ``indexer.bulk.build_index`` itself: it reads the dump, writes the report (bad rows,
 skipped images, duplicates, placeholders), resumes by content hash and commits each batch to the
 LMDB store exactly as a local run does. Only its two per-product stages move to Ray Data
-(``RayStages``): the dump's rows are decoded by ``bulk._decode`` in Ray tasks, then the products
-to describe go, in the local run's own batches, through ``map_batches`` on a pool of actors, each
-of which loads the models once and runs ``bulk._decode`` and ``bulk._describe_batch`` on a batch.
+(``RayStages``, the run's ``Pipeline``): the dump's rows are decoded by ``stages.decode`` in Ray
+tasks, then the products to describe go, in the local run's own batches, through ``map_batches``
+on a pool of actors, each of which loads the models once and runs ``stages.decode`` and
+``stages.describe`` on a batch.
 The driver takes the answers back in dump order (``preserve_order``), so the report and the
 store are a local run's, byte for byte (models in eval mode). Each photo is decoded twice, once to
 know what to describe and once beside the models: decoding is a small part of the cost.
@@ -26,15 +27,32 @@ import functools
 import itertools
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.bulk import Decoded, _decode, _describe_batch, build_index
+from indexer.bulk import BulkConfig, Pipeline, build_index
 from indexer.describe import Describer, models_signature
+from indexer.stages import Decoded, DecodeJob, DescribedProduct, Skip, decode, describe
 
 logger = logging.getLogger(__name__)
 
 WAVE = 20_000  # dump rows per Ray dataset
 DECODE_ROWS = 64  # rows per decode task
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide Ray runs the decode and describe stages."""
+
+    address: str | None = None  # a Ray cluster to join; None starts Ray on this machine with ``actors`` CPUs
+    actors: int = 2  # actors in the pool, each with one Ray CPU and its own copy of the models
+    threads: int | None = None  # torch threads per actor; None: a local run's (at most 2), so the stores are equal
+
+    def __post_init__(self):
+        if self.actors < 1:
+            raise ValueError(f"--actors must be at least 1, got {self.actors}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--actor-threads must be at least 1, got {self.threads}")
 
 
 def _ray():
@@ -69,17 +87,17 @@ def _driver_describer(models_dir: Path) -> Describer:
 
 
 def _decode_rows(batch: dict) -> dict:
-    """Ray task: ``bulk._decode`` each row, answering what the driver needs to batch and report it
-    (the working-size image is dropped: the actors decode their batches again)."""
+    """Ray task: ``stages.decode`` each row, answering what the driver needs to batch and report it
+    (the working-size images are dropped: the actors decode their batches again)."""
     out = []
     for job in batch["job"]:
-        d = _decode(job)
-        out.append(dataclasses.replace(d, photos=[None] * len(d.photos)))  # how many, for the batches
+        d = decode(job)
+        out.append(dataclasses.replace(d, photos=[dataclasses.replace(p, prepared=None) for p in d.photos]))
     return {"decoded": out}
 
 
 class _DescribeActor:
-    """One Ray actor: the models loaded once, then ``bulk._decode`` + ``bulk._describe_batch`` on each
+    """One Ray actor: the models loaded once, then ``stages.decode`` + ``stages.describe`` on each
     of the local run's batches (one batch a row)."""
 
     def __init__(self, models_dir: str, factory: Callable, threads: int):
@@ -94,17 +112,17 @@ class _DescribeActor:
     def __call__(self, rows: dict) -> dict:
         return {"described": [self._describe(list(jobs)) for jobs in rows["jobs"]]}
 
-    def _describe(self, jobs: list) -> list[tuple]:
-        decoded = [_decode(job) for job in jobs]
+    def _describe(self, jobs: list[DecodeJob]) -> list[tuple]:
+        decoded = [decode(job) for job in jobs]
         failed: dict[int, tuple[str, str]] = {}
 
         def skip(d: Decoded, reason: str, field: str = "image") -> None:
             failed[id(d)] = (reason, field)
 
         for d in decoded:
-            if d.prepared is None:  # decoded well by the first pass: the file changed since
+            if not d.photos:  # decoded well by the first pass: the file changed since
                 skip(d, f"the photo changed while indexing: {d.error or 'unchanged now'}", d.field)
-        done = {id(d): out for d, out in _describe_batch(self.describer, [d for d in decoded if d.prepared], skip)}
+        done = {id(d): out for d, out in describe(self.describer, [d for d in decoded if d.photos], skip)}
         out = []
         for d in decoded:
             described = done.get(id(d))
@@ -117,7 +135,7 @@ class _DescribeActor:
 
 
 class RayStages:
-    """``build_index``'s ``decoded_stream`` and ``describe_batch`` answered by Ray Data.
+    """``build_index``'s decode and describe stages answered by Ray Data (:meth:`pipeline`).
 
     A wave of dump rows is decoded by Ray tasks first (what is bad, a placeholder or unchanged is
     then known), so the products to describe are cut into the very batches a local run describes
@@ -134,7 +152,10 @@ class RayStages:
         self.batch_size = batch_size
         self._answers: collections.deque = collections.deque()  # iterators over submitted batches' answers
 
-    def stream(self, jobs: Iterator, _workers: int) -> Iterator[Decoded]:
+    def pipeline(self) -> Pipeline:
+        return Pipeline(decode=self.stream, describe=self.describe)
+
+    def stream(self, jobs: Iterator[DecodeJob], _workers: int) -> Iterator[Decoded]:
         ray = _ray()
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # the report and duplicates in dump order
@@ -178,7 +199,7 @@ class RayStages:
         )
         self._answers.append(r["described"] for r in answers.iter_rows())
 
-    def describe(self, _describer, batch: list[Decoded], skip) -> list:
+    def describe(self, _describer, batch: list[Decoded], skip: Skip) -> list[DescribedProduct]:
         while True:
             answer = next(self._answers[0], None)
             if answer is not None:
@@ -199,34 +220,21 @@ def build_index_ray(
     dump,
     models_dir,
     out_dir,
+    config: BulkConfig | None = None,
+    ray_config: RayConfig | None = None,
     *,
-    address: str | None = None,
-    actors: int = 2,
-    batch_size: int = 32,
-    device: str = "cpu",
-    delete_missing: bool = False,
-    progress: bool = True,
     describer_factory: Callable | None = None,
-    threads: int | None = None,
-    **kwargs,
 ) -> dict:
     """``build_index`` with its decode and describe stages on Ray; returns the same summary.
 
     Args:
-        address: a Ray cluster to join; None starts Ray on this machine with ``actors`` CPUs.
-        actors: actors in the pool, each with one Ray CPU and its own copy of the models.
-        batch_size: dump rows per actor call (and products per store commit, as in local mode).
+        config: the run's settings, as a local run's (``workers`` aside: Ray's tasks decode);
+            ``batch_size`` photos go to an actor per call, and are committed together.
+        ray_config: where Ray runs and how many actors (default: ``RayConfig()``).
         describer_factory: ``factory(models_dir) -> Describer``, called once in each actor (tests pass
             stand-ins; it must be importable by Ray's workers); default: the models of ``models_dir``.
-        threads: torch threads in each actor; default: a local run's (at most 2), so that the two
-            stores are equal byte for byte (torch's float sums depend on the thread count).
     """
-    if actors < 1:
-        raise ValueError(f"--actors must be at least 1, got {actors}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"--actor-threads must be at least 1, got {threads}")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    cfg, ray_cfg = config or BulkConfig(), ray_config or RayConfig()
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         raise FileNotFoundError(
@@ -237,32 +245,26 @@ def build_index_ray(
     ray = _ray()
     started = not ray.is_initialized()
     if started:
-        start_ray(address, num_cpus=actors)
+        start_ray(ray_cfg.address, num_cpus=ray_cfg.actors)
     stages = RayStages(
         models_dir,
-        factory=describer_factory or functools.partial(load_describer, device=device),
-        actors=actors,
-        batch_size=batch_size,
-        threads=threads or min(2, torch.get_num_threads()),  # build_index's own
+        factory=describer_factory or functools.partial(load_describer, device=cfg.device),
+        actors=ray_cfg.actors,
+        batch_size=cfg.batch_size,
+        threads=ray_cfg.threads or min(2, torch.get_num_threads()),  # build_index's own
     )
     try:
         return build_index(
             dump,
             models_dir,
             out_dir,
-            workers=0,
-            batch_size=batch_size,
-            device=device,
-            delete_missing=delete_missing,
-            progress=progress,
+            dataclasses.replace(cfg, workers=0),
             describer=_driver_describer(models_dir),
-            decoded_stream=stages.stream,
-            describe_batch=stages.describe,
-            **kwargs,
+            pipeline=stages.pipeline(),
         )
     finally:
         if started:
             ray.shutdown()
 
 
-__all__ = ["RayStages", "build_index_ray", "load_describer", "start_ray"]
+__all__ = ["RayConfig", "RayStages", "build_index_ray", "load_describer", "start_ray"]

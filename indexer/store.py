@@ -3,16 +3,18 @@
 Layout::
 
     INDEX/store.lmdb/   products (id -> record), thumbnails (id -> JPEG of the first stored photo,
-                        id/n -> of photo n), meta (version, the last finished bulk run)
+                        id/n -> of photo n), meta (the store's format, version, the last finished
+                        bulk run)
     INDEX/index.json    models manifest, code bytes, colour bins, dump, build settings
     INDEX/models/       a copy of the model files, so ``serve`` and ``query`` need nothing else
     INDEX/report.json   the last bulk run's skipped rows
     INDEX/progress.json the bulk run's progress (running, done or failed), rewritten as it goes
 
-A record is serialised without pickle: a 4-byte length, UTF-8 JSON metadata, then the raw
-code bytes and the colour histogram bytes of its first photo, then those of each other photo
-(``more``: path, hash and description); a photo's number is its place among them. Every write is
-one LMDB transaction, so a killed process leaves the store as it was after its last commit.
+A record is serialised without pickle: a 4-byte length, UTF-8 JSON metadata (the product's
+fields and, under ``photos``, each photo's path, hash and description), then the raw code bytes
+and the colour histogram bytes of each photo in turn; a photo's number is its place among them.
+Every write is one LMDB transaction, so a killed process leaves the store as it was after its last
+commit. A store of another format (``FORMAT``) is refused, with what to do.
 """
 
 from __future__ import annotations
@@ -37,19 +39,23 @@ INDEX_JSON = "index.json"
 MODELS_DIR = "models"
 REPORT_JSON = "report.json"
 PROGRESS_JSON = "progress.json"
-FORMAT = 1
+FORMAT = 2  # 2: a record lists its photos (1: the first photo's fields flat, the others under "more")
 MAP_SIZE = 1 << 40  # address space only: the file grows as data is written
 THUMB_SIZE = 256
 _DB_PRODUCTS, _DB_THUMBS, _DB_META = b"products", b"thumbnails", b"meta"
 
 
+class StoreFormatError(ValueError):
+    """A store written in another format than this version's: it must be indexed again."""
+
+
 @dataclass
 class Photo:
-    """One more photo of a product and its description."""
+    """One stored photo of a product."""
 
-    image: str
-    image_hash: str
-    description: Description
+    path: str  # as the dump gave it ("" for a photo sent through the API)
+    image_hash: str  # sha256 prefix of the photo's bytes: a query with the same bytes finds it
+    description: Description  # timings_ms left empty
 
 
 def _description_head(d: Description) -> dict:
@@ -98,50 +104,38 @@ class ProductRecord:
     category_path: str
     price: float | None
     url: str | None
-    image: str
-    description: Description  # timings_ms left empty
+    photos: tuple[Photo, ...]  # at least one; photo n is ``photos[n]``
     content_hash: str
-    image_hash: str = ""  # sha256 prefix of the photo's bytes: a query with the same bytes finds it
-    more: tuple[Photo, ...] = ()  # the product's other photos
-
-    @property
-    def photos(self) -> list[Photo]:
-        """Every photo of the product, the first one included: photo n is ``photos[n]``."""
-        return [Photo(self.image, self.image_hash, self.description), *self.more]
 
     def metadata(self) -> dict:
-        d = self.description
+        first = self.photos[0]
+        d = first.description
         return {
             "id": self.id,
             "title": self.title,
             "category_path": self.category_path,
             "price": self.price,
             "url": self.url,
-            "image": self.image,
+            "image": first.path,
             "category": d.category,
             "attributes": {g: v for g, (v, _p) in d.attributes.items()},
             "roi": list(d.roi),
             "fallback": d.fallback,
-            "images": [p.image for p in self.photos],
+            "images": [p.path for p in self.photos],
         }
 
     def to_bytes(self) -> bytes:
-        d = self.description
         head = {
             "id": self.id,
             "title": self.title,
             "category_path": self.category_path,
             "price": self.price,
             "url": self.url,
-            "image": self.image,
             "hash": self.content_hash,
-            "image_hash": self.image_hash,
-            **_description_head(d),
+            "photos": [
+                {"path": p.path, "image_hash": p.image_hash, **_description_head(p.description)} for p in self.photos
+            ],
         }
-        if self.more:
-            head["more"] = [
-                {"image": p.image, "image_hash": p.image_hash, **_description_head(p.description)} for p in self.more
-            ]
         meta = json.dumps(head, separators=(",", ":")).encode()
         body = b"".join(_description_bytes(p.description) for p in self.photos)
         return struct.pack("<I", len(meta)) + meta + body
@@ -151,22 +145,12 @@ class ProductRecord:
         raw = bytes(raw)
         (n,) = struct.unpack_from("<I", raw)
         head = json.loads(raw[4 : 4 + n])
-        desc, off = _read_description(head, raw, 4 + n)
-        more = []
-        for p in head.get("more", []):
-            d, off = _read_description(p, raw, off)
-            more.append(Photo(p["image"], p["image_hash"], d))
+        photos, off = [], 4 + n
+        for p in head["photos"]:
+            desc, off = _read_description(p, raw, off)
+            photos.append(Photo(p["path"], p["image_hash"], desc))
         return cls(
-            head["id"],
-            head["title"],
-            head["category_path"],
-            head["price"],
-            head["url"],
-            head["image"],
-            desc,
-            head["hash"],
-            head.get("image_hash", ""),
-            tuple(more),
+            head["id"], head["title"], head["category_path"], head["price"], head["url"], tuple(photos), head["hash"]
         )
 
 
@@ -176,9 +160,11 @@ class Store:
     Args:
         path: the index directory (``store.lmdb`` inside it is the LMDB environment).
         readonly: open for reading only; a missing index is then an error.
+        reindex: a store of another format is emptied, to be indexed again (the bulk indexer),
+            instead of refused (:class:`StoreFormatError`).
     """
 
-    def __init__(self, path: str | Path, *, readonly: bool = True):
+    def __init__(self, path: str | Path, *, readonly: bool = True, reindex: bool = False):
         self.path = Path(path)
         self.readonly = readonly
         lmdb_path = self.path / STORE_DIR
@@ -198,6 +184,34 @@ class Store:
         self._products = self.env.open_db(_DB_PRODUCTS, create=not readonly)
         self._thumbs = self.env.open_db(_DB_THUMBS, create=not readonly)
         self._meta = self.env.open_db(_DB_META, create=not readonly)
+        try:
+            self._check_format(reindex=reindex and not readonly)
+        except BaseException:
+            self.env.close()
+            raise
+
+    def _check_format(self, *, reindex: bool) -> None:
+        """Refuse (or, with ``reindex``, empty) a store of another format; mark a new one with ours."""
+        with self.env.begin() as txn:
+            raw = txn.get(b"format", db=self._meta)
+            empty = txn.stat(self._products)["entries"] == 0
+        found = int(raw) if raw else None if empty else 1  # format 1 did not say
+        if found == FORMAT:
+            return
+        if found is not None and not reindex:
+            raise StoreFormatError(
+                f"the index at {self.path} holds a store of format {found}, and this version reads format "
+                f"{FORMAT}: index the dump again (`fashion-search index DUMP --models MODELS --out {self.path}`)"
+            )
+        if self.readonly:  # an empty store that says nothing: nothing to misread
+            return
+        with self.env.begin(write=True) as txn:
+            if found is not None:
+                logger.warning("the store at %s is of format %d: its products are indexed again", self.path, found)
+                txn.drop(self._products, delete=False)
+                txn.drop(self._thumbs, delete=False)
+                self._bump(txn)
+            txn.put(b"format", str(FORMAT).encode(), db=self._meta)
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -41,8 +41,19 @@ class Seen:
     """What a search learnt of its photo: kept under the query's id for re-runs."""
 
     option: str
-    garments: tuple[SeenGarment, ...]
-    same: tuple[str, ...]  # products whose photo has the very bytes of the query's
+    garments: tuple[SeenGarment, ...]  # the likeliest meant first
+    same: tuple[tuple[str, str], ...]  # (id, category) of products whose photo has the query's very bytes
+
+    def same_for(self, garment: int) -> tuple[str, ...]:
+        """The products of the same photo answered first for a garment: those of a category it
+        searched (the first garment's, when no garment searched theirs)."""
+        searched = [{c for c, _p in g.hedge} for g in self.garments]
+        out = []
+        for pid, category in self.same:
+            mine = next((n for n, cats in enumerate(searched) if category in cats), 0)
+            if mine == garment:
+                out.append(pid)
+        return tuple(out)
 
 
 @dataclass(frozen=True)

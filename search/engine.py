@@ -30,6 +30,7 @@ from search.answering import Answerer, Seen, SeenGarment
 from search.gate import Gate
 from search.index import InvertedIndex
 from search.live import LiveIndex
+from search.narrowing import Narrowing
 from search.protocol import SearchIndex, UnknownQuery
 from search.query import Query
 from search.ram import index_rows, load_ram_index, ram_from_store
@@ -127,11 +128,17 @@ class SearchEngine:
         if query.garment >= len(seen.garments):
             raise ValueError(f"garment {query.garment} is not in that answer: it offered {len(seen.garments)}")
         t1 = time.perf_counter()
+        # the narrowing is the answered garment's; the others are offered at their first page
+        narrowings = [
+            query.narrowing if n == query.garment else Narrowing(k=query.narrowing.k) for n in range(len(seen.garments))
+        ]
         with self.live.reading() as index:
-            searched = [self._answerer.hits(index, g, seen.same, query.narrowing) for g in seen.garments]
+            searched = [
+                self._answerer.hits(index, g, seen.same_for(n), narrowings[n]) for n, g in enumerate(seen.garments)
+            ]
         timings["search"] = round((time.perf_counter() - t1) * 1e3, 2)
         garments = tuple(
-            self._answerer.garment(self.store, g, query.narrowing, s) for g, s in zip(seen.garments, searched)
+            self._answerer.garment(self.store, g, narrowings[n], searched[n]) for n, g in enumerate(seen.garments)
         )
         timings["total"] = round((time.perf_counter() - t0) * 1e3, 2)
         return Answer(query_id, seen.option, query.narrowing, garments, query.garment, timings)
@@ -153,12 +160,13 @@ class SearchEngine:
         prepared = prepare_image(query.photo, thumbnail=False)
         box = parse_box(query.box, prepared.original_size) if query.box is not None else None
         with self._models.shared():
-            descs, hedge = describe_query(self.describer, prepared, guide=query.guide, box=box)
+            looks = describe_query(self.describer, prepared, guide=query.guide, box=box)
         with self.live.reading() as index:
-            same = tuple(pid for pid, _c in index.same_photo(photo_key(prepared.image_hash)))
-        timings = dict(descs[0].timings_ms)
+            same = tuple(index.same_photo(photo_key(prepared.image_hash)))
+        timings = dict(looks[0][0][0].timings_ms)
         timings["describe"] = round((time.perf_counter() - t0) * 1e3, 2)
-        return Seen(query.option, (SeenGarment(tuple(descs), tuple(hedge)),), same), timings
+        garments = tuple(SeenGarment(tuple(descs), tuple(hedge)) for descs, hedge in looks)
+        return Seen(query.option, garments, same), timings
 
     # -- products -------------------------------------------------------------------------
     def product(self, product_id: str) -> dict | None:

@@ -306,7 +306,6 @@ def open_milvus_engine(
     nprobe: int = 16,
     device: str = "cpu",
     writable: bool = True,
-    ranking=None,
 ):
     """``SearchEngine.open`` with the collection at ``uri`` in the RAM index's place: the index
     directory still gives the models, the display fields and the thumbnails."""
@@ -326,7 +325,7 @@ def open_milvus_engine(
             f"collection {collection!r} holds {index.code_bytes * 8}-bit codes, the models of {index_dir} make "
             f"{describer.code_bytes * 8}-bit ones: export this index again"
         )
-    return SearchEngine(describer=describer, store=store, index=index, ranking=ranking)
+    return SearchEngine(describer=describer, store=store, index=index)
 
 
 __all__ = ["COLLECTION", "INDEX_TYPES", "MilvusIndex", "connect", "insert_rows", "open_milvus_engine", "product_rows"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 
 from foundation.schema import Schema, default_schema
 from search.milvus import (
@@ -49,21 +50,33 @@ def collection_schema(*, code_bits: int, colour_bins: int, schema: Schema, descr
     return pm.CollectionSchema(fields, description=description)
 
 
-def create_collection(
-    uri: str,
-    *,
-    code_bits: int,
-    colour_bins: int,
-    collection: str = COLLECTION,
-    index_type: str = "BIN_FLAT",
-    schema: Schema | None = None,
-    replace: bool = False,
-    store_version: int | None = None,
-):
-    """A new, empty collection for codes of ``code_bits`` and histograms of ``colour_bins``.
+@dataclass(frozen=True)
+class CollectionSpec:
+    """A collection for codes of ``code_bits`` and histograms of ``colour_bins``."""
 
-    ``replace`` drops a collection of the same name first (without it, one is an error).
-    """
+    code_bits: int
+    colour_bins: int
+    collection: str = COLLECTION
+    index_type: str = "BIN_FLAT"
+    store_version: int | None = None  # of the store it is written from
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How ``export_store`` writes: the collection's name and index (``nlist`` clusters for
+    ``BIN_IVF_FLAT``), whether it replaces one of the same name, and the products a batch."""
+
+    collection: str = COLLECTION
+    index_type: str = "BIN_FLAT"
+    nlist: int = 1024
+    replace: bool = False
+    batch_size: int = 2000
+
+
+def create_collection(uri: str, spec: CollectionSpec, *, schema: Schema | None = None, replace: bool = False):
+    """A new, empty collection as ``spec`` says; ``replace`` drops a collection of the same name first
+    (without it, one is an error)."""
+    code_bits, colour_bins, collection, index_type = spec.code_bits, spec.colour_bins, spec.collection, spec.index_type
     if index_type not in INDEX_TYPES:
         raise ValueError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     if code_bits < 8 or code_bits % 8:
@@ -81,7 +94,7 @@ def create_collection(
         "code_bits": code_bits,
         "colour_bins": colour_bins,
         "schema": schema.fingerprint,
-        "store_version": store_version,
+        "store_version": spec.store_version,
         "index_type": index_type,
     }
     fields = collection_schema(
@@ -101,17 +114,7 @@ def build_vector_index(target, *, index_type: str = "BIN_FLAT", nlist: int = 102
     target.load()
 
 
-def export_store(
-    index_dir,
-    uri: str,
-    *,
-    collection: str = COLLECTION,
-    index_type: str = "BIN_FLAT",
-    nlist: int = 1024,
-    replace: bool = False,
-    batch_size: int = 2000,
-    progress: bool = True,
-) -> dict:
+def export_store(index_dir, uri: str, settings: ExportSettings | None = None, *, progress: bool = True) -> dict:
     """Load the store of ``index_dir`` into a new Milvus collection; returns what was written."""
     import time
 
@@ -119,6 +122,8 @@ def export_store(
 
     from indexer.store import Store
 
+    settings = settings or ExportSettings()
+    collection, index_type, batch_size = settings.collection, settings.index_type, settings.batch_size
     if batch_size < 1:
         raise ValueError(f"the batch size must be at least 1, got {batch_size}")
     schema = default_schema()
@@ -127,16 +132,14 @@ def export_store(
         info = store.info()
         if info.get("schema_fingerprint", schema.fingerprint) != schema.fingerprint:
             raise ValueError(f"the index {index_dir} was built with schema {info['schema_fingerprint']}")
-        target = create_collection(
-            uri,
+        spec = CollectionSpec(
             code_bits=int(info.get("code_bits") or info["code_bytes"] * 8),  # the models' real size, not 1856
             colour_bins=int(info["colour_bins"]),
             collection=collection,
             index_type=index_type,
-            schema=schema,
-            replace=replace,
             store_version=info["version"],
         )
+        target = create_collection(uri, spec, schema=schema, replace=settings.replace)
         groups = [g.name for g in schema.attribute_groups]
         n = 0
         records = store.iter_records()
@@ -146,9 +149,16 @@ def export_store(
                 insert_rows(target, product_rows(photo_rows(batch), display, groups))
                 n += len(batch)
                 bar.update(len(batch))
-    build_vector_index(target, index_type=index_type, nlist=nlist)
+    build_vector_index(target, index_type=index_type, nlist=settings.nlist)
     seconds = time.perf_counter() - t0
     return {"products": n, "collection": collection, "index_type": index_type, "seconds": round(seconds, 2)}
 
 
-__all__ = ["build_vector_index", "collection_schema", "create_collection", "export_store"]
+__all__ = [
+    "CollectionSpec",
+    "ExportSettings",
+    "build_vector_index",
+    "collection_schema",
+    "create_collection",
+    "export_store",
+]

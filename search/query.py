@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from foundation.boxes import Box, parse_box
+from foundation.boxes import MAX_GARMENTS, Box, parse_box
 from foundation.echo import echo
 from foundation.images import ImageError, upright_size
 from foundation.schema import Schema, default_schema
@@ -30,7 +30,6 @@ from search.narrowing import DEFAULT_K, MAX_K, MAX_OFFSET, Narrowing, check_k
 from search.recent import ID_PATTERN as QUERY_ID_PATTERN
 
 OPTIONS = ("auto", "guided", "rectangle")
-MAX_GARMENTS = 8  # garments of one photo an answer offers
 
 Photo = bytes | Path | Image.Image
 

@@ -73,6 +73,7 @@ class FakeDetector:
     def __init__(self, present: dict[str, float] | None = None):
         self.calls = []
         self.present = dict(present or {})
+        self.found: list[FakeROI] = []
 
     def raw(self, images):
         self.calls.append([])
@@ -80,6 +81,11 @@ class FakeDetector:
 
     def presence(self, raw, within=None):
         return dict(self.present)
+
+    def garments(self, raw):
+        """The garments ``found`` (ROIs in pixels of the photo, great-category names): none by
+        default, so auto describes the whole photo."""
+        return list(self.found)
 
     def choose(self, raw, guide, size):
         self.calls[-1].append(guide)

@@ -57,7 +57,7 @@ def build_standin_index(dump: str | Path, out: str | Path, describer, *, n: int 
     products = list(itertools.islice(read_dump(dump, check_images=False), n))
     store = Store(out, readonly=False)
     try:
-        add_products(store, describer, [(p, p.image) for p in products])
+        add_products(store, describer, [(p, p.photos[0].path) for p in products])
         store.write_info({"code_bytes": describer.code_bytes, "colour_bins": int(describer.colour.bins)})
     finally:
         store.close()

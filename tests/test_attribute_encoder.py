@@ -13,7 +13,7 @@ from attributes.model import AttributeModelConfig, Encoder, LSTMAttributeModel, 
 from attributes.predict import AttributePredictor, load_sequence_model
 from attributes.train import PRESETS, AttributeTrainConfig, sequence_loss
 from foundation.backbones import BACKBONES, PRETRAINED, STAGES, default_backbone, default_pretrained
-from foundation.modelfiles import ModelError, save_model
+from foundation.modelfiles import ModelError, ModelFile, save_model
 from foundation.schema import default_schema
 from foundation.weights import WeightsMissing, is_available
 
@@ -147,9 +147,11 @@ def _old_checkpoint(tmp_path, depth: int) -> LSTMAttributeModel:
     save_model(
         tmp_path,
         "attributes",
-        state_dicts={"model": model.state_dict()},
-        config={"model": {**old_cfg, "pretrained": None}},
-        preprocessing={"image_size": 64, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ModelFile(
+            state_dicts={"model": model.state_dict()},
+            config={"model": {**old_cfg, "pretrained": None}},
+            preprocessing={"image_size": 64, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
         schema=SCHEMA,
     )
     return model

@@ -19,7 +19,7 @@ from attributes.train import PRESETS, AttributeTrainConfig, baseline_loss, seque
 from foundation.backbones import default_backbone, default_pretrained
 from foundation.dump import read_dump
 from foundation.images import load_image
-from foundation.modelfiles import ModelError, load_model, save_model
+from foundation.modelfiles import ModelError, ModelFile, load_model, save_model
 from foundation.schema import Schema, default_schema
 
 SCHEMA = default_schema()
@@ -183,9 +183,11 @@ def test_saved_and_loaded_model_gives_identical_outputs_and_refuses_another_sche
     save_model(
         tmp_path,
         "attributes",
-        state_dicts={"model": model.state_dict()},
-        config={"model": cfg.to_dict()},
-        preprocessing={"image_size": 64, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ModelFile(
+            state_dicts={"model": model.state_dict()},
+            config={"model": cfg.to_dict()},
+            preprocessing={"image_size": 64, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
         schema=SCHEMA,
     )
     loaded, _ = load_sequence_model(tmp_path)
@@ -213,9 +215,11 @@ def test_load_gives_the_model_and_the_preprocessing_saved_with_it(tmp_path):
     save_model(
         tmp_path,
         "attributes",
-        state_dicts={"model": model.state_dict()},
-        config={"model": cfg.to_dict()},
-        preprocessing={"image_size": 40, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ModelFile(
+            state_dicts={"model": model.state_dict()},
+            config={"model": cfg.to_dict()},
+            preprocessing={"image_size": 40, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3},
+        ),
         schema=SCHEMA,
     )
     loaded, preprocess = load(tmp_path)
@@ -328,11 +332,11 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_short_training_learns_the_sequence_and_the_category_dependencies(trained, synth_dump):
-    from attributes.evaluate import evaluate_split
+    from attributes.evaluate import AttributeEvalConfig, evaluate_split
 
     models, metrics = trained
     assert metrics["epochs_run"] >= 1 and metrics["history"][-1]["train_loss"] < metrics["history"][0]["train_loss"]
-    lstm = evaluate_split(synth_dump, models, baseline=False, progress=False)["lstm"]
+    lstm = evaluate_split(synth_dump, models, AttributeEvalConfig(baseline=False), progress=False)["lstm"]
     # Measured on this held-out catalogue (seed 7) after these 8 epochs, garment crops on: NLL 1.01
     # per token (an untrained model: about log(vocab) = 4.2), micro F1 0.33, guided sleeve-length
     # accuracy 0.85 (auto: 0.0); without the crops NLL 1.07, guided sleeve length 0.80. So little training does not yet tell the
@@ -350,7 +354,7 @@ def test_predictor_interface(trained, synth_dump):
     models, _ = trained
     predictor = AttributePredictor.load(models)
     products = list(read_dump(synth_dump, check_images=False))[:6]
-    images = [load_image(p.image) for p in products]
+    images = [load_image(p.photos[0].path) for p in products]
     guides = [None, "skirt", None, "hat", None, "dress"]
     out = predictor.predict(images, guides)
     assert len(out) == 6
@@ -377,12 +381,11 @@ def test_predictor_interface(trained, synth_dump):
 
 @pytest.mark.slow
 def test_evaluation_report_has_train_and_val_rows(trained, synth_dump):
-    from attributes.evaluate import evaluate_attributes, format_report
+    from attributes.evaluate import AttributeEvalConfig, evaluate_attributes, format_report
 
     models, _ = trained
-    result = evaluate_attributes(
-        synth_dump, models, train_dump=synth_dump, train_limit=20, limit=30, baseline=False, progress=False
-    )
+    config = AttributeEvalConfig(limit=30, baseline=False)
+    result = evaluate_attributes(synth_dump, models, config, train_dump=synth_dump, train_limit=20, progress=False)
     assert result["val"]["products"] == 30 and result["train"]["products"] == 20
     text = format_report(result)
     assert "train  lstm" in text and "val    lstm" in text and "category confusion" in text

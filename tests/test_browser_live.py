@@ -16,7 +16,7 @@ import sys
 import pytest
 from PIL import Image, ImageOps
 
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.store import Store
 from search.engine import SearchEngine, load_ram_index
 from tests.indexer_fakes import fake_describer, fake_models
@@ -43,7 +43,7 @@ def live(synth_dump, tmp_path):
     old.write_text("".join(json.dumps(r) + "\n" for r in rows[:10]))
     new.write_text("".join(json.dumps(r) + "\n" for r in [*rows[:10], twin]))
     index = tmp_path / "index"
-    build_index(old, models, index, workers=0, describer=fake_describer(models), progress=False)
+    build_index(old, models, index, BulkConfig(workers=0, progress=False), describer=fake_describer(models))
     ram = load_ram_index(index)
     engine = SearchEngine(describer=fake_describer(models), store=Store(index, readonly=True), index=ram)
     app = create_app({"ENGINE": engine, "RELOAD_S": 0.1, "INDEX_POLL_MS": 200})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.store import Store
 from tests.indexer_fakes import fake_describer, fake_models
 
@@ -67,7 +67,7 @@ def _contents(index: Path) -> dict:
     with Store(index) as store:
         out = {}
         for r in store.iter_records():
-            d = r.description
+            d = r.photos[0].description
             out[r.id] = (
                 r.content_hash,
                 r.title,
@@ -85,7 +85,11 @@ def _contents(index: Path) -> dict:
 def test_every_good_product_once_and_every_bad_one_reported(messy_dump, models, tmp_path):
     dump, good, bad = messy_dump
     summary = build_index(
-        dump, models, tmp_path / "index", workers=2, batch_size=8, describer=fake_describer(models), progress=False
+        dump,
+        models,
+        tmp_path / "index",
+        BulkConfig(workers=2, batch_size=8, progress=False),
+        describer=fake_describer(models),
     )
     with Store(tmp_path / "index") as store:
         assert {r.id for r in store.iter_records()} == good
@@ -112,13 +116,13 @@ def test_every_good_product_once_and_every_bad_one_reported(messy_dump, models, 
 _KILLED_RUN = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, Pipeline, build_index
 from tests.indexer_fakes import fake_describer
 def die(counts):
     if counts["indexed"] >= 8:
         os.kill(os.getpid(), signal.SIGKILL)
-build_index({dump!r}, {models!r}, {out!r}, workers=2, batch_size=4, describer=fake_describer({models!r}),
-            progress=False, on_batch=die)
+build_index({dump!r}, {models!r}, {out!r}, BulkConfig(workers=2, batch_size=4, progress=False),
+            describer=fake_describer({models!r}), pipeline=Pipeline(on_batch=die))
 """
 
 
@@ -126,7 +130,11 @@ build_index({dump!r}, {models!r}, {out!r}, workers=2, batch_size=4, describer=fa
 def test_kill_9_then_resume_equals_an_uninterrupted_run(messy_dump, models, tmp_path):
     dump, good, _bad = messy_dump
     build_index(
-        dump, models, tmp_path / "whole", workers=0, batch_size=8, describer=fake_describer(models), progress=False
+        dump,
+        models,
+        tmp_path / "whole",
+        BulkConfig(workers=0, batch_size=8, progress=False),
+        describer=fake_describer(models),
     )
     script = _KILLED_RUN.format(root=str(ROOT), dump=str(dump), models=str(models), out=str(tmp_path / "killed"))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -134,7 +142,11 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(messy_dump, models, tmp_
     with Store(tmp_path / "killed") as store:
         assert len(store) == 8  # the two committed batches, nothing of the third
     summary = build_index(
-        dump, models, tmp_path / "killed", workers=0, batch_size=4, describer=fake_describer(models), progress=False
+        dump,
+        models,
+        tmp_path / "killed",
+        BulkConfig(workers=0, batch_size=4, progress=False),
+        describer=fake_describer(models),
     )
     assert summary["unchanged"] == 8 and summary["unchanged"] + summary["indexed"] == len(good)
     assert _contents(tmp_path / "killed") == _contents(tmp_path / "whole")
@@ -147,7 +159,9 @@ def test_incremental_add_update_and_delete_missing(synth_dump, models, tmp_path)
     dump = tmp_path / "a.jsonl"
     dump.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
     index = tmp_path / "index"
-    first = build_index(dump, models, index, workers=0, batch_size=4, describer=fake_describer(models), progress=False)
+    first = build_index(
+        dump, models, index, BulkConfig(workers=0, batch_size=4, progress=False), describer=fake_describer(models)
+    )
     assert first["added"] == 8
     before = _contents(index)
     # a changed title, a changed image, one gone, two new
@@ -156,7 +170,9 @@ def test_incremental_add_update_and_delete_missing(synth_dump, models, tmp_path)
     shutil.copy(rows[9]["image"], new_image)
     rows[1]["image"] = str(new_image)
     dump.write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + rows[3:10]))
-    second = build_index(dump, models, index, workers=0, batch_size=4, describer=fake_describer(models), progress=False)
+    second = build_index(
+        dump, models, index, BulkConfig(workers=0, batch_size=4, progress=False), describer=fake_describer(models)
+    )
     assert (second["added"], second["updated"], second["unchanged"], second["deleted"]) == (2, 2, 5, 0)
     after = _contents(index)
     assert rows[2]["id"] in after  # kept without --delete-missing
@@ -167,11 +183,8 @@ def test_incremental_add_update_and_delete_missing(synth_dump, models, tmp_path)
         dump,
         models,
         index,
-        workers=0,
-        batch_size=4,
+        BulkConfig(workers=0, batch_size=4, delete_missing=True, progress=False),
         describer=fake_describer(models),
-        delete_missing=True,
-        progress=False,
     )
     assert (third["indexed"], third["deleted"], third["products"]) == (0, 1, 9)
     assert rows[2]["id"] not in _contents(index)
@@ -179,11 +192,11 @@ def test_incremental_add_update_and_delete_missing(synth_dump, models, tmp_path)
 
 def test_bad_arguments_are_named(synth_dump, models, tmp_path):
     with pytest.raises(ValueError, match="--batch-size"):
-        build_index(synth_dump, models, tmp_path / "i", batch_size=0, describer=object(), progress=False)
+        build_index(synth_dump, models, tmp_path / "i", BulkConfig(batch_size=0), describer=object())
     with pytest.raises(ValueError, match="--device"):
-        build_index(synth_dump, models, tmp_path / "i", device="tpu", describer=object(), progress=False)
+        build_index(synth_dump, models, tmp_path / "i", BulkConfig(device="tpu"), describer=object())
     with pytest.raises(FileNotFoundError, match="no product dump"):
-        build_index(tmp_path / "none.jsonl", models, tmp_path / "i", describer=object(), progress=False)
+        build_index(tmp_path / "none.jsonl", models, tmp_path / "i", BulkConfig(progress=False), describer=object())
 
 
 def test_index_command_reports_bad_flags(synth_dump, models, tmp_path, capsys):
@@ -217,10 +230,12 @@ def test_category_from_text_else_labelled_attributes_else_auto(synth_dump, model
     ]
     dump = tmp_path / "d.jsonl"
     dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    build_index(dump, models, tmp_path / "index", workers=0, describer=fake_describer(models), progress=False)
+    build_index(
+        dump, models, tmp_path / "index", BulkConfig(workers=0, progress=False), describer=fake_describer(models)
+    )
     with Store(tmp_path / "index") as store:
-        assert store.get("text").description.category == "skirt"
-        assert store.get("label").description.category == "skirt"
+        assert store.get("text").photos[0].description.category == "skirt"
+        assert store.get("label").photos[0].description.category == "skirt"
         from tests.indexer_fakes import FakePredictor
 
-        assert store.get("auto").description.category in FakePredictor.AUTO
+        assert store.get("auto").photos[0].description.category in FakePredictor.AUTO

@@ -53,7 +53,7 @@ def test_ccp_crops_keep_the_fixed_split(ccp_dir, tmp_path, capsys):
         photo = f"photos/{p.id.split('-')[1]}.jpg"
         assert ccp_split(photo) == "val"
         assert p.attributes["category"] in SCHEMA.categories and "age_group" not in p.attributes
-        assert min(p.size) >= 32
+        assert min(p.photos[0].size) >= 32
 
 
 def test_unknown_split_is_an_error(clothing_dir, tmp_path):

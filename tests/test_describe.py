@@ -96,10 +96,31 @@ def test_one_photo_twice_in_a_batch_is_detected_once(describer, monkeypatch):
     im = _image()
     a, b = describer.describe([im, im], guides=["pants", "dress"])
     assert seen == [1] and (a.category, b.category) == ("pants", "dress")
-    (c,) = describer.describe([im], guides=["shirt"])  # auto's next likely category: the same photo
-    assert seen == [1] and c.category == "shirt"
-    describer.describe([_image()], guides=["shirt"])  # another photo, however alike
+    describer.describe([im], guides=["shirt"])  # another call: nothing is remembered between calls
     assert seen == [1, 1]
+
+
+def test_auto_describes_its_other_likely_categories_in_the_same_call(tmp_path):
+    from appearance.model import AppearanceCoder
+
+    class Hesitant(FakePredictor):  # a top or trousers, the model cannot tell
+        def predict(self, images, guides=None, *, beam=1):
+            out = super().predict(images, guides, beam=beam)
+            if guides is None or guides[0] is None:
+                out = [type(p)(p.category, p.attributes, [("t-shirt", 0.5), ("pants", 0.45)]) for p in out]
+            return out
+
+    describer = Describer(
+        predictor=Hesitant(),
+        detector=FakeDetector(),
+        coder=AppearanceCoder.load(fake_models(tmp_path)),
+    )
+    seen = []
+    raw = describer.detector.raw
+    describer.detector.raw = lambda images: seen.append(len(images)) or raw(images)
+    descs, hedge = describer.describe_hedged(_image())
+    assert seen == [1]  # one detector pass for every category searched
+    assert [d.category for d in descs] == [c for c, _p in hedge] and len(descs) >= 2
 
 
 def test_box_overrides_the_detector_and_is_clamped(describer):

@@ -11,7 +11,7 @@ from PIL import Image
 
 import search.engine as engine_module
 from foundation.images import ImageError
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.describe import describe_query
 from indexer.prepare import WORKING_SIDE, guide_category, prepare_image
 from indexer.store import Store
@@ -41,7 +41,11 @@ def indexed(tmp_path_factory):
     row = {"id": "p1", "image": "p1.jpg", "title": "red midi dress", "price": 30.0, "url": "https://shop/p1"}
     (root / "dump.jsonl").write_text(json.dumps(row) + "\n")
     build_index(
-        root / "dump.jsonl", models, root / "index", workers=0, describer=fake_describer(models), progress=False
+        root / "dump.jsonl",
+        models,
+        root / "index",
+        BulkConfig(workers=0, progress=False),
+        describer=fake_describer(models),
     )
     with Store(root / "index") as store:
         bulk = store.get("p1")
@@ -59,23 +63,24 @@ def test_bulk_api_add_and_search_give_byte_identical_descriptions(indexed, monke
         seen = []  # what the search's describe (indexer.describe.describe_query) saw
 
         def described(*args, **kw):
-            descs, hedge = describe_query(*args, **kw)
-            seen.append(descs[0])
-            return descs, hedge
+            looks = describe_query(*args, **kw)
+            seen.append(looks[0][0][0])
+            return looks
 
         monkeypatch.setattr(engine_module, "describe_query", described)
         engine.add({k: v for k, v in row.items() if k != "image"} | {"id": "p2"}, photo)
         added = store.get("p2")
         response = engine.search(Query.search(photo, "guided", category="dress", k=5)).to_json()
     (query,) = seen
-    assert bulk.description.roi == added.description.roi == query.roi
-    assert bulk.description.roi[3] > 900  # in the upright photo's own pixels (900x1600)
-    for other in (added.description, query):
-        assert other.code.tobytes() == bulk.description.code.tobytes()
-        assert other.colour.tobytes() == bulk.description.colour.tobytes()
+    bulk_photo, added_photo = bulk.photos[0].description, added.photos[0].description
+    assert bulk_photo.roi == added_photo.roi == query.roi
+    assert bulk_photo.roi[3] > 900  # in the upright photo's own pixels (900x1600)
+    for other in (added_photo, query):
+        assert other.code.tobytes() == bulk_photo.code.tobytes()
+        assert other.colour.tobytes() == bulk_photo.colour.tobytes()
     assert added.content_hash == bulk.content_hash  # same bytes, same fields, same models
     assert response["results"][0]["hamming"] == 0
-    assert response["query"]["roi"] == list(bulk.description.roi)
+    assert response["query"]["roi"] == list(bulk_photo.roi)
 
 
 def test_the_working_size_bounds_what_the_models_see():
@@ -150,7 +155,11 @@ def test_a_bulk_run_skips_strips_and_boxes_outside_the_photo(tmp_path):
     ]
     (tmp_path / "dump.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = build_index(
-        tmp_path / "dump.jsonl", models, tmp_path / "index", workers=0, describer=fake_describer(models), progress=False
+        tmp_path / "dump.jsonl",
+        models,
+        tmp_path / "index",
+        BulkConfig(workers=0, progress=False),
+        describer=fake_describer(models),
     )
     assert summary["indexed"] == 1 and summary["skipped"] == 2
     report = json.loads((tmp_path / "index" / "report.json").read_text())

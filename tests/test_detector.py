@@ -18,7 +18,7 @@ from detector.model import (
 )
 from detector.predict import ROI, GarmentDetector, Raw, guided_rois, load, select
 from detector.train import DetectorTrainConfig, train_detector
-from foundation.modelfiles import ModelError, load_model, save_model
+from foundation.modelfiles import ModelError, ModelFile, load_model, save_model
 from foundation.schema import default_schema
 from foundation.weights import WeightsMissing, is_available
 
@@ -70,7 +70,7 @@ def test_unknown_choices_are_named():
     with pytest.raises(ValueError, match=r"unknown pretrained value 'imagenet21k'; choose one of auto, imagenet, none"):
         DetectorConfig(pretrained="imagenet21k")
     with pytest.raises(ValueError, match="unknown guidance 'box'"):
-        GarmentDetector(build_detector(TINY, num_classes=len(class_names())), classes=class_names(), guidance="box")
+        GarmentDetector(build_detector(TINY, num_classes=len(class_names())), guidance="box")
     from cli.main import main
 
     with pytest.raises(SystemExit):
@@ -99,7 +99,9 @@ def test_a_pretrained_detector_loads_without_the_imagenet_file(tmp_path, monkeyp
     model = build_detector(cfg.model, num_classes=len(class_names())).eval()
     prep = {"input": "RGB float [0, 1]", "resize": "none"}
     save_model(
-        tmp_path, "detector", state_dicts={"model": model.state_dict()}, config=cfg.to_dict(), preprocessing=prep
+        tmp_path,
+        "detector",
+        ModelFile(state_dicts={"model": model.state_dict()}, config=cfg.to_dict(), preprocessing=prep),
     )
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # no weights file any more
     loaded, _ = load(tmp_path)
@@ -318,7 +320,9 @@ def test_load_gives_the_model_and_the_preprocessing_saved_with_it(tmp_path):
     # the preprocessing as detectors saved it before it named its resize
     prep = {"input": "RGB float [0, 1]", "min_size": 64, "max_size": 96}
     save_model(
-        tmp_path, "detector", state_dicts={"model": model.state_dict()}, config=cfg.to_dict(), preprocessing=prep
+        tmp_path,
+        "detector",
+        ModelFile(state_dicts={"model": model.state_dict()}, config=cfg.to_dict(), preprocessing=prep),
     )
     loaded, preprocess = load(tmp_path)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8))
@@ -356,7 +360,7 @@ def test_a_checkpoint_of_the_earlier_detector_still_loads(tmp_path):
     }
     config = {**DetectorTrainConfig(model=TINY).to_dict(), "model": model}
     prep = {"input": "RGB float [0, 1]", "resize": "none", "min_size": 64, "max_size": 96}
-    save_model(tmp_path, "detector", state_dicts={"model": old.state_dict()}, config=config, preprocessing=prep)
+    save_model(tmp_path, "detector", ModelFile({"model": old.state_dict()}, config, prep))
     detector = GarmentDetector.load(tmp_path, score_threshold=0.0)
     (det,) = detector.detect([Image.new("RGB", (80, 60), (200, 30, 30))], ["pants"])
     assert all(r.category == "pants" for r in det.rois)

@@ -51,7 +51,7 @@ def test_every_bad_row_reported_once_and_good_rows_read(images):
     report = DumpReport()
     products = list(read_dump(dump, report=report))
     assert [p.id for p in products] == ["a", "7"]
-    assert products[0].boxes[0].category == "t-shirt" and products[0].size == (100, 80)
+    assert products[0].boxes[0].category == "t-shirt" and products[0].photos[0].size == (100, 80)
     assert products[1].price == 12.5 and products[1].line == 15
     by_line = {p.line: p for p in report.problems}
     assert sorted(by_line) == list(range(2, 15))

@@ -157,6 +157,7 @@ def test_float_ranking_keeps_the_category_and_swaps_only_the_appearance_term():
 # -- street queries -----------------------------------------------------------------------------
 def test_street_queries_keep_mapped_garments_of_usable_size(tmp_path):
     from catalogues.datasets import ccp_split
+    from evaluation.retrieval import RetrievalEvalConfig
 
     names = [f"{i:04d}.jpg" for i in range(40)]
     name = next(n for n in names if ccp_split(n) == "val")
@@ -182,7 +183,7 @@ def test_street_queries_keep_mapped_garments_of_usable_size(tmp_path):
         )  # not in the catalogue
     (tmp_path / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
     images = QueryImages()
-    qs = street_queries(tmp_path, "val", {"skirt", "shoes", "pants"}, images)
+    qs = street_queries(tmp_path, {"skirt", "shoes", "pants"}, images, RetrievalEvalConfig(split="val"))
     stem = name[:-4]
     assert [(q.id, q.set, q.category, q.accepted) for q in qs] == [
         (f"street-{stem}", STREET_PHOTO, None, frozenset({"skirt", "shoes"})),

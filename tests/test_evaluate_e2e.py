@@ -140,7 +140,7 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
     and a floor on it would say nothing; the detector's code is not in the repository yet.
     """
     from appearance.model import untrained_coder
-    from evaluation.retrieval import RetrievalEvalConfig, evaluate_retrieval
+    from evaluation.retrieval import RetrievalEvalConfig, RetrievalInputs, evaluate_retrieval
     from indexer.describe import Describer
     from tests.indexer_fakes import FakeDetector, FakePredictor
     from tests.test_evaluate import parse_report
@@ -150,9 +150,7 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
     (tmp_path / "models").mkdir()
     out = tmp_path / "report"
     result = evaluate_retrieval(
-        clothing,
-        ccp,
-        tmp_path / "models",
+        RetrievalInputs(clothing, ccp, tmp_path / "models"),
         out,
         describer=describer,
         compose=_paste_side_by_side,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.store import PROGRESS_JSON, Store
 from search.engine import SearchEngine, load_ram_index
 from search.query import Query
@@ -29,10 +29,10 @@ DEADLINE_S = 120
 _REINDEX = """
 import sys
 sys.path.insert(0, {root!r})
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from tests.indexer_fakes import fake_describer
-build_index({dump!r}, {models!r}, {out!r}, workers=0, batch_size=2, describer=fake_describer({models!r}),
-            progress=False, delete_missing=True)
+config = BulkConfig(workers=0, batch_size=2, progress=False, delete_missing=True)
+build_index({dump!r}, {models!r}, {out!r}, config, describer=fake_describer({models!r}))
 """
 
 
@@ -51,7 +51,7 @@ def catalogue(synth_dump, models, tmp_path) -> dict:
     old.write_text("".join(json.dumps(r) + "\n" for r in rows[:10]))
     new.write_text("".join(json.dumps(r) + "\n" for r in rows[4:]))
     index = tmp_path / "index"
-    build_index(old, models, index, workers=0, describer=fake_describer(models), progress=False)
+    build_index(old, models, index, BulkConfig(workers=0, progress=False), describer=fake_describer(models))
     return {"rows": rows, "index": index, "new": new}
 
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from foundation.dump import MAX_PHOTOS, ProductError, check_product
 from foundation.schema import default_schema
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.store import Store
 from search.engine import SearchEngine, load_ram_index
 from search.index import InvertedIndex
@@ -61,7 +61,7 @@ def photo_dump(synth_dump, tmp_path_factory) -> Path:
 def photo_index(photo_dump, models, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("index") / "index"
     summary = build_index(
-        photo_dump, models, out, workers=0, batch_size=4, describer=fake_describer(models), progress=False
+        photo_dump, models, out, BulkConfig(workers=0, batch_size=4, progress=False), describer=fake_describer(models)
     )
     return out, summary
 
@@ -74,9 +74,11 @@ def test_the_dump_reads_images_beside_image():
         schema=schema,
         base=base,
     )
-    assert p.images == (base / "1.jpg", base / "2.jpg", Path("/abs/3.jpg"))  # a path given twice kept once
+    paths = [photo.path for photo in p.photos]
+    assert paths == [base / "1.jpg", base / "2.jpg", Path("/abs/3.jpg")]  # a path given twice kept once
+    assert check_product(p.to_json(), schema=schema) == p  # a dump row again
     p = check_product({"id": "a", "title": "red dress", "images": '["x.jpg", "y.jpg"]'}, schema=schema)  # CSV
-    assert p.image == Path("x.jpg") and p.images == (Path("x.jpg"), Path("y.jpg"))
+    assert [photo.path for photo in p.photos] == [Path("x.jpg"), Path("y.jpg")]
     for row, words in (
         ({"images": []}, "give image or images"),
         ({"images": ["ok.jpg", ""]}, "photo 1 must be a non-empty path"),
@@ -99,12 +101,17 @@ def test_each_photo_is_indexed_under_its_product(photo_index, photo_dump, models
     assert {s["id"] for s in report["skipped"]} == {"hopeless"}
     with Store(index) as store:
         multi = store.get("multi")
-        assert [Path(p.image).name for p in multi.photos] == [Path(multi.image).name, "mirrored.jpg"]
+        assert [Path(p.path).name for p in multi.photos] == [
+            Path(store.metadata("multi")["image"]).name,
+            "mirrored.jpg",
+        ]
         assert store.metadata("multi")["images"][1].endswith("mirrored.jpg")
         first, second = store.thumbnail("multi"), store.thumbnail("multi", 1)
         assert first and second and first != second and store.thumbnail("multi", 2) is None
         assert len(store.get("listed").photos) == 2
-    again = build_index(photo_dump, models, index, workers=0, describer=fake_describer(models), progress=False)
+    again = build_index(
+        photo_dump, models, index, BulkConfig(workers=0, progress=False), describer=fake_describer(models)
+    )
     assert again["unchanged"] == 10 and again["indexed"] == 0  # every photo's hash in the content hash
 
 

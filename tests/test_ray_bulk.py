@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.bulk import build_index
+from indexer.bulk import BulkConfig, build_index
 from indexer.store import Store
 from tests.indexer_fakes import fake_describer
 from tests.test_bulk import messy_dump, models  # noqa: F401 - the bulk tests' fixtures, shared
@@ -51,11 +51,10 @@ def _report(index: Path) -> dict:
 
 
 def _ray_run(dump, models_dir, out, **kw):
-    from indexer.ray_bulk import build_index_ray
+    from indexer.ray_bulk import RayConfig, build_index_ray
 
-    return build_index_ray(
-        dump, models_dir, out, actors=2, batch_size=4, describer_factory=fake_describer, progress=False, **kw
-    )
+    config = BulkConfig(batch_size=4, progress=False, **kw)
+    return build_index_ray(dump, models_dir, out, config, RayConfig(actors=2), describer_factory=fake_describer)
 
 
 def test_ray_writes_the_local_runs_store_byte_for_byte(ray_local, messy_dump, models, tmp_path, monkeypatch):  # noqa: F811
@@ -64,7 +63,11 @@ def test_ray_writes_the_local_runs_store_byte_for_byte(ray_local, messy_dump, mo
     monkeypatch.setattr(indexer.ray_bulk, "WAVE", 10)  # waves of 10 rows: local batches of 4 span them
     dump, good, bad = messy_dump
     local = build_index(
-        dump, models, tmp_path / "local", workers=2, batch_size=4, describer=fake_describer(models), progress=False
+        dump,
+        models,
+        tmp_path / "local",
+        BulkConfig(workers=2, batch_size=4, progress=False),
+        describer=fake_describer(models),
     )
     ray = _ray_run(dump, models, tmp_path / "ray")
     assert {k: v for k, v in ray.items() if k not in VARYING} == {k: v for k, v in local.items() if k not in VARYING}
@@ -92,10 +95,8 @@ def test_a_ray_rerun_skips_what_is_stored_and_follows_a_changed_dump(ray_local, 
         edited,
         models,
         tmp_path / "local",
-        batch_size=8,
+        BulkConfig(batch_size=8, progress=False, delete_missing=True),
         describer=fake_describer(models),
-        progress=False,
-        delete_missing=True,
     )
     assert ray["updated"] == local["updated"] == 1 and ray["deleted"] == local["deleted"] == 1
     assert _raw(tmp_path / "ray") == _raw(tmp_path / "local")

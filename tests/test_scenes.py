@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 
 from catalogues.scenes import (
     MAX_COVER,
+    SceneConfig,
     _cover,
     ccp_instances,
     compose_for_evaluation,
@@ -86,11 +87,13 @@ def test_convert_ccp_and_scenes(ccp_dir, clothing_dir, tmp_path):
     products = list(read_dump(dump))
     assert len(products) == counts["products"] > 50
     assert sum(b.category == "shoes" for p in products for b in p.boxes) > len(products)  # pairs split
-    dump, counts = convert_scenes(clothing_dir, tmp_path / "scenes", n=4, seed=1, split="val", progress=False)
+    dump, counts = convert_scenes(
+        clothing_dir, tmp_path / "scenes", SceneConfig(n=4, seed=1, split="val"), progress=False
+    )
     products = list(read_dump(dump))
     assert len(products) == 4 and all(1 <= len(p.boxes) <= 4 for p in products)
     dump, counts = convert_scenes(
-        clothing_dir, tmp_path / "street", n=3, seed=1, split="val", backgrounds=ccp_dir, progress=False
+        clothing_dir, tmp_path / "street", SceneConfig(n=3, seed=1, split="val", backgrounds=ccp_dir), progress=False
     )
     products = list(read_dump(dump))
     assert len(products) == 3 and counts["pasted"] >= 1 and counts["boxes"] == sum(len(p.boxes) for p in products)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from foundation.images import make_thumbnail
 from indexer.description import Description
-from indexer.store import ProductRecord, Store
+from indexer.store import Photo, ProductRecord, Store, StoreFormatError
 
 
 def _record(pid: str, seed: int = 0) -> ProductRecord:
@@ -23,7 +23,8 @@ def _record(pid: str, seed: int = 0) -> ProductRecord:
         code=rng.integers(0, 256, 232, dtype=np.uint8),
         colour=(colour / colour.sum()).astype(np.float16),
     )
-    return ProductRecord(pid, f"blue pants {pid}", "men/bottoms", 19.5, None, "images/x.jpg", desc, f"h{seed}")
+    photos = (Photo("images/x.jpg", f"x{seed}", desc),)
+    return ProductRecord(pid, f"blue pants {pid}", "men/bottoms", 19.5, None, photos, f"h{seed}")
 
 
 def test_round_trip_iteration_and_thumbnails(tmp_path):
@@ -37,10 +38,12 @@ def test_round_trip_iteration_and_thumbnails(tmp_path):
         got = store.get("a")
         want = _record("a", 2)
         assert got.title == want.title and got.price == 19.5 and got.content_hash == "h2"
-        np.testing.assert_array_equal(got.description.code, want.description.code)
-        np.testing.assert_array_equal(got.description.colour, want.description.colour)
-        assert got.description.colour.dtype == np.float16
-        assert got.description.attributes["colour"] == ("blue", 0.8) and got.description.roi == (1, 2, 30, 40)
+        (photo,) = got.photos
+        assert photo.path == "images/x.jpg" and photo.image_hash == "x2"
+        np.testing.assert_array_equal(photo.description.code, want.photos[0].description.code)
+        np.testing.assert_array_equal(photo.description.colour, want.photos[0].description.colour)
+        assert photo.description.colour.dtype == np.float16
+        assert photo.description.attributes["colour"] == ("blue", 0.8) and photo.description.roi == (1, 2, 30, 40)
         assert [r.id for r in store.iter_records()] == ["a", "b"]
         assert store.thumbnail("a")[:2] == b"\xff\xd8" and store.thumbnail("b") is None
         assert store.metadata("a")["attributes"] == {"great_category": "bottoms", "category": "pants", "colour": "blue"}
@@ -58,6 +61,20 @@ def test_replace_delete_and_version(tmp_path):
         assert len(store) == 0 and store.get("a") is None and store.version() == 3
 
 
+def test_a_store_of_an_older_format_is_refused_and_a_bulk_run_empties_it(tmp_path):
+    with Store(tmp_path, readonly=False) as store:
+        store.put([_record("a")], {"a": b"jpeg"})
+        with store.env.begin(write=True) as txn:
+            txn.delete(b"format", db=store._meta)  # format 1 wrote none
+    for readonly in (True, False):
+        with pytest.raises(StoreFormatError, match=r"format 1, and this version reads format 2.*fashion-search index"):
+            Store(tmp_path, readonly=readonly)
+    with Store(tmp_path, readonly=False, reindex=True) as store:  # what the bulk indexer opens
+        assert len(store) == 0 and store.thumbnail("a") is None
+    with Store(tmp_path) as store:
+        assert len(store) == 0
+
+
 def test_a_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="fashion-search index"):
         Store(tmp_path / "nothing")
@@ -73,7 +90,7 @@ def test_add_products_describes_and_stores(tmp_path):
     with Store(tmp_path / "index", readonly=False) as store:
         product = product_from_fields({"id": "p1", "title": "red midi dress", "price": 30.0})
         (record,) = add_products(store, describer, [(product, photo)])
-        assert record.description.category == "dress"  # from the title
+        assert record.photos[0].description.category == "dress"  # from the title
         meta = store.metadata("p1")
         assert meta["title"] == "red midi dress" and meta["category"] == "dress" and meta["price"] == 30.0
         assert store.thumbnail("p1")

@@ -24,7 +24,7 @@ def test_dump_is_valid_and_consistent(synth_dump):
     assert not report.problems, report.problems[:3]
     assert len(products) == 120
     for p in products:
-        w, h = p.size
+        w, h = p.photos[0].size
         assert 1 <= len(p.boxes) <= 3
         assert all(0 <= b.x0 < b.x1 <= w and 0 <= b.y0 < b.y1 <= h for b in p.boxes)
         assert not schema.attribute_errors(p.attributes)

@@ -126,6 +126,8 @@ def search():
         ms,
     )
     response["results"] = [_with_image_url(r) for r in response["results"]]
+    for garment in response["garments"]:
+        garment["results"] = [_with_image_url(r) for r in garment["results"]]
     return jsonify(response)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from foundation.dump import MAX_PHOTOS, MAX_TEXT, MAX_URL
 from foundation.schema import default_schema
 from search.narrowing import filter_tokens
-from search.query import DEFAULT_K, MAX_K, MAX_OFFSET, OPTIONS, QUERY_ID_PATTERN
+from search.query import DEFAULT_K, MAX_GARMENTS, MAX_K, MAX_OFFSET, OPTIONS, QUERY_ID_PATTERN
 from webui import forms
 
 TEMPLATE = Path(__file__).with_name("openapi.json")
@@ -36,6 +36,7 @@ def openapi_document(categories: Sequence[str] | None = None) -> dict:
         (SEARCH + ("k",), {"minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}),
         (SEARCH + ("filter",), {"maxItems": len(schema.attribute_groups)}),
         (SEARCH + ("offset",), {"minimum": 0, "maximum": MAX_OFFSET, "default": 0}),
+        (SEARCH + ("garment",), {"minimum": 0, "maximum": MAX_GARMENTS - 1, "default": 0}),
         (PRODUCT + ("properties", "title"), {"maxLength": MAX_TEXT, "pattern": forms.TEXT_PATTERN}),
         (PRODUCT + ("properties", "category_path"), {"maxLength": MAX_TEXT, "pattern": forms.TEXT_PATTERN}),
         (PRODUCT + ("properties", "url"), {"maxLength": MAX_URL, "pattern": forms.URL_PATTERN}),

@@ -26,7 +26,17 @@ from foundation.images import ImageError, upright_size
 from foundation.schema import default_schema
 from foundation.text import category_from_text
 from search.narrowing import MAX_OFFSET, Narrowing, check_offset, parse_filters
-from search.query import DEFAULT_K, MAX_K, OPTIONS, QUERY_ID_PATTERN, Query, check_k, check_option, check_search
+from search.query import (
+    DEFAULT_K,
+    MAX_GARMENTS,
+    MAX_K,
+    OPTIONS,
+    QUERY_ID_PATTERN,
+    Query,
+    check_k,
+    check_option,
+    check_search,
+)
 
 MAX_ID = MAX_ID_CHARS  # characters in a product id
 MAX_PRICE_TEXT = 32
@@ -165,6 +175,15 @@ def parse_offset(value: str | None) -> int:
         raise RequestError(str(exc)) from None
 
 
+def parse_garment(value: str | None) -> int:
+    """Which garment of an earlier answer (``garment``): 0 to ``MAX_GARMENTS`` - 1, default 0."""
+    if value is None:
+        return 0
+    if not _matches(K_PATTERN, value) or not 0 <= int(value) < MAX_GARMENTS:
+        raise RequestError(f"garment must be an integer from 0 to {MAX_GARMENTS - 1}, got {echo(value)}")
+    return int(value)
+
+
 def parse_query_id(value: str) -> str:
     if not _matches(QUERY_ID_PATTERN, value):
         raise RequestError(f"query_id must be the 16 characters of a search's query.id, got {echo(value)}")
@@ -190,6 +209,9 @@ def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> Qu
         "price_max": parse_price(form.get("price_max"), "price_max"),
     }
     _refused(lambda: Narrowing.of(**narrowing))  # the price range, before anything else is read
+    garment = parse_garment(form.get("garment"))
+    if garment and form.get("query_id") is None:
+        raise RequestError("garment picks a garment of an earlier answer: send it with that answer's query_id")
     if form.get("query_id") is not None:
         query_id = parse_query_id(form.get("query_id"))
         given = [f for f in ("option", "category", "box") if form.get(f) is not None]
@@ -200,7 +222,7 @@ def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> Qu
                 f"query_id re-runs a search as it was described; it takes no {', '.join(given)} "
                 "(send a photo instead to search anew)"
             )
-        return _refused(lambda: Query.rerun(query_id, **narrowing))
+        return _refused(lambda: Query.rerun(query_id, garment=garment, **narrowing))
     option = parse_option(form.get("option"))
     category = parse_category(form.get("category"), categories)
     box_text = form.get("box")

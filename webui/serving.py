@@ -196,13 +196,7 @@ def serve_app(app: Flask, config: ServeConfig = ServeConfig(), sockets: list[soc
 def serve(
     index_dir: str | Path,
     *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    token: str | None = None,
-    threads: int = 4,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-    device: str = "cpu",
-    allowed_hosts: tuple[str, ...] | None = None,
+    config: ServeConfig = ServeConfig(),
     reload_s: float = 2.0,
     open_engine=None,
 ) -> None:
@@ -210,19 +204,10 @@ def serve(
 
     The port is bound first: a busy one is said (``PortError``) before any model is loaded.
     ``open_engine``: a function returning the engine to serve (another backend), called then."""
-    config = ServeConfig(
-        host=host,
-        port=port,
-        threads=threads,
-        token=token,
-        max_upload_bytes=max_upload_bytes,
-        device=device,
-        allowed_hosts=allowed_hosts,
-    )
     check_index(index_dir)
     sockets = bind_sockets(config.host, config.port)
     try:
-        if device == "cpu":
+        if config.device == "cpu":
             import torch
 
             # Requests run side by side on waitress' threads: one torch thread each, so they do not
@@ -233,9 +218,9 @@ def serve(
             raise ValueError(f"--reload-s must be 0 (never) or a positive number of seconds, got {reload_s!r}")
         settings = {
             "INDEX": index_dir,
-            "DEVICE": device,
-            "TOKEN": token,
-            "MAX_CONTENT_LENGTH": max_upload_bytes,
+            "DEVICE": config.device,
+            "TOKEN": config.token,
+            "MAX_CONTENT_LENGTH": config.max_upload_bytes,
             "RELOAD_S": reload_s,
         }
         app = create_app({**settings, "ENGINE": open_engine()} if open_engine else settings)

@@ -113,7 +113,18 @@ class Answer:
         return self.selected.results
 
     def to_json(self) -> dict:
+        """``query`` (the answered garment as understood), its ``results``, and every garment with its own."""
         g = self.selected
         query = {"id": self.query_id, "option": self.option, **g.to_json()}
-        query.update(offset=self.narrowing.offset, more=g.more, note=g.note, timings_ms=dict(self.timings_ms))
-        return {"query": query, "results": [r.to_json() for r in g.results]}
+        query.update(
+            offset=self.narrowing.offset,
+            more=g.more,
+            note=g.note,
+            timings_ms=dict(self.timings_ms),
+            garment=self.garment,
+        )
+        garments = [
+            {"garment": n, **x.to_json(), "more": x.more, "note": x.note, "results": [r.to_json() for r in x.results]}
+            for n, x in enumerate(self.garments)
+        ]
+        return {"query": query, "results": [r.to_json() for r in g.results], "garments": garments}

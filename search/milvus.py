@@ -247,6 +247,12 @@ class MilvusIndex:
                 raise ValueError(f"more than {MAX_TOPK} products tie at the Hamming shortlist's boundary")
             ask = min(ask * 2, MAX_TOPK)
 
+    def _check_code(self, code: np.ndarray) -> np.ndarray:
+        code = np.asarray(code, np.uint8).reshape(-1)
+        if code.size != self.code_bytes:
+            raise ValueError(f"the query code has {code.size} bytes, the index {self.code_bytes}")
+        return code
+
     def _candidates(self, found: list[tuple[dict, int]]) -> Candidates:
         """Rows as Milvus returns them, with their distances, as ranking reads candidates."""
         keys = [split_key(r["id"]) for r, _d in found]
@@ -255,7 +261,9 @@ class MilvusIndex:
         return Candidates(
             ids,
             np.array([d for _r, d in found], np.int32),
-            np.array([r["colour_histogram"] for r, _d in found], np.float32).reshape(len(found), -1).astype(np.float16),
+            np.array([r["colour_histogram"] for r, _d in found], np.float32)
+            .reshape(len(found), self.colour_bins)
+            .astype(np.float16),
             np.stack(values) if values else np.empty((0, len(self.columns)), np.uint8),
             np.array([n for _pid, n in keys], np.uint8),
         )
@@ -263,9 +271,7 @@ class MilvusIndex:
     def shortlist(self, code: np.ndarray, category: str, narrowing: Narrowing, depth: int) -> Candidates:
         """``SearchIndex.shortlist``: the Hamming shortlist from Milvus, in the embedded order."""
         self.schema.check_category(category)
-        code = np.asarray(code, np.uint8).reshape(-1)
-        if code.size != self.code_bytes:
-            raise ValueError(f"the query code has {code.size} bytes, the index {self.code_bytes}")
+        code = self._check_code(code)
         expr = self._expr(category, narrowing)
         limit = min(max(depth, EXACT_BELOW), MAX_TOPK)
         found = self._nearest(code, expr, limit)
@@ -291,7 +297,7 @@ class MilvusIndex:
     def named(self, ids: Sequence[str], code: np.ndarray, narrowing: Narrowing) -> Candidates:
         """``SearchIndex.named``: every photo of the named products that holds the keys, in any category."""
         ids = list(ids)
-        code = np.asarray(code, np.uint8).reshape(-1)
+        code = self._check_code(code)
         expr = " and ".join(filter(None, [f"id in {_literal(row_keys(ids))}", self._expr(None, narrowing)]))
         rows = sorted(self._query(expr, ["id", *self._fields]), key=lambda r: r["id"])
         ham = [int(np.unpackbits(np.frombuffer(code_bytes_of(r["code"]), np.uint8) ^ code).sum()) for r in rows]

@@ -95,14 +95,15 @@ def label_like_the_catalogue(engine, dump: str | Path) -> None:
         for p in read_dump(dump, check_images=False)
     }
     records = list(engine.store.iter_records())
+    first = [r.photos[0] for r in records]
     engine.index.add(
         PhotoRows(
             [r.id for r in records],
-            [r.description.category for r in records],
+            [p.description.category for p in first],
             [labels.get(r.id, {}) for r in records],
-            np.stack([r.description.code for r in records]),
-            np.stack([r.description.colour for r in records]),
-            photos=[photo_key(r.image_hash) for r in records],
+            np.stack([p.description.code for p in first]),
+            np.stack([p.description.colour for p in first]),
+            photos=[photo_key(p.image_hash) for p in first],
             prices=[r.price for r in records],
         )
     )

@@ -189,14 +189,6 @@ def test_bad_queries_are_the_embedded_errors(milvus_uri):
             index.add(PhotoRows(["x"], ["pants"], [{}], np.zeros((1, 4), np.uint8), np.zeros((1, BINS))))
 
 
-EMPTY_ROWS_BUG = (
-    "search.milvus: MilvusIndex._candidates cannot answer no rows (np.array([]).reshape(0, -1) raises "
-    "'cannot reshape array of size 0'), so a search of an empty category, a narrowing that leaves nothing, "
-    "or named products the narrowing excludes raises ValueError where the RAM index answers none"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=EMPTY_ROWS_BUG)
 def test_a_search_that_finds_nothing_answers_as_the_ram_index(milvus_uri):
     data = _random_catalogue(40, seed=4)
     ram, milvus = _both(milvus_uri, "nothing", data)
@@ -208,9 +200,6 @@ def test_a_search_that_finds_nothing_answers_as_the_ram_index(milvus_uri):
     assert pinned(milvus, data["ids"][:5], code, colour, price_min=1e9) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="search.milvus: MilvusIndex.named does not check the code's size (the RAM index does)"
-)
 def test_named_products_refuse_a_code_of_another_size(milvus_uri):
     data = _random_catalogue(40, seed=5)
     _ram, milvus = _both(milvus_uri, "named_code", data)
@@ -290,7 +279,6 @@ def _same(answer: dict) -> dict:
     return {"query": q, "results": answer["results"]}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=EMPTY_ROWS_BUG)  # passes with that fixed
 def test_fifty_queries_in_all_three_options_answer_as_the_embedded_engine(engines, rows, synth_dump):
     embedded, milvus = engines
     assert len(milvus) == len(embedded) and milvus.stats()["categories"] == embedded.stats()["categories"]

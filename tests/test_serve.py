@@ -29,10 +29,7 @@ class TinyEngine:
     def categories(self) -> list[str]:
         return ["dress"]
 
-    def search(self, image, option, *, category=None, box=None, k=20, **narrowing) -> dict:
-        raise ValueError("no products")
-
-    def rerun(self, query_id, **narrowing) -> dict:
+    def search(self, query):
         raise ValueError("no products")
 
     def product(self, product_id):
@@ -46,6 +43,9 @@ class TinyEngine:
 
     def delete(self, product_id) -> bool:
         return False
+
+    def close(self) -> None:
+        pass
 
     def stats(self) -> dict:
         return {"products": 0, "categories": {}}

@@ -47,8 +47,9 @@ def search(client, image: bytes, **fields):
 
 
 def test_the_three_options_answer_as_documented(client, photo):
-    doc = client.get("/api/openapi.json").json["components"]["schemas"]["SearchResponse"]
-    hit_fields = set(doc["properties"]["results"]["items"]["required"])
+    schemas = client.get("/api/openapi.json").json["components"]["schemas"]
+    doc = schemas["SearchResponse"]
+    hit_fields = set(schemas["Result"]["required"])
     query_fields = set(doc["properties"]["query"]["required"])
     # a rectangle with a category: the stand-in model's own pick from the crop may name a category
     # with no product in this 12-product index
@@ -68,6 +69,10 @@ def test_the_three_options_answer_as_documented(client, photo):
             assert client.get(hit["image_url"]).mimetype == "image/jpeg"
             assert client.get(f"/api/products/{hit['id']}").json["category"] == hit["category"]
         assert_in_searched_categories(q, r.json["results"])
+        # one garment answered for a guide or a rectangle; its results are the answer's
+        assert r.json["garments"][q["garment"]]["results"] == r.json["results"]
+        if fields["option"] != "auto":
+            assert len(r.json["garments"]) == 1
         if fields["option"] == "guided":
             assert q["category"] == "shoes"
         if fields["option"] == "rectangle":

@@ -132,7 +132,7 @@ def test_an_edited_colour_steers_the_colour_term(engine, client, photo):
     swatch = swatch_histogram(engine.schema.colour_swatches["blue"], engine.describer.colour).astype(np.float32)
     swatch /= swatch.sum()
     for hit in r.json["results"]:
-        own = engine.store.get(hit["id"]).description.colour.astype(np.float32)
+        own = engine.store.get(hit["id"]).photos[0].description.colour.astype(np.float32)
         own /= own.sum()
         assert hit["colour_distance"] == pytest.approx(0.5 * float(np.abs(own - swatch).sum()), abs=2e-3)
 

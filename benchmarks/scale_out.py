@@ -152,7 +152,7 @@ def timed(index, queries, data) -> tuple[list, list[float]]:
 
 def serving(n: int, code_bits: int, n_queries: int, nlist: int, tmp: Path) -> None:
     from search.milvus import MilvusIndex, insert_rows, product_rows
-    from search.milvus_export import build_vector_index, create_collection
+    from search.milvus_export import CollectionSpec, build_vector_index, create_collection
     from search.milvus_local import local_milvus
 
     code_bytes, bins = code_bits // 8, 132
@@ -179,9 +179,8 @@ def serving(n: int, code_bits: int, n_queries: int, nlist: int, tmp: Path) -> No
         pid = next(p for p in os.listdir("/proc") if p.isdigit() and _is_milvus(p, tmp / "milvus"))
         idle = rss(pid)
         for index_type, probes in (("BIN_FLAT", [16]), ("BIN_IVF_FLAT", [8, 32, 128])):
-            target = create_collection(
-                uri, code_bits=code_bits, colour_bins=bins, collection="bench", index_type=index_type, replace=True
-            )
+            spec = CollectionSpec(code_bits, bins, collection="bench", index_type=index_type)
+            target = create_collection(uri, spec, replace=True)
             t = time.perf_counter()
             groups = [g.name for g in default_schema().attribute_groups]
             for lo in range(0, n, 5000):

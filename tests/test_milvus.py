@@ -81,10 +81,10 @@ def pinned(index, ids, code, colour, attributes=None, ranking=None, **narrowing)
 
 def _both(uri, collection, data, numbers=None):
     from search.milvus import MilvusIndex
-    from search.milvus_export import build_vector_index, create_collection
+    from search.milvus_export import CollectionSpec, build_vector_index, create_collection
 
     ram = InvertedIndex(code_bytes=CODE_BYTES, colour_bins=BINS)
-    target = create_collection(uri, code_bits=CODE_BYTES * 8, colour_bins=BINS, collection=collection, replace=True)
+    target = create_collection(uri, CollectionSpec(CODE_BYTES * 8, BINS, collection=collection), replace=True)
     build_vector_index(target)
     milvus = MilvusIndex(uri, collection=collection)
     for index in (ram, milvus):
@@ -210,7 +210,7 @@ def test_named_products_refuse_a_code_of_another_size(milvus_uri):
 def test_ivf_recall_at_10_against_the_exact_answer(milvus_uri):
     """BIN_IVF_FLAT on clustered codes (products of one look share most bits, as real codes do)."""
     from search.milvus import MilvusIndex, insert_rows
-    from search.milvus_export import build_vector_index, create_collection
+    from search.milvus_export import CollectionSpec, build_vector_index, create_collection
 
     rng = np.random.default_rng(5)
     n, nbytes = 20_000, 32
@@ -223,7 +223,7 @@ def test_ivf_recall_at_10_against_the_exact_answer(milvus_uri):
     ram = InvertedIndex(code_bytes=nbytes, colour_bins=BINS)
     ram.add(PhotoRows(ids, ["pants"] * n, [{}] * n, codes, colours))
     target = create_collection(
-        milvus_uri, code_bits=nbytes * 8, colour_bins=BINS, collection="ivf", index_type="BIN_IVF_FLAT", replace=True
+        milvus_uri, CollectionSpec(nbytes * 8, BINS, collection="ivf", index_type="BIN_IVF_FLAT"), replace=True
     )
     for lo in range(0, n, 5000):
         insert_rows(

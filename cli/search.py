@@ -6,37 +6,61 @@ import json
 from pathlib import Path
 
 
-def _table(response: dict) -> str:
-    q = response["query"]
-    lines = [
-        f"option {q['option']}: category {q['category']}"
-        + (" (no garment found: whole image)" if q["fallback"] else "")
-        + f", roi {q['roi']}, {q['timings_ms']['total']:.0f} ms",
-        "attributes: " + ", ".join(f"{a['group']}={a['value']} ({a['p']:.2f})" for a in q["attributes"]),
-    ]
+def _garment_table(q: dict, results: list[dict], offset: int) -> list[str]:
+    lines = ["attributes: " + ", ".join(f"{a['group']}={a['value']} ({a['p']:.2f})" for a in q["attributes"])]
     if q.get("filters"):
         lines.append("narrowed by: " + ", ".join(q["filters"]))
     if q.get("note"):
         lines.append(f"note: {q['note']}")
     lines.append(f"{'#':>3}  {'id':<20} {'score':>7} {'hamming':>7} {'colour':>6}  title / shared attributes")
-    for i, r in enumerate(response["results"], q.get("offset", 0) + 1):
+    for i, r in enumerate(results, offset + 1):
         shared = ", ".join(a.split("=", 1)[1] for a in r["shared_attributes"])
         rid = r["id"] + (f" #{r['photo']}" if r.get("photo") else "")  # which of its photos matched
         lines.append(
             f"{i:>3}  {rid:<20} {r['score']:>7.3f} {r['hamming']:>7d} {r['colour_distance']:>6.3f}  {r['title']}"
             + (f"  [{shared}]" if shared else "")
         )
-    if not response["results"]:
+    if not results:
         lines.append("  (no results)")
     if q.get("more"):
-        lines.append(f"  more: --offset {q.get('offset', 0) + len(response['results'])}")
+        lines.append(f"  more: --offset {offset + len(results)}")
+    return lines
+
+
+def _table(response: dict) -> str:
+    q = response["query"]
+    offset = q.get("offset", 0)
+    head = f"option {q['option']}: category {q['category']}" + (
+        " (no garment found: whole image)" if q["fallback"] else ""
+    )
+    garments = response.get("garments") or []
+    if len(garments) <= 1:
+        lines = [head + f", roi {q['roi']}, {q['timings_ms']['total']:.0f} ms"]
+        return "\n".join(lines + _garment_table(q, response["results"], offset))
+    lines = [f"option {q['option']}: {len(garments)} garments found, {q['timings_ms']['total']:.0f} ms"]
+    for g in garments:
+        answered = g["garment"] == q.get("garment", 0)
+        lines.append("")
+        lines.append(f"garment {g['garment']}: {g['category']}, roi {g['roi']}" + (" (answered)" if answered else ""))
+        lines += _garment_table({**g, "filters": q["filters"] if answered else g["filters"]}, g["results"], 0)
     return "\n".join(lines)
 
 
 def _jsonl(response: dict) -> str:
-    """One JSON object per result, in rank order, each with its ``rank`` (1 = best, counting the offset)."""
-    first = response["query"].get("offset", 0) + 1
-    return "\n".join(json.dumps({"rank": i, **r}, ensure_ascii=False) for i, r in enumerate(response["results"], first))
+    """One JSON object per result, garment by garment, in rank order, each with its ``rank`` (1 =
+    best, counting the offset) and its ``garment`` (number and category)."""
+    q = response["query"]
+    garments = response.get("garments") or [{"garment": 0, "category": q["category"], "results": response["results"]}]
+    rows = []
+    for g in garments:
+        first = (q.get("offset", 0) if g["garment"] == q.get("garment", 0) else 0) + 1
+        for i, r in enumerate(g["results"], first):
+            rows.append(
+                json.dumps(
+                    {"rank": i, "garment": g["garment"], "garment_category": g["category"], **r}, ensure_ascii=False
+                )
+            )
+    return "\n".join(rows)
 
 
 def _query(args) -> int:
@@ -63,8 +87,9 @@ def _query(args) -> int:
     with open_engine() if open_engine else SearchEngine.open(args.index, device=args.device) as engine:
         response = engine.search(query).to_json()
     if args.jsonl:
-        if response["results"]:
-            print(_jsonl(response))
+        rows = _jsonl(response)
+        if rows:
+            print(rows)
     else:
         print(json.dumps(response, indent=1) if args.json else _table(response))
     return 0

@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 SHOP, STREET_GARMENT, STREET_PHOTO = "shop", "street-garment", "street-photo"
 OPTIONS = ("auto", "guided", "rectangle")
 COLOUR_ONLY, WHOLE_CODE = "colour only", "whole-image code"
+AUTO_GARMENTS = "auto garments"  # auto's every garment, scored in DeepFashion2's protocol
+MATCH_IOU = 0.5  # a garment offered is the true one when their boxes overlap this much
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -72,6 +74,15 @@ class Query:
     accepted: frozenset[str]  # result categories that count as right
 
 
+@dataclass(frozen=True)
+class GarmentGroup:
+    """One garment an answer offered: its box, the category it was read as, its results."""
+
+    roi: tuple[float, float, float, float]
+    category: str
+    ids: list[str]
+
+
 @dataclass
 class Ranking:
     """What one system returned for one query."""
@@ -81,6 +92,7 @@ class Ranking:
     roi: tuple[float, float, float, float] | None = None
     fallback: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    garments: list[GarmentGroup] = field(default_factory=list)  # auto: every garment offered, first meant first
 
 
 @dataclass
@@ -142,6 +154,70 @@ def summarise(run: Run, category_of: Mapping[str, str], *, k: int = 10, depth: i
                 row["category_right"] = round(float(np.mean([q.category == c for q, c in cats])), 4)
             block["systems"][system] = row
         out[query_set] = block
+    for query_set, row in garment_summary(run, category_of, k=k).items():
+        out[query_set]["systems"][AUTO_GARMENTS] = row
+    return out
+
+
+def matched_group(groups: Sequence[GarmentGroup], box) -> int | None:
+    """The offered garment that is the true one at ``box``: the best overlap at IoU >= ``MATCH_IOU``."""
+    if not groups or box is None:
+        return None
+    from torchvision.ops import box_iou
+
+    iou = box_iou(torch.tensor([g.roi for g in groups], dtype=torch.float32), torch.tensor([box], dtype=torch.float32))
+    best = int(iou[:, 0].argmax())
+    return best if float(iou[best, 0]) >= MATCH_IOU else None
+
+
+def garment_summary(run: Run, category_of: Mapping[str, str], *, k: int = 10) -> dict[str, dict]:
+    """Auto's every garment scored as DeepFashion2's retrieval protocol scores a consumer photo: each
+    true garment counts when an offered garment matches its box (IoU >= ``MATCH_IOU``), and is
+    judged by that garment's own results; a garment not offered is a miss.
+
+    shop scenes: ``offered`` (share of targets offered as a garment), ``R@1`` and ``R@k`` of the
+    target's group (misses count 0), and ``first R@k`` (the first group alone: what a shopper who
+    taps nothing sees). Street photos: per true garment of a catalogue category (the street garment
+    queries), ``offered`` and the offered groups' category ``P@k``.
+    """
+    auto = run.rankings.get("auto", {})
+    out: dict[str, dict] = {}
+    shop = [q for q in run.queries if q.set == SHOP and q.id in auto]
+    if shop:
+        offered, r1, rk, first = [], [], [], []
+        for q in shop:
+            groups = auto[q.id].garments
+            g = matched_group(groups, q.box)
+            ids = groups[g].ids if g is not None else []
+            offered.append(g is not None)
+            r1.append(recall_at_k(ids, q.target, 1) if ids else 0.0)
+            rk.append(recall_at_k(ids, q.target, k) if ids else 0.0)
+            first.append(recall_at_k(groups[0].ids, q.target, k) if groups and groups[0].ids else 0.0)
+        out[SHOP] = {
+            "offered": round(float(np.mean(offered)), 4),
+            "R@1": round(float(np.mean(r1)), 4),
+            f"R@{k}": round(float(np.mean(rk)), 4),
+            f"first R@{k}": round(float(np.mean(first)), 4),
+            "garments offered": round(float(np.mean([len(auto[q.id].garments) for q in shop])), 2),
+            "queries": len(shop),
+        }
+    photo_of = {q.image: q.id for q in run.queries if q.set == STREET_PHOTO and q.id in auto}
+    truths = [q for q in run.queries if q.set == STREET_GARMENT and q.image in photo_of]
+    if truths:
+        offered, precisions = [], []
+        for q in truths:
+            groups = auto[photo_of[q.image]].garments
+            g = matched_group(groups, q.box)
+            offered.append(g is not None)
+            if g is not None:
+                labels = [category_of.get(pid, "") for pid in groups[g].ids]
+                precisions.append(precision_at_k(labels, q.accepted, k))
+        out[STREET_PHOTO] = {
+            "offered": round(float(np.mean(offered)), 4),
+            f"P@{k}": round(float(np.mean(precisions)), 4) if precisions else 0.0,
+            "garments": len(truths),
+            "queries": len(photo_of),
+        }
     return out
 
 

@@ -47,6 +47,7 @@ from evaluation.metrics import (
     SHOP,
     STREET_GARMENT,
     STREET_PHOTO,
+    GarmentGroup,
     Query,
     QueryImages,
     Ranking,
@@ -98,6 +99,11 @@ def run_engine(
                     roi=tuple(float(v) for v in d["roi"]),
                     fallback=bool(d["fallback"]),
                     timings_ms={name: float(ms) for name, ms in d["timings_ms"].items()},
+                    garments=[
+                        GarmentGroup(tuple(float(v) for v in g["roi"]), g["category"], [r["id"] for r in g["results"]])
+                        for g in response["garments"]
+                        if not g["fallback"]  # the whole photo is no garment offered
+                    ],
                 ),
             )
             described[(option, q.id)] = d

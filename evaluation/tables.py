@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from evaluation.metrics import (
+    AUTO_GARMENTS,
     COLOUR_ONLY,
     SHOP,
     STREET_GARMENT,
@@ -37,7 +38,7 @@ _SYSTEM_NOTES = {
 
 
 def _ordered(systems: Iterable[str]) -> list[str]:
-    systems = list(systems)
+    systems = [s for s in systems if s != AUTO_GARMENTS]  # scored otherwise: its own table
     return [s for s in SYSTEM_ORDER if s in systems] + sorted(s for s in systems if s not in SYSTEM_ORDER)
 
 
@@ -118,6 +119,41 @@ def result_tables(metrics: Mapping, *, k: int = 10) -> list:
                 note=f"garment P@{k}: share of the top {k} in the garment's category (options 2 and 3, baselines on the whole "
                 f"photo); photo P@{k}: share of the top {k} whose category is one of the garments present (option 1 on "
                 "the whole photo). Missing results count as wrong.",
+            )
+        )
+    looks = [(name, (metrics.get(name) or {}).get("systems", {}).get(AUTO_GARMENTS)) for name in (SHOP, STREET_PHOTO)]
+    if any(row for _n, row in looks):
+        shop, street = looks[0][1] or {}, looks[1][1] or {}
+        tables.append(
+            Table(
+                "Shop the look: auto's every garment (DeepFashion2's protocol)",
+                ["set", "offered", "R@1", f"R@{k}", f"first R@{k}", f"category P@{k}", "true garments", "photos"],
+                [
+                    [
+                        "shop scenes",
+                        shop.get("offered"),
+                        shop.get("R@1"),
+                        shop.get(f"R@{k}"),
+                        shop.get(f"first R@{k}"),
+                        None,
+                        shop.get("queries"),
+                        shop.get("queries"),
+                    ],
+                    [
+                        "street photos",
+                        street.get("offered"),
+                        None,
+                        None,
+                        None,
+                        street.get(f"P@{k}"),
+                        street.get("garments"),
+                        street.get("queries"),
+                    ],
+                ],
+                note=f"A true garment is offered when a garment auto found overlaps its box at IoU >= 0.5; it is then "
+                f"judged by that garment's own results (shop: the target product among them; street: the share of "
+                f"the top {k} in its category). A garment not offered counts as a miss in R@1 and R@{k}. 'first "
+                f"R@{k}': the first garment's results alone, what a shopper who taps nothing sees.",
             )
         )
     return tables

@@ -12,10 +12,12 @@ from PIL import Image
 
 from evaluation.baselines import Searcher, code_rankings, colour_rankings, float_ranking
 from evaluation.metrics import (
+    AUTO_GARMENTS,
     COLOUR_ONLY,
     SHOP,
     STREET_GARMENT,
     STREET_PHOTO,
+    GarmentGroup,
     Query,
     QueryImages,
     Ranking,
@@ -100,6 +102,29 @@ def test_summarise_means_per_set_and_system():
     json.dumps(m)  # what metrics.json holds
 
 
+def test_every_garment_is_scored_by_its_own_group_in_deepfashion2s_protocol():
+    category_of = {"p1": "pants", "p2": "pants", "p3": "skirt", "p4": "dress", "p5": "t-shirt"}
+    queries = [
+        Query("s1", SHOP, "img1", "pants", (0, 50, 40, 100), "p1", frozenset({"pants"})),
+        Query("s2", SHOP, "img2", "skirt", (0, 0, 10, 10), "p3", frozenset({"skirt"})),
+        Query("w1", STREET_PHOTO, "img3", None, None, None, frozenset({"dress", "t-shirt"})),
+        Query("g1", STREET_GARMENT, "img3", "dress", (0, 0, 50, 50), None, frozenset({"dress"})),
+        Query("g2", STREET_GARMENT, "img3", "t-shirt", (60, 60, 90, 90), None, frozenset({"t-shirt"})),
+    ]
+    run = Run(queries)
+    top = GarmentGroup((0, 0, 40, 50), "t-shirt", ["p5"])
+    # s1: the target's garment is offered second (IoU 0.9 with its box), its group finds it at rank 2
+    run.put("auto", "s1", Ranking(["p5"], garments=[top, GarmentGroup((0, 55, 40, 100), "pants", ["p2", "p1"])]))
+    run.put("auto", "s2", Ranking(["p4"], garments=[GarmentGroup((50, 50, 90, 90), "dress", ["p4"])]))  # missed
+    run.put("auto", "w1", Ranking(["p4"], garments=[GarmentGroup((0, 0, 48, 52), "dress", ["p4", "p3"])]))
+    looks = summarise(run, category_of, k=2, depth=2)
+    shop = looks[SHOP]["systems"][AUTO_GARMENTS]
+    assert shop["offered"] == 0.5 and shop["R@1"] == 0.0 and shop["R@2"] == 0.5 and shop["first R@2"] == 0.0
+    street = looks[STREET_PHOTO]["systems"][AUTO_GARMENTS]
+    assert street["offered"] == 0.5  # the dress offered, the t-shirt not
+    assert street["P@2"] == 0.5 and street["garments"] == 2  # p4 a dress, p3 not
+
+
 def test_cases_puts_missed_targets_first_and_hits_at_rank_one_last():
     run, category_of = _run()
     worst, best = cases(run, "rectangle", SHOP, category_of, k=2, n=1)
@@ -110,7 +135,8 @@ def test_cases_puts_missed_targets_first_and_hits_at_rank_one_last():
 def test_tables_hold_every_system_and_metric():
     run, category_of = _run()
     tables = result_tables(summarise(run, category_of, k=2, depth=3), k=2)
-    shop, street = tables
+    shop, street, looks = tables
+    assert looks.rows[1][0] == "street photos" and looks.rows[1][1] == 0.0  # auto offered no garment here
     assert [r[0] for r in shop.rows] == ["rectangle", COLOUR_ONLY]
     assert shop.rows[0][1:3] == [0.5, 0.5]
     assert {r[0] for r in street.rows} == {"auto", "rectangle"}

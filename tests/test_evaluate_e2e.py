@@ -170,7 +170,13 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
         "float rectangle",
         "colour only",
         "whole-image code",
+        "auto garments",
     }
+    looks = shop["auto garments"]  # auto's every garment, in DeepFashion2's protocol
+    assert set(looks) == {"offered", "R@1", "R@10", "first R@10", "garments offered", "queries"}
+    assert 0 <= looks["R@1"] <= looks["R@10"] <= looks["offered"] <= 1 and looks["queries"] == 12
+    street = saved["metrics"]["street-photo"]["systems"]["auto garments"]
+    assert 0 <= street["offered"] <= 1 and 0 <= street["P@10"] <= 1 and street["queries"] == 6
     # Guided search stays in the true category: every result is right at the category level
     # whenever the category holds at least k products.
     assert shop["guided"]["category_right"] == 1.0
@@ -181,7 +187,7 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
     assert shop["guided"]["R@1"] >= 0.3
     assert shop["colour only"]["R@10"] >= 0.75
     parsed = parse_report((out / "index.html").read_text(encoding="utf-8"))
-    assert parsed.tables == 4  # shop, street, per-query timings, run stages
+    assert parsed.tables == 5  # shop, street, shop the look, per-query timings, run stages
     assert "rectangle" in parsed.cells and "whole-image code" in parsed.cells
     plots = [s for s in parsed.images if s.startswith("data:image/png;base64,")]
     thumbs = [s for s in parsed.images if s.startswith("data:image/jpeg;base64,")]

@@ -56,6 +56,9 @@ class NoDetector:
     def presence(self, raw, within=None):
         return {}
 
+    def garments(self, raw):
+        return []
+
     def choose(self, raw, guide, size):
         return _WholePhoto(size)
 

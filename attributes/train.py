@@ -309,6 +309,7 @@ def train_attributes(
         "model": name,
         "best_loss": round(run.best, 4) if run.best is not None else None,
         "epochs_run": len(run.history),
+        "epochs_planned": run.epochs_planned,  # fewer than configured when the time budget holds fewer
         "steps": run.steps,
         "stopped": run.stopped,
         "history": run.history,

@@ -172,6 +172,7 @@ def train_detector(
     run = train_loop(DetectorTask(model), loader, config.loop_config(), options)
     result = {
         "epochs": run.epochs_done,
+        "epochs_planned": run.epochs_planned,
         "steps": run.steps,
         "seconds": round(time.perf_counter() - t0, 1),
         "images": len(data),

@@ -183,6 +183,7 @@ class Checkpoint:
 class LoopResult:
     history: list[dict]  # one record per complete epoch, over all runs
     epochs_done: int
+    epochs_planned: int  # the config's epochs, or fewer when the time budget holds fewer (fit_to_budget)
     steps: int
     stopped: str  # finished | early_stopped | time_budget | max_steps
     best: float | None  # the best monitored loss (validation, else training)
@@ -268,9 +269,11 @@ class _State:
     running: dict = dataclasses.field(default_factory=lambda: {"loss": 0.0, "batches": 0, "seconds": 0.0})
     epoch_rng: dict | None = None  # the random states when the current epoch began
     rng_now: dict | None = None  # a resumed run's random states, set once the loader is positioned
+    planned: int | None = None  # epochs the schedule spans once fitted to the time budget (None: all)
 
 
-SAVED = ("epoch", "batch", "step", "history", "best", "best_epoch", "since_best", "running", "epoch_rng")
+SAVED = ("epoch", "batch", "step", "history", "best", "best_epoch", "since_best", "running", "epoch_rng", "planned")
+BUDGET_MARGIN = 0.97  # share of the time budget the fitted epochs are planned to fill
 
 
 @dataclass(frozen=True)
@@ -345,7 +348,7 @@ class _Loop:
                 continue  # AMP switched on or off between runs: a fresh scale
             part.load_state_dict(saved["state_dicts"][key])
         extra = saved["extra"]
-        self.state, self.resumed = _State(**{k: extra[k] for k in SAVED}, rng_now=extra["rng"]), True
+        self.state, self.resumed = _State(**{k: extra.get(k) for k in SAVED}, rng_now=extra["rng"]), True
         logger.info("resuming %s at epoch %d, batch %d", ck.path, self.state.epoch + 1, self.state.batch)
 
     def save(self) -> None:
@@ -401,13 +404,13 @@ class _Loop:
     def run(self) -> LoopResult:
         cfg, s, n_batches = self.cfg, self.state, len(self.loader)
         t0, run_steps, stopped = time.perf_counter(), 0, None
-        while s.epoch < cfg.epochs and stopped is None:
+        while s.epoch < (s.planned or cfg.epochs) and stopped is None:
             if cfg.patience is not None and s.since_best >= cfg.patience:
                 stopped = "early_stopped"
                 break
             self.model.train()
             t_epoch, out_of_time = time.perf_counter(), False
-            desc = f"{self.desc} epoch {s.epoch + 1}/{cfg.epochs}"
+            desc = f"{self.desc} epoch {s.epoch + 1}/{s.planned or cfg.epochs}"
             bar = tqdm(
                 self.batches(),
                 total=n_batches,
@@ -435,6 +438,8 @@ class _Loop:
                 self.save()
                 break
             self.end_epoch()
+            if s.epoch == 1 and not self.resumed and not out_of_time:
+                self.fit_to_budget(time.perf_counter() - t0)
             if out_of_time and stopped is None:
                 stopped = "time_budget"
             self.save()
@@ -443,6 +448,7 @@ class _Loop:
         return LoopResult(
             history=s.history,
             epochs_done=s.epoch,
+            epochs_planned=s.planned or cfg.epochs,
             steps=s.step,
             stopped=stopped or "finished",
             best=s.best,
@@ -452,6 +458,33 @@ class _Loop:
             device=str(self.device),
             resumed=self.resumed,
         )
+
+    def fit_to_budget(self, first_epoch_s: float) -> None:
+        """After the first epoch, plan only the epochs the time budget holds at that pace, and anneal
+        the schedule over them: a cosine schedule cut by the budget midway never reaches its low
+        learning rates, where a model's last gains are."""
+        cfg, s = self.cfg, self.state
+        if cfg.max_minutes is None or s.planned is not None:
+            return
+        fit = max(1, int(BUDGET_MARGIN * 60 * cfg.max_minutes / max(first_epoch_s, 1e-9)))
+        if fit >= cfg.epochs:
+            return
+        s.planned = fit
+        logger.info(
+            "%s: an epoch takes %.0f s, so the %g-minute budget holds %d of %d epochs: the schedule anneals over %d",
+            self.desc,
+            first_epoch_s,
+            cfg.max_minutes,
+            fit,
+            cfg.epochs,
+            fit,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        self.scheduler = build_schedule(self.optimizer, cfg, fit * len(self.loader))
+        for _ in range(s.step):
+            self.scheduler.step()
+        self.parts["scheduler"] = self.scheduler
 
     def end_epoch(self) -> None:
         s, run = self.state, self.state.running

@@ -221,3 +221,29 @@ def test_early_stopping_on_the_validation_loss(tmp_path):
     assert [h["val_loss"] for h in result.history] == [1.0, 0.5, 0.7, 0.6]
     _, again = run(tmp_path, cfg, resume=True)  # an early-stopped run stays stopped
     assert again.stopped == "early_stopped" and again.steps == result.steps
+
+
+def test_a_budget_that_holds_fewer_epochs_anneals_the_schedule_over_those():
+    from foundation.training import _Loop
+
+    seed_everything(0)
+    loader = torch.utils.data.DataLoader(Noisy(40), batch_size=8)  # 5 batches an epoch
+    cfg = dataclasses.replace(CFG, epochs=8, max_minutes=1.0)
+    loop = _Loop(Task(16), loader, cfg, RunOptions(progress=False))
+    for _ in range(5):  # the first epoch's steps
+        loop.optimizer.step()
+        loop.scheduler.step()
+    loop.state.step = 5
+    loop.fit_to_budget(first_epoch_s=20.0)  # 60 s hold 2 epochs of 20 s (with the margin), not 8
+    assert loop.state.planned == 2
+    for _ in range(5):  # the second and last epoch
+        loop.optimizer.step()
+        loop.scheduler.step()
+    assert loop.scheduler.get_last_lr()[0] < 1e-9  # annealed at the end of the epochs the budget holds
+    loop.fit_to_budget(first_epoch_s=1.0)
+    assert loop.state.planned == 2  # fitted once
+
+
+def test_a_budget_that_holds_every_epoch_changes_nothing(tmp_path):
+    _, result = run(tmp_path, dataclasses.replace(CFG, max_minutes=5.0))
+    assert result.epochs_planned == CFG.epochs == result.epochs_done

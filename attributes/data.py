@@ -72,6 +72,18 @@ class Examples:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def concat(cls, parts: list[Examples]) -> Examples:
+        """Several dumps' examples trained on together (catalogue photos and street crops, say)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            torch.cat([p.images for p in parts]),
+            [t for p in parts for t in p.tokens],
+            [i for p in parts for i in p.ids],
+            sum(p.skipped for p in parts),
+        )
+
 
 def load_examples(
     dump: str | Path,

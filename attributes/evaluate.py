@@ -199,21 +199,26 @@ def evaluate_attributes(
     *,
     train_dump: str | Path | None = None,
     train_limit: int | None = 1000,
+    street_dump: str | Path | None = None,
     **kwargs,
 ) -> dict:
-    """Figures on ``dump`` (and on up to ``train_limit`` products of ``train_dump``, for Table 2's train row).
+    """Figures on ``dump`` (and on up to ``train_limit`` products of ``train_dump``, for Table 2's
+    train row; on ``street_dump``, garment crops of street photos, beside them).
 
     ``kwargs`` (``schema``, ``progress``) go to ``evaluate_split``."""
     out = {"models": str(models_dir), "val": evaluate_split(dump, models_dir, config, **kwargs)}
     if train_dump:
         out["train"] = evaluate_split(train_dump, models_dir, replace(config, limit=train_limit), **kwargs)
+    if street_dump:
+        out["street"] = evaluate_split(street_dump, models_dir, config, **kwargs)
     return out
 
 
 def format_report(result: dict) -> str:
     """A readable table of the figures."""
     lines = []
-    rows = [(name, split) for name, split in (("train", result.get("train")), ("val", result["val"])) if split]
+    splits = (("train", result.get("train")), ("val", result["val"]), ("street", result.get("street")))
+    rows = [(name, split) for name, split in splits if split]
     lines.append(f"{'split':6} {'model':9} {'precision':>9} {'recall':>7} {'F1':>6} {'cat.acc':>7} {'NLL':>7}")
     for name, split in rows:
         for kind in ("lstm", "baseline"):

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from attributes.data import SequenceDataset, collate, group_targets, load_examples, preprocessing
+from attributes.data import Examples, SequenceDataset, collate, group_targets, load_examples, preprocessing
 from attributes.model import AttributeModelConfig, build_attribute_model
 from foundation.backbones import default_backbone, default_pretrained
-from foundation.modelfiles import ModelFile, file_hash, save_model
+from foundation.dump import dumps_of
+from foundation.modelfiles import ModelFile, dumps_hash, save_model
 from foundation.schema import Schema, default_schema
 from foundation.training import Checkpoint, RunOptions, TrainSettings, seed_everything, torch_threads, train_loop
 
@@ -201,7 +202,7 @@ class AttributeTask:
 
 
 def train_attributes(
-    train_dump: str | Path,
+    train_dump: str | Path | list[str | Path],
     out_dir: str | Path,
     *,
     val_dump: str | Path | None = None,
@@ -237,8 +238,11 @@ def train_attributes(
     )
     t_data = time.perf_counter()
     with torch_threads(config.threads):
-        train_ex = load_examples(
-            train_dump, config.image_size, schema=schema, progress=progress, crops=config.garment_crops
+        train_ex = Examples.concat(
+            [
+                load_examples(dump, config.image_size, schema=schema, progress=progress, crops=config.garment_crops)
+                for dump in dumps_of(train_dump)
+            ]
         )
         val_ex = load_examples(val_dump, config.image_size, schema=schema, progress=progress) if val_dump else None
     t_read = time.perf_counter() - t_data
@@ -275,7 +279,7 @@ def train_attributes(
         weights = token_weights(train_ex.tokens, len(schema.tokens), config.alpha)
     prep = preprocessing(config.image_size)
     cfg_dict = {"model": mcfg.to_dict(), "train": dataclasses.asdict(config)}
-    data_hash = file_hash(train_dump)
+    data_hash = dumps_hash(dumps_of(train_dump))
 
     def save_best(model, record: dict) -> None:
         metrics = {

@@ -50,7 +50,9 @@ def _evaluate(args) -> int:
     from attributes.evaluate import AttributeEvalConfig, evaluate_attributes, format_report
 
     config = AttributeEvalConfig(beam=args.beam, baseline=not args.no_baseline, limit=args.limit)
-    result = evaluate_attributes(args.data, args.models, config, train_dump=args.train, train_limit=args.train_limit)
+    result = evaluate_attributes(
+        args.data, args.models, config, train_dump=args.train, train_limit=args.train_limit, street_dump=args.street
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_report(result))
@@ -76,7 +78,13 @@ PRETRAINED_CHOICES = ("imagenet", "none")
 
 def register(commands) -> None:
     p = commands.train.add_parser("attributes", help="train the CNN-LSTM attribute model (or its baseline)")
-    p.add_argument("--data", required=True, help="training product dump (attributes and/or seller text)")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="training product dump (attributes and/or seller text); repeat it to train on several together "
+        "(catalogue photos and garment crops of street photos, say)",
+    )
     p.add_argument("--val", help="validation dump: early stopping on its NLL")
     p.add_argument("--out", required=True, help="model directory to write attributes.pt into")
     p.add_argument(
@@ -122,6 +130,10 @@ def register(commands) -> None:
     p.add_argument("--data", required=True, help="dump with known attributes (the validation split)")
     p.add_argument("--models", required=True, help="model directory")
     p.add_argument("--train", help="training dump, for Table 2's train row")
+    p.add_argument(
+        "--street",
+        help="garment crops of street photos (`convert ccp-crops --split val`): their figures beside the shop photos'",
+    )
     p.add_argument(
         "--train-limit",
         type=int,

@@ -9,20 +9,11 @@ from pathlib import Path
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
-from foundation.dump import Product, read_dump
+from foundation.dump import Product, dumps_of, read_dump
 from foundation.images import ImageError, load_image
 from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
-
-
-def dumps_of(dumps: str | Path | Sequence[str | Path]) -> list[Path]:
-    """One dump or several, as a list of paths."""
-    if isinstance(dumps, str | Path):
-        return [Path(dumps)]
-    if not dumps:
-        raise ValueError("no training dump given")
-    return [Path(d) for d in dumps]
 
 
 def products_with_boxes(

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from detector.data import DetectionDataset, collate, dumps_of, products_with_boxes
+from detector.data import DetectionDataset, collate, products_with_boxes
 from detector.model import DetectorConfig, build_detector, class_groups, class_names
-from foundation.modelfiles import ModelFile, file_hash, save_model
+from foundation.dump import dumps_of
+from foundation.modelfiles import ModelFile, dumps_hash, save_model
 from foundation.schema import default_schema
 from foundation.training import Checkpoint, RunOptions, TrainSettings, seed_everything, torch_threads, train_loop
 
@@ -111,16 +112,6 @@ class DetectorTask:
         return sum(losses.values()), {k: float(v.detach()) for k, v in losses.items()}
 
 
-def _data_hash(dumps: list[Path]) -> str:
-    """The dump's file hash; of several, a hash of their hashes in order."""
-    hashes = [file_hash(d) for d in dumps]
-    if len(hashes) == 1:
-        return hashes[0]
-    import hashlib
-
-    return hashlib.sha256(" ".join(hashes).encode()).hexdigest()[:16]
-
-
 def train_detector(
     train_dump: str | Path | list[str | Path],
     out_dir: str | Path,
@@ -158,7 +149,7 @@ def train_detector(
     )
     seed_everything(config.seed)  # the same initial weights for the same seed
     model = build_detector(config.model, num_classes=len(classes), groups=class_groups(schema))
-    data_hash = _data_hash(dumps)
+    data_hash = dumps_hash(dumps)
     preprocessing = {
         "input": "RGB float [0, 1]",
         "resize": "none",  # the model resizes to min_size / max_size itself

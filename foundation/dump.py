@@ -19,7 +19,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -323,3 +323,12 @@ def read_dump(
         seen.add(product.id)
         report.good += 1
         yield dataclasses.replace(product, line=line)
+
+
+def dumps_of(dumps: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One dump or several, as a list of paths."""
+    if isinstance(dumps, str | Path):
+        return [Path(dumps)]
+    if not dumps:
+        raise ValueError("no training dump given")
+    return [Path(d) for d in dumps]

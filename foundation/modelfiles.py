@@ -107,6 +107,14 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:16]
 
 
+def dumps_hash(dumps: Sequence[str | Path]) -> str:
+    """A dump's file hash; of several, a hash of their hashes in order."""
+    hashes = [file_hash(d) for d in dumps]
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256(" ".join(hashes).encode()).hexdigest()[:16]
+
+
 def _plain(value):
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}

@@ -10,19 +10,27 @@ catalogue's own labels, as a perfect attribute model would have filled it.
 This is the one place the tests and benchmarks build an engine on stand-ins: the engine-facing
 code is kept here, and small.
 
+``CatalogueDetector`` (``--garments``) stands in for a detector that finds every garment of a
+catalogue photo: it knows each dump photo's true boxes, so auto answers one garment per box (the
+"shop the look" page); other photos hold none, as with the plain stand-in.
+
 Run as a server for the browser test, the fuzz test and the load tests:
-    python -m tests.standin DUMP INDEX_DIR [--n N] [--labelled] [--port 8000] [--token T]
+    python -m tests.standin DUMP INDEX_DIR [--n N] [--labelled] [--garments] [--port 8000] [--token T]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests.indexer_fakes import FakeDetector, FakePrediction, FakePredictor, FakeROI
 
 NOT_LABELS = ("category", "great_category")  # the catalogue's labels that are no attribute filter
 
@@ -38,12 +46,88 @@ class HashCoder:
         return np.stack([np.packbits((g > g.mean()).reshape(-1)) for g in grey])
 
 
-def standin_describer():
-    """The indexer's ``Describer`` with the stand-ins: fake attribute model and detector, average-hash codes."""
-    from indexer.describe import Describer
-    from tests.indexer_fakes import FakeDetector, FakePredictor
+def pixel_hash(image: Image.Image) -> str:
+    """A photo's identity by its RGB pixels (not its file's bytes, which an upload may not keep)."""
+    return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
 
-    return Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=HashCoder())
+
+class CatalogueDetector(FakeDetector):
+    """The fake detector that also finds the true garments of each photo of a dump.
+
+    ``raw`` looks the image up by its pixels (``pixel_hash``) and remembers its garments in
+    ``found`` (per thread: the server answers searches side by side), which ``garments`` answers:
+    one ``FakeROI`` per box of the row, named with its great-category, scored 0.9. The boxes are
+    in the file's pixels: the synthetic photos are smaller than the engine's working size, so the
+    detector sees the file's own pixels. A photo of no row holds no garment (auto describes the
+    whole photo, as with ``FakeDetector``). ``crops`` names each box's crop (by its pixels) with
+    the box's category, for ``CataloguePredictor``.
+    """
+
+    SCORE = 0.9
+
+    def __init__(self, dump: str | Path):
+        from foundation.boxes import pixel_box
+        from foundation.dump import read_dump
+        from foundation.schema import default_schema
+
+        self._local = threading.local()
+        super().__init__()
+        great = default_schema().great_category
+        self.known: dict[str, list[FakeROI]] = {}
+        self.crops: dict[str, str] = {}
+        for product in read_dump(dump, check_images=False):
+            if not product.boxes:
+                continue
+            with Image.open(product.photos[0].path) as opened:
+                im = opened.convert("RGB")
+            self.known[pixel_hash(im)] = [
+                FakeROI(tuple(map(float, b[:4])), great(b[4]), self.SCORE) for b in product.boxes
+            ]
+            for b in product.boxes:
+                self.crops[pixel_hash(im.crop(pixel_box(b[:4], im.size)))] = b[4]
+
+    @property
+    def found(self) -> list[FakeROI]:
+        return getattr(self._local, "found", [])
+
+    @found.setter
+    def found(self, rois: list[FakeROI]) -> None:
+        self._local.found = rois
+
+    def raw(self, images):
+        """The photos' sizes (``FakeDetector``), remembering the garments of the last one (a search's photo)."""
+        self.found = list(self.known.get(pixel_hash(images[-1]), [])) if images else []
+        return super().raw(images)
+
+
+class CataloguePredictor(FakePredictor):
+    """The fake attribute model that reads a garment's crop found by ``CatalogueDetector`` as its
+    true category (as a trained model would); any other photo as ``FakePredictor`` does."""
+
+    def __init__(self, crops: dict[str, str]):
+        super().__init__()
+        self.crops = crops
+
+    def predict(self, images, guides=None, *, beam=1):
+        out = super().predict(images, guides, beam=beam)
+        for i, im in enumerate(images):
+            true = None if guides is not None and guides[i] is not None else self.crops.get(pixel_hash(im))
+            if true is not None:
+                attrs = {"great_category": (self.schema.great_category(true), 0.99), "category": (true, 0.9)}
+                out[i] = FakePrediction(true, attrs, [(true, 0.9)])
+        return out
+
+
+def standin_describer(dump: str | Path | None = None):
+    """The indexer's ``Describer`` with the stand-ins: fake attribute model and detector, average-hash
+    codes; given a ``dump``, the detector finds its photos' true garments and the attribute model
+    reads each as its true category (``CatalogueDetector``, ``CataloguePredictor``)."""
+    from indexer.describe import Describer
+
+    if dump is None:
+        return Describer(predictor=FakePredictor(), detector=FakeDetector(), coder=HashCoder())
+    detector = CatalogueDetector(dump)
+    return Describer(predictor=CataloguePredictor(detector.crops), detector=detector, coder=HashCoder())
 
 
 def build_standin_index(dump: str | Path, out: str | Path, describer, *, n: int | None = None) -> Path:
@@ -75,9 +159,10 @@ def open_standin_engine(index_dir: str | Path, describer):
     return SearchEngine(describer=describer, store=Store(index_dir, readonly=False), index=index)
 
 
-def standin_engine(dump: str | Path, out: str | Path, *, n: int | None = None):
-    """The real SearchEngine over the first ``n`` products of ``dump``, indexed into ``out`` with stand-ins."""
-    describer = standin_describer()
+def standin_engine(dump: str | Path, out: str | Path, *, n: int | None = None, garments: bool = False):
+    """The real SearchEngine over the first ``n`` products of ``dump``, indexed into ``out`` with stand-ins;
+    with ``garments``, its models find each dump photo's true garments (``standin_describer``)."""
+    describer = standin_describer(dump if garments else None)
     return open_standin_engine(build_standin_index(dump, out, describer, n=n), describer)
 
 
@@ -118,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("index", type=Path, help="the folder to index the dump into (then served)")
     p.add_argument("--n", type=int, help="index the first N products only")
     p.add_argument("--labelled", action="store_true", help="give the index the dump's own attribute labels")
+    p.add_argument("--garments", action="store_true", help="find each dump photo's true garments (auto answers each)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token")
     p.add_argument("--threads", type=int, default=4)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = standin_engine(args.dump, args.index, n=args.n)
+    engine = standin_engine(args.dump, args.index, n=args.n, garments=args.garments)
     if args.labelled:
         label_like_the_catalogue(engine, args.dump)
     app = create_app({"ENGINE": engine, "TOKEN": args.token})

@@ -3,10 +3,11 @@
 The server is a real waitress process on a free port, waited on through /api/health. Its engine
 is the real ``SearchEngine`` with the model stand-ins of ``tests/standin.py``, over the synthetic
 catalogue with its own attribute labels (``--labelled``), so this tests the page and the API, not
-the models: the stand-ins' categories and boxes are simple (a central box; auto guesses from the
-photo's brightness), and a catalogue photo finds its own product first (the engine's same-photo
-rule). Every API answer the page and the test receive is checked against ``webui/openapi.json``. Screenshots of every state go to
-``test-artifacts/browser/``.
+the models: the stand-ins are simple (a guided or drawn search reads a central box; auto finds a
+catalogue photo's true garments and reads each as its true category, ``--garments``, and guesses
+any other photo's category from its brightness), and a catalogue photo finds its own product first
+(the engine's same-photo rule). Every API answer the page and the test receive is checked against
+``webui/openapi.json``. Screenshots of every state go to ``test-artifacts/browser/``.
 
 Chromium comes from ``make browser`` (``make test`` runs it first): without /usr/bin/chromium
 the tests skip, except under CI (``CI=true``), where they fail.
@@ -105,7 +106,7 @@ def server(synth_dump, tmp_path_factory):
     log = folder / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.standin", str(synth_dump), str(folder / "index"), "--labelled"]
+            [sys.executable, "-m", "tests.standin", str(synth_dump), str(folder / "index"), "--labelled", "--garments"]
             + ["--port", str(port), "--token", TOKEN],
             cwd=ROOT,
             stdout=out,
@@ -343,6 +344,158 @@ def test_editing_attributes_narrows_the_results_without_sending_the_photo_again(
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     _shot(page, "9-edited-attributes-phone")
+
+
+def _searches_sent(page) -> list[str]:
+    """Every POST to /api/search the page sends from now on (Chromium does not show a body holding a
+    file, so which carried the photo is counted by the server: ``_photo_searches``)."""
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/api/search") and r.method == "POST" else None)
+    return sent
+
+
+def _photo_searches(server: str) -> int:
+    """The searches with a photo the server has answered (its /api/stats: auto, guided, rectangle; not re-runs)."""
+    with urllib.request.urlopen(server + "api/stats", timeout=5) as r:
+        searches = json.load(r)["server"]["searches"]
+    return sum(v["count"] for option, v in searches.items() if option != "rerun")
+
+
+def _shows_garment(page, row: dict, garment: dict) -> None:
+    """The page shows ``garment``: its outline selected, its query, its results (its category's,
+    but for the photo's own product, which the engine answers first)."""
+    from playwright.sync_api import expect
+
+    n, category = garment["garment"], garment["category"]
+    outlines = page.locator("#garments .garment")
+    expect(outlines.nth(n)).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#garments .garment[aria-pressed=true]")).to_have_count(1)
+    expect(page.locator("#seen")).to_have_attribute("data-garment", str(n))
+    expect(page.locator("#seen")).to_have_attribute("data-category", category)
+    _cards(page, garment["results"])
+    shown = page.locator(".card").evaluate_all("cs => cs.map(c => [c.dataset.id, c.dataset.category])")
+    assert shown and all(c == category for pid, c in shown if pid != row["id"]), (category, shown)
+
+
+def test_shop_the_look(page, server, rows, synth_dump):
+    """Every garment of the photo outlined and named; another one's results at once, by click or key;
+    its chips and price range narrow it alone, by query id and garment, without the photo."""
+    from playwright.sync_api import expect
+
+    row = next(r for r in rows if len(r["boxes"]) >= 3 and len({b[4] for b in r["boxes"]}) == len(r["boxes"]))
+    sent = _searches_sent(page)
+    with page.expect_response(_is_search) as info:
+        page.set_input_files("#file", str(synth_dump.parent / row["image"]))
+    answer = info.value.json()
+    photos = _photo_searches(server)
+    garments = answer["garments"]
+    assert sorted(g["category"] for g in garments) == sorted(b[4] for b in row["boxes"])  # the stand-ins' truth
+    assert answer["query"]["garment"] == 0 and [r["id"] for r in answer["results"]] == [
+        r["id"] for r in garments[0]["results"]
+    ]
+
+    # every garment outlined over its box (scaled to the photo as shown) and named; the first selected
+    outlines = page.locator("#garments .garment")
+    expect(outlines).to_have_count(len(garments))
+    photo = page.locator("#photo").bounding_box()
+    nw, nh = page.evaluate(
+        "[document.getElementById('photo').naturalWidth, document.getElementById('photo').naturalHeight]"
+    )
+    for n, g in enumerate(garments):
+        name = g["category"].replace("_", " ")
+        expect(outlines.nth(n)).to_have_accessible_name(f"garment {n + 1}: {name}")
+        expect(outlines.nth(n)).to_have_text(f"{n + 1}{name}")
+        expect(outlines.nth(n)).to_have_attribute("aria-pressed", "true" if n == 0 else "false")
+        bb = outlines.nth(n).bounding_box()
+        x0, y0, x1, y1 = g["roi"]
+        want = (photo["x"] + x0 * photo["width"] / nw, photo["y"] + y0 * photo["height"] / nh)
+        want += (want[0] + (x1 - x0) * photo["width"] / nw, want[1] + (y1 - y0) * photo["height"] / nh)
+        if want[2] - want[0] >= 24 and want[3] - want[1] >= 24:  # smaller garments are a dot round the centre
+            got = (bb["x"], bb["y"], bb["x"] + bb["width"], bb["y"] + bb["height"])
+            assert all(abs(a - b) <= 1.5 for a, b in zip(got, want)), (n, got, want)
+        tag = outlines.nth(n).locator(".garment-tag").bounding_box()  # the name is on the photo, not cut off
+        assert photo["x"] <= tag["x"] and tag["x"] + tag["width"] <= photo["x"] + photo["width"] + 0.5, (n, tag)
+        assert photo["y"] <= tag["y"] and tag["y"] + tag["height"] <= photo["y"] + photo["height"] + 0.5, (n, tag)
+    expect(page.locator("#look-hint")).to_contain_text(f"{len(garments)} garments found")
+    _shows_garment(page, row, garments[0])
+    _shot(page, "10-look")
+
+    # a click on another garment: its results at once, from the answer (no request at all)
+    before = len(sent)
+    outlines.nth(1).click()
+    _shows_garment(page, row, garments[1])
+    # the keyboard: Tab to the next garment, Enter; Shift+Tab back, Space
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.dataset.garment") == "2"
+    page.keyboard.press("Enter")
+    _shows_garment(page, row, garments[2])
+    _shot(page, "11-look-garment-3")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Space")
+    _shows_garment(page, row, garments[1])
+    assert len(sent) == before  # shown at once: nothing sent
+
+    # a chip of the selected garment: re-run by query id and garment, without the photo
+    n, category = 1, garments[1]["category"]
+    others = [
+        r["attributes"]["colour"] for r in rows if r["attributes"]["category"] == category and r["id"] != row["id"]
+    ]
+    colour = max(set(others), key=others.count)
+    with page.expect_response(_is_search) as info:
+        page.select_option("#attr-colour", colour)
+    body = info.value.request.post_data_buffer
+    assert f'name="query_id"\r\n\r\n{answer["query"]["id"]}'.encode() in body
+    assert b'name="garment"\r\n\r\n1\r\n' in body and b'name="image"' not in body
+    narrowed = info.value.json()
+    assert narrowed["query"]["garment"] == n and narrowed["query"]["category"] == category
+    assert narrowed["query"]["filters"] == [f"colour={colour}"] and narrowed["results"]
+    assert all(h["category"] == category and h["attributes"]["colour"] == colour for h in narrowed["results"])
+    _shows_garment(page, row, narrowed["garments"][n])
+    expect(page.locator("#attributes .chip.edited")).to_have_count(1)
+
+    # and a price range: the same garment, narrowed by price too
+    prices = sorted(h["price"] for h in narrowed["results"] if h.get("price") is not None)
+    top = prices[len(prices) // 2]
+    with page.expect_response(_is_search) as info:
+        page.fill("#price-max", f"{top:g}")
+        page.press("#price-max", "Tab")
+    body = info.value.request.post_data_buffer
+    assert b'name="garment"\r\n\r\n1\r\n' in body and b'name="image"' not in body
+    priced = info.value.json()
+    assert priced["query"]["garment"] == n and priced["query"]["filters"] == [f"colour={colour}", f"price_max={top:g}"]
+    assert priced["results"] and all(h["category"] == category and h["price"] <= top for h in priced["results"])
+    _shows_garment(page, row, priced["garments"][n])
+    _shot(page, "12-look-narrowed")
+
+    # the chips and the price range are the selected garment's: the first shows its own (none), at once
+    before = len(sent)
+    outlines.nth(0).click()
+    _shows_garment(page, row, priced["garments"][0])
+    expect(page.locator("#price-max")).to_have_value("")
+    expect(page.locator("#attributes .chip.edited")).to_have_count(0)
+    assert len(sent) == before
+    # back to the narrowed one: asked again with its own narrowing
+    with page.expect_response(_is_search) as info:
+        outlines.nth(1).click()
+    again = info.value.json()
+    assert again["query"]["garment"] == n and again["query"]["filters"] == priced["query"]["filters"]
+    _shows_garment(page, row, again["garments"][n])
+    expect(page.locator("#price-max")).to_have_value(f"{top:g}")
+    expect(page.locator("#attr-colour")).to_have_value(colour)
+    assert _photo_searches(server) == photos  # the photo was never sent again
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    _shot(page, "13-look-phone")
+
+    # a mouse drag that starts on an outline still draws a box: one garment, the outlines gone
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.evaluate("window.scrollTo(0, 0)")  # the photo in view (the phone's layout scrolled the page)
+    with page.expect_response(_is_search) as info:
+        _drag_box(page, garments[2]["roi"])
+    assert info.value.json()["query"]["option"] == "rectangle" and len(info.value.json()["garments"]) == 1
+    expect(outlines).to_have_count(0)
+    expect(page.locator("#look-hint")).to_be_hidden()
 
 
 def test_errors_are_shown_clearly(page, tmp_path):

@@ -6,9 +6,12 @@
   const $ = (id) => document.getElementById(id);
   const K = 24;
   const MIN_BOX = 4; // pixels of the photo, as the server asks
+  const DRAG_PX = 6; // a press on a garment that moves further than this draws a box instead
+  const MIN_OUTLINE = 24; // a garment smaller than this on screen is outlined at this size, round its centre
 
   const els = {
     drop: $("drop"), file: $("file"), stage: $("stage"), photo: $("photo"), overlay: $("overlay"),
+    outlines: $("garments"), lookHint: $("look-hint"),
     actions: $("photo-actions"), photoSize: $("photo-size"), options: $("options"),
     guided: $("guided"), category: $("category"), rectHint: $("rect-hint"),
     recognised: $("recognised"), seen: $("seen"), attributes: $("attributes"), fallback: $("fallback"),
@@ -32,9 +35,12 @@
     roiLabel: "",
     controller: null,  // aborts a search that a newer one replaces
     queryId: null,     // the server keeps the photo's description under it for a while
-    seen: {},          // group -> value the model saw
-    prob: {},          // group -> its probability
-    edits: {},         // group -> value the shopper picked instead: sent as filters
+    answered: "",      // the option the photo was described with (auto, guided, rectangle)
+    garments: [],      // the answer's garments: auto offers every one found, the likeliest meant first
+    garment: 0,        // the garment shown: its outline is selected, its results and attributes shown
+    seen: {},          // garment -> group -> [value the model saw, its probability]
+    looks: {},         // garment -> the shopper's narrowing of it: { edits: group -> value, min, max }
+    outlinesFor: "",   // the answer the outline buttons were made for (kept while it stays, so focus stays)
     shown: 0,          // results on the page (the next page starts there)
   };
 
@@ -46,6 +52,11 @@
   };
   const pct = (p) => `${Math.round(p * 100)}%`;
   const niceName = (s) => s.replace(/_/g, " ");
+  // The shopper's narrowing of a garment (the selected one by default): attribute edits and a price range.
+  const look = (n = state.garment) => state.looks[n] || (state.looks[n] = { edits: {}, min: "", max: "" });
+  const isNarrowed = (lk) => Boolean(Object.keys(lk.edits).length || lk.min || lk.max);
+  const seenOf = (n = state.garment) => state.seen[n] || (state.seen[n] = {});
+  const isLook = () => state.garments.length > 1;
 
   function el(tag, text, className) {
     const node = document.createElement(tag);
@@ -112,7 +123,7 @@
   els.updatedSearch.addEventListener("click", () => {
     els.updated.hidden = true;
     state.queryId = null; // a fresh description: the models may have changed too
-    runSearch();
+    runSearch({ keep: true, reselect: state.garment });
   });
   els.updatedClose.addEventListener("click", () => { els.updated.hidden = true; });
 
@@ -129,7 +140,12 @@
     state.box = state.draft = state.roi = null;
     state.size = null;
     state.queryId = null;
-    state.edits = {};
+    state.garments = [];
+    state.garment = 0;
+    state.seen = {};
+    // a price range typed before goes with the new photo's first garment; attribute edits do not
+    state.looks = { 0: { edits: {}, min: els.priceMin.value.trim(), max: els.priceMax.value.trim() } };
+    renderOutlines();
     els.photo.src = state.url;
     els.stage.hidden = false;
     els.actions.hidden = false;
@@ -211,6 +227,7 @@
     const s = scale();
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, els.overlay.width, els.overlay.height);
+    placeOutlines();
     if (!s) return;
     const dpr = window.devicePixelRatio || 1;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
@@ -218,11 +235,13 @@
     const shown = state.draft || state.roi;
     if (shown) {
       const [x, y, w, h] = rect(shown);
-      ctx.fillStyle = "rgba(20, 18, 30, 0.35)";  // dim what lies outside the region
+      // dim what lies outside the region (lightly where the garments' outlines show the rest)
+      ctx.fillStyle = !state.draft && isLook() ? "rgba(20, 18, 30, 0.22)" : "rgba(20, 18, 30, 0.35)";
       ctx.beginPath();
       ctx.rect(0, 0, s.w, s.h);
       ctx.rect(x, y, w, h);
       ctx.fill("evenodd");
+      if (!state.draft && isLook()) return; // the outline buttons draw the boxes and their names
       ctx.lineWidth = 2.5;
       ctx.strokeStyle = state.draft ? "#ffffff" : "#ff5a36";
       ctx.setLineDash(state.draft ? [6, 4] : []);
@@ -239,6 +258,85 @@
     }
   }
 
+  // -- the look: every garment found, each an outline button over the photo --------------------
+  // Made once per answer (a re-run of the same photo keeps them, and the focus on them); a photo
+  // with one garment keeps the single box drawn above.
+  function renderOutlines() {
+    const key = isLook() ? `${state.queryId}:${state.garments.map((g) => `${g.category}@${g.roi}`).join(";")}` : "";
+    if (key !== state.outlinesFor) {
+      state.outlinesFor = key;
+      els.outlines.replaceChildren(...(key ? state.garments.map((g, n) => outlineButton(g, n)) : []));
+    }
+    els.lookHint.hidden = !key;
+    if (key) {
+      els.lookHint.textContent = `${state.garments.length} garments found in your photo. ` +
+        "Tap one, or press Tab and Enter, to see products like it.";
+    }
+    for (const button of els.outlines.children) {
+      const selected = Number(button.dataset.garment) === state.garment;
+      button.setAttribute("aria-pressed", selected ? "true" : "false");
+      button.classList.toggle("selected", selected);
+    }
+    placeOutlines();
+  }
+
+  function outlineButton(g, n) {
+    const button = el("button", undefined, "garment");
+    button.type = "button";
+    button.dataset.garment = String(n);
+    button.dataset.category = g.category || "";
+    button.setAttribute("aria-label", `garment ${n + 1}: ${niceName(g.category || "garment")}`);
+    button.title = `Show products like garment ${n + 1}, the ${niceName(g.category || "garment")}`;
+    const tag = el("span", undefined, "garment-tag");
+    tag.setAttribute("aria-hidden", "true");
+    tag.append(el("span", String(n + 1), "garment-n"), el("span", niceName(g.category || "garment"), "garment-name"));
+    button.append(tag);
+    button.addEventListener("click", () => { if (!justDrew) selectGarment(n); });
+    return button;
+  }
+
+  // Each outline over its garment, scaled from the photo's own pixels to the photo as shown.
+  function placeOutlines() {
+    const s = scale();
+    if (!s || !els.outlines.children.length) return;
+    for (const button of els.outlines.children) {
+      const g = state.garments[Number(button.dataset.garment)];
+      if (!g || !g.roi || g.roi.length !== 4) { button.hidden = true; continue; }
+      let [x0, y0, x1, y1] = [g.roi[0] * s.sx, g.roi[1] * s.sy, g.roi[2] * s.sx, g.roi[3] * s.sy];
+      const small = x1 - x0 < MIN_OUTLINE || y1 - y0 < MIN_OUTLINE; // a dot round its centre
+      if (x1 - x0 < MIN_OUTLINE) { const c = (x0 + x1) / 2; x0 = c - MIN_OUTLINE / 2; x1 = c + MIN_OUTLINE / 2; }
+      if (y1 - y0 < MIN_OUTLINE) { const c = (y0 + y1) / 2; y0 = c - MIN_OUTLINE / 2; y1 = c + MIN_OUTLINE / 2; }
+      button.hidden = false;
+      button.classList.toggle("dot", small);
+      button.style.left = `${x0}px`;
+      button.style.top = `${y0}px`;
+      button.style.width = `${x1 - x0}px`;
+      button.style.height = `${y1 - y0}px`;
+      // the name above the box where there is room, else below it, else inside; within the photo's right edge
+      button.classList.toggle("tag-below", y0 < 24 && y1 + 24 <= s.h);
+      button.classList.toggle("tag-inside", y0 < 24 && y1 + 24 > s.h);
+      button.classList.toggle("tag-right", x0 + 150 > s.w && x1 > 150);
+    }
+  }
+
+  // Another garment's results at once, from the answer; a garment the shopper narrowed is asked again.
+  function selectGarment(n) {
+    if (n === state.garment || !state.garments[n]) return;
+    if (state.controller) { state.controller.abort(); state.controller = null; }
+    state.garment = n;
+    syncPrice();
+    if (isNarrowed(look(n))) {
+      state.roi = state.garments[n].roi;
+      renderOutlines();
+      draw();
+      rerun();
+      return;
+    }
+    const g = state.garments[n];
+    clearError();
+    showResults({ ...g, id: state.queryId, option: state.answered, offset: 0, garment: n }, g.results);
+  }
+
   function photoPoint(e) {
     const s = scale();
     const r = els.overlay.getBoundingClientRect();
@@ -247,25 +345,41 @@
     return [x, y];
   }
 
-  let start = null;
-  els.overlay.addEventListener("pointerdown", (e) => {
+  // Drawing a box: a drag on the photo. A press on a garment's outline draws only once it moves
+  // (else it is the outline's click); the click that ends a drag selects nothing.
+  let start = null, from = null, drawing = false, justDrew = false;
+  els.stage.addEventListener("pointerdown", (e) => {
     if (!scale() || e.button !== 0) return;
     // Touch drags scroll the page unless the box option is chosen; a mouse drag always draws.
     if (e.pointerType !== "mouse" && option() !== "rectangle") return;
-    e.preventDefault();
-    els.overlay.setPointerCapture(e.pointerId);
+    const onOutline = Boolean(e.target.closest(".garment"));
     start = photoPoint(e);
-    state.draft = [...start, ...start];
+    from = [e.clientX, e.clientY];
+    drawing = !onOutline;
+    if (drawing) {
+      e.preventDefault();
+      els.stage.setPointerCapture(e.pointerId);
+      state.draft = [...start, ...start];
+    }
   });
-  els.overlay.addEventListener("pointermove", (e) => {
+  els.stage.addEventListener("pointermove", (e) => {
     if (!start) return;
+    if (!drawing) {
+      if (Math.hypot(e.clientX - from[0], e.clientY - from[1]) < DRAG_PX) return;
+      drawing = true;
+      els.stage.setPointerCapture(e.pointerId);
+    }
     const p = photoPoint(e);
     state.draft = [Math.min(start[0], p[0]), Math.min(start[1], p[1]), Math.max(start[0], p[0]), Math.max(start[1], p[1])];
     draw();
   });
-  const finish = (e) => {
+  const finish = () => {
     if (!start) return;
     start = null;
+    if (!drawing) return; // a click on an outline: its own handler selects the garment
+    drawing = false;
+    justDrew = true;
+    setTimeout(() => { justDrew = false; }, 0);
     const b = state.draft;
     state.draft = null;
     if (!b || b[2] - b[0] < MIN_BOX || b[3] - b[1] < MIN_BOX) {
@@ -277,12 +391,14 @@
       (v, i) => Math.min(v, state.size[i % 2]));
     state.roi = state.box;
     state.roiLabel = "";
+    state.garments = []; // the box drawn replaces the garments found
+    renderOutlines();
     draw();
     setOption("rectangle");
     runSearch();
   };
-  els.overlay.addEventListener("pointerup", finish);
-  els.overlay.addEventListener("pointercancel", () => { start = null; state.draft = null; draw(); });
+  els.stage.addEventListener("pointerup", finish);
+  els.stage.addEventListener("pointercancel", () => { start = null; drawing = false; state.draft = null; draw(); });
 
   // -- the options --------------------------------------------------------------------------
   function syncControls() {
@@ -303,13 +419,22 @@
   els.category.addEventListener("change", () => { if (option() === "guided") runSearch(); });
 
   // -- searching ----------------------------------------------------------------------------
-  function appendFilters(form) {
-    for (const [group, value] of Object.entries(state.edits)) form.append("filter", `${group}=${value}`);
-    if (els.priceMin.value.trim()) form.append("price_min", els.priceMin.value.trim());
-    if (els.priceMax.value.trim()) form.append("price_max", els.priceMax.value.trim());
+  function appendFilters(form, lk = look()) {
+    for (const [group, value] of Object.entries(lk.edits)) form.append("filter", `${group}=${value}`);
+    if (lk.min) form.append("price_min", lk.min);
+    if (lk.max) form.append("price_max", lk.max);
   }
 
-  async function runSearch() {
+  // The price range shown is the selected garment's.
+  function syncPrice() {
+    els.priceMin.value = look().min;
+    els.priceMax.value = look().max;
+  }
+
+  // The photo sent (again). The selected garment's narrowing goes with it and becomes the new
+  // answer's first garment's; with ``keep`` (the server forgot the photo, or the catalogue changed)
+  // every garment keeps its own and ``reselect`` is shown again once the answer is back.
+  async function runSearch({ keep = false, reselect = 0 } = {}) {
     if (!state.file) return;
     const o = option();
     const form = new FormData();
@@ -324,19 +449,33 @@
       if (!state.box) return;
       form.append("box", state.box.join(","));
     }
-    appendFilters(form);
+    if (!keep) {
+      state.looks = { 0: look() };
+      state.garment = 0;
+    }
+    state.garments = []; // the outlines are the answer's: gone until it comes
+    renderOutlines();
+    draw();
+    appendFilters(form, look(0));
     await send(form);
+    if (reselect && state.queryId && reselect < state.garments.length && o === state.answered) selectGarment(reselect);
   }
 
-  // The same photo again with the shopper's edits, or the next page: by query id, without the photo.
+  // The same photo again with the shopper's edits, or the next page: by query id and the selected
+  // garment, without the photo.
   async function rerun(offset = 0) {
     if (!state.queryId) { runSearch(); return; }
     const form = new FormData();
     form.append("query_id", state.queryId);
+    if (state.garments.length > 1) form.append("garment", String(state.garment));
     form.append("k", String(K));
     if (offset) form.append("offset", String(offset));
     appendFilters(form);
-    await send(form, { append: offset > 0, retry: () => { state.queryId = null; runSearch(); } });
+    const garment = state.garment;
+    await send(form, {
+      append: offset > 0,
+      retry: () => { state.queryId = null; runSearch({ keep: true, reselect: garment }); },
+    });
   }
 
   async function send(form, { append = false, retry = null } = {}) {
@@ -374,23 +513,18 @@
     const how = { auto: "found by the model", guided: "the category you picked", rectangle: "in the box you drew" }[q.option] || "";
     const best = (q.categories || []).find((c) => c.category === q.category);
     const also = (q.searched || []).filter((c) => c.category !== q.category);
+    const which = isLook() ? [el("span", `Garment ${state.garment + 1} of ${state.garments.length}: `, "seen-garment")] : [];
     els.seen.replaceChildren(
-      el("span", "Looking for "), el("strong", niceName(q.category || "anything")),
+      ...which, el("span", "Looking for "), el("strong", niceName(q.category || "anything")),
       el("span", best && q.option === "auto" ? ` (${pct(best.p)} sure)` : how ? ` — ${how}` : ""),
       ...(also.length ? [el("span", `; also searched ${also.map((c) => `${niceName(c.category)} (${pct(c.p)})`).join(", ")}`)] : []));
     els.seen.dataset.option = q.option;
     els.seen.dataset.category = q.category || "";
-    // What the model saw: an edited attribute comes back with the shopper's value, so a re-run of
-    // the same query keeps what was seen before.
-    if (q.id !== state.queryId) { state.seen = {}; state.prob = {}; }
-    state.queryId = q.id || null;
-    for (const a of q.attributes || []) {
-      if (!a.edited) { state.seen[a.group] = a.value; state.prob[a.group] = a.p; }
-    }
-    const prob = state.prob;
+    els.seen.dataset.garment = String(state.garment);
+    const seen = seenOf(), edits = look().edits;
     els.attributes.replaceChildren(...GROUPS
-      .filter((g) => g.categories.includes(q.category) || state.seen[g.name] || state.edits[g.name])
-      .map((g) => attributeChip(g, prob[g.name])));
+      .filter((g) => g.categories.includes(q.category) || seen[g.name] || edits[g.name])
+      .map((g) => attributeChip(g)));
     els.editHint.hidden = !q.id;
     const narrowed = q.filters || [];
     els.narrowed.hidden = !narrowed.length;
@@ -405,15 +539,17 @@
     els.note.textContent = q.note || "";
     state.roi = q.roi && q.roi.length === 4 ? q.roi : null;
     state.roiLabel = q.category ? niceName(q.category) : "";
+    renderOutlines();
     draw();
     if (q.option !== "rectangle" && q.category && Array.from(els.category.options).some((o) => o.value === q.category)) {
       els.category.value = q.category; // "Pick a category" starts from what the model saw
     }
   }
 
-  // One attribute as a chip holding a select: the value seen (with the model's confidence), or the
-  // shopper's pick, which narrows the results to the products that have it.
-  function attributeChip(g, p) {
+  // One attribute of the selected garment as a chip holding a select: the value seen (with the
+  // model's confidence), or the shopper's pick, which narrows that garment's results to the products
+  // that have it.
+  function attributeChip(g) {
     const li = el("li", "", "chip chip-edit");
     li.dataset.group = g.name;
     const id = `attr-${g.name}`;
@@ -421,19 +557,20 @@
     label.htmlFor = id;
     const select = el("select");
     select.id = id;
-    const seen = state.seen[g.name];
+    const [seen, p] = seenOf()[g.name] || [];
+    const edits = look().edits;
     if (!seen) { const any = el("option", "any"); any.value = ""; select.append(any); }
     for (const v of g.values) {
       const o = el("option", v === seen && typeof p === "number" ? `${niceName(v)} · ${pct(p)}` : niceName(v));
       o.value = v;
       select.append(o);
     }
-    select.value = state.edits[g.name] || seen || "";
-    li.classList.toggle("edited", Boolean(state.edits[g.name]));
-    li.title = state.edits[g.name] ? `Only products with ${niceName(g.name)} ${state.edits[g.name]}` : seen ? `Seen: ${seen} (probability ${p})` : "Not seen";
+    select.value = edits[g.name] || seen || "";
+    li.classList.toggle("edited", Boolean(edits[g.name]));
+    li.title = edits[g.name] ? `Only products with ${niceName(g.name)} ${edits[g.name]}` : seen ? `Seen: ${seen} (probability ${p})` : "Not seen";
     select.addEventListener("change", () => {
-      if (!select.value || select.value === seen) delete state.edits[g.name];
-      else state.edits[g.name] = select.value;
+      if (!select.value || select.value === seen) delete edits[g.name];
+      else edits[g.name] = select.value;
       rerun();
     });
     li.append(label, select);
@@ -475,8 +612,27 @@
     return card;
   }
 
+  // An answer: its garments kept (what each shows when tapped), the answered one shown.
   function render(body, append = false) {
-    const q = body.query, results = body.results;
+    const q = body.query;
+    if (!append) {
+      if (q.id !== state.queryId) state.seen = {};
+      state.queryId = q.id || null;
+      state.answered = q.option;
+      state.garments = body.garments && body.garments.length ? body.garments : [{ ...q, garment: 0, results: body.results }];
+      // What the model saw of each garment: an edited attribute comes back with the shopper's value,
+      // so a re-run of the same query keeps what was seen before.
+      for (const [n, g] of state.garments.entries()) {
+        for (const a of g.attributes || []) if (!a.edited) seenOf(n)[a.group] = [a.value, a.p];
+      }
+      state.garment = q.garment || 0;
+      syncPrice();
+    }
+    showResults(q, body.results, append);
+  }
+
+  // A garment's query and results on the page: a new page of them appended, or in place of the last.
+  function showResults(q, results, append = false) {
     const start = append ? state.shown : 0;
     if (!append) renderQuery(q);
     els.grid.classList.remove("stale");
@@ -497,6 +653,7 @@
     input.addEventListener("change", () => {
       if (!input.checkValidity()) { showError(`The price must be a number of 0 or more, not "${input.value}".`); return; }
       clearError();
+      Object.assign(look(), { min: els.priceMin.value.trim(), max: els.priceMax.value.trim() });
       if (state.file) rerun();
     });
   }

@@ -8,11 +8,22 @@ product is answered once: another tier of the Hamming order is fetched until it 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 from search.narrowing import Narrowing
 from search.protocol import SearchIndex
-from search.ranking import Hit, Probe, RankingConfig, SearchResult, page_hits, rank, rank_named
+from search.ranking import (
+    AttributeColumns,
+    Candidates,
+    Hit,
+    Probe,
+    Ranked,
+    RankingConfig,
+    SearchResult,
+    page_hits,
+    rank,
+    rank_named,
+)
 
 
 def category_note(category: str, total: int, matching: int, narrowing: Narrowing, config: RankingConfig) -> str | None:
@@ -25,9 +36,25 @@ def category_note(category: str, total: int, matching: int, narrowing: Narrowing
     return note
 
 
-def search_category(
+@dataclass(frozen=True)
+class Shortlisted:
+    """A category's candidates ranked down to the products asked for, and what a result says of it."""
+
+    cands: Candidates
+    ranked: Ranked
+    candidates: int  # products that hold the narrowing's keys
+    scanned_bytes: int
+    note: str | None
+
+    def result(self, columns: AttributeColumns, start: int, stop: int) -> SearchResult:
+        """Products ``start`` to ``stop`` of the ranking as a result."""
+        hits = page_hits(self.cands, self.ranked, columns, start, stop)
+        return SearchResult(hits, self.candidates, self.scanned_bytes, self.note)
+
+
+def shortlist_category(
     index: SearchIndex, probe: Probe, category: str, narrowing: Narrowing, config: RankingConfig, want: int
-) -> SearchResult:
+) -> Shortlisted:
     """The ``want`` best-ranked products of ``category`` among those that hold the narrowing's keys."""
     depth = config.tiers_for(want)
     bits = index.code_bytes * 8
@@ -37,9 +64,15 @@ def search_category(
         if len(ranked) >= want or cands.exhausted or not cands.several_photos():
             break
         depth += config.shortlist
-    hits = page_hits(cands, ranked, index.columns, 0, want)
     note = category_note(category, cands.total, cands.matching, narrowing, config)
-    return SearchResult(hits, cands.products, cands.products * index.code_bytes, note)
+    return Shortlisted(cands, ranked, cands.products, cands.products * index.code_bytes, note)
+
+
+def search_category(
+    index: SearchIndex, probe: Probe, category: str, narrowing: Narrowing, config: RankingConfig, want: int
+) -> SearchResult:
+    """The ``want`` best-ranked products of ``category`` among those that hold the narrowing's keys."""
+    return shortlist_category(index, probe, category, narrowing, config, want).result(index.columns, 0, want)
 
 
 def named_hits(
@@ -58,5 +91,7 @@ def search_page(
     index: SearchIndex, probe: Probe, category: str, narrowing: Narrowing, config: RankingConfig
 ) -> SearchResult:
     """The products ranked ``offset`` to ``offset + k`` of ``category`` (the narrowing's page)."""
-    result = search_category(index, probe, category, narrowing, config, narrowing.offset + narrowing.k)
-    return replace(result, hits=result.hits[narrowing.offset :])
+    want = narrowing.offset + narrowing.k
+    return shortlist_category(index, probe, category, narrowing, config, want).result(
+        index.columns, narrowing.offset, want
+    )

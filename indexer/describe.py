@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -121,7 +121,17 @@ class Describer:
         else:
             hedge = [(first.category, 1.0)]
         extra = [c for c, _p in hedge if c != first.category]
-        more = self._describe([image] * len(extra), extra, [box] * len(extra), [raw] * len(extra)) if extra else []
+        if not extra:
+            return [first], hedge
+        if box is not None:  # the drawn rectangle is every category's ROI: its code and colour are first's
+            crop = image.crop(pixel_box(box, image.size))
+            preds = self.predictor.predict([crop] * len(extra), extra)
+            more = [
+                replace(first, category=c, attributes={g: (str(v), float(pr)) for g, (v, pr) in p.attributes.items()})
+                for c, p in zip(extra, preds)
+            ]
+        else:
+            more = self._describe([image] * len(extra), extra, [None] * len(extra), [raw] * len(extra))
         return [first, *more], hedge
 
     def describe(
@@ -200,12 +210,20 @@ class Describer:
                 preds[i] = pred
             t["attributes"] += time.perf_counter() - t0
 
-        # 4. appearance code and colour of the ROI
+        # 4. appearance code and colour of the ROI, once per distinct crop (the categories a drawn
+        # rectangle hedges over share its crop)
         t0 = time.perf_counter()
-        codes = self.coder.encode(crops)
+        first = {}
+        for i in range(n):
+            first.setdefault((id(images[i]), tuple(rois[i])), i)
+        unique = sorted(set(first.values()))
+        codes_of = dict(zip(unique, self.coder.encode([crops[i] for i in unique])))
+        slot = [first[(id(images[i]), tuple(rois[i]))] for i in range(n)]
+        codes = [codes_of[j] for j in slot]
         t["appearance"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        colours = [colour_histogram(c, self.colour) for c in crops]
+        colours_of = {j: colour_histogram(crops[j], self.colour) for j in unique}
+        colours = [colours_of[j] for j in slot]
         t["colour"] = time.perf_counter() - t0
 
         per_image = {k: round(v * 1e3 / n, 3) for k, v in t.items()}

@@ -122,6 +122,13 @@ def test_auto_describes_its_other_likely_categories_in_the_same_call(tmp_path):
     assert seen == [1]  # one detector pass for every category searched
     assert [d.category for d in descs] == [c for c, _p in hedge] and len(descs) >= 2
 
+    encoded = []
+    encode = describer.coder.encode
+    describer.coder.encode = lambda crops, **kw: encoded.append(len(crops)) or encode(crops, **kw)
+    drawn, hedge = describer.describe_hedged(_image(), box=(40, 24, 120, 108))  # no category named: it hedges
+    assert len(drawn) == len(hedge) >= 2 and encoded == [1]  # one crop, one appearance pass
+    assert all(d.code.tobytes() == drawn[0].code.tobytes() and d.roi == (40, 24, 120, 108) for d in drawn)
+
 
 def test_box_overrides_the_detector_and_is_clamped(describer):
     calls = len(describer.detector.calls)

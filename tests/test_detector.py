@@ -273,6 +273,18 @@ def test_presence_is_each_categorys_best_guided_score_and_choose_is_detect():
     assert detector.choose(raw, "pants", image.size) == detector.detect([image], ["pants"])[0]
 
 
+def test_garments_are_one_box_each_whatever_class_found_them():
+    raw = Raw(
+        rois=[ROI((0, 0, 10, 20), "shirt", 0.7), ROI((30, 30, 60, 80), "jeans", 0.6), ROI((0, 0, 50, 50), "bag", 0.1)],
+        great=[ROI((1, 0, 10, 21), "tops", 0.9), ROI((31, 30, 60, 79), "bottoms", 0.5)],
+    )
+    detector = GarmentDetector.from_model(build_detector(TINY, num_classes=len(class_names())), score_threshold=0.3)
+    garments = detector.garments(raw)
+    # the top found by two heads is one garment, at its best box; the bag is under the threshold
+    assert garments == [ROI((1, 0, 10, 21), "tops", 0.9), ROI((30, 30, 60, 80), "bottoms", 0.6)]
+    assert detector.garments(Raw(rois=[], great=[])) == []
+
+
 @pytest.fixture(scope="session")
 def trained(synth_dump, tmp_path_factory):
     out = tmp_path_factory.mktemp("detector")
@@ -288,6 +300,9 @@ def test_training_step_and_checkpoint_round_trip(trained, synth_dump):
     out, result = trained
     assert result["steps"] >= 1 and np.isfinite(result["final_loss"])
     assert set(result["val"]["guided"]) == {f"map@{t}" for t in (0.5, 0.6, 0.7, 0.8, 0.9)}
+    garments = result["val"]["garments"]  # what auto offers, scored as one class
+    assert set(garments) == {f"map@{t}" for t in (0.5, 0.6, 0.7, 0.8, 0.9)} | {"recall@0.5"}
+    assert 0.0 <= garments["recall@0.5"] <= 1.0
     detector = GarmentDetector.load(out, score_threshold=0.0)
     from detector.train import LAST
 

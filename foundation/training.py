@@ -466,9 +466,9 @@ class _Loop:
         cfg, s = self.cfg, self.state
         if cfg.max_minutes is None or s.planned is not None:
             return
-        fit = max(1, int(BUDGET_MARGIN * 60 * cfg.max_minutes / max(first_epoch_s, 1e-9)))
-        if fit >= cfg.epochs:
-            return
+        fit = int(BUDGET_MARGIN * 60 * cfg.max_minutes / max(first_epoch_s, 1e-9))
+        if fit >= cfg.epochs or fit <= s.epoch:
+            return  # every epoch fits; or none more does, and a schedule cannot anneal over epochs done
         s.planned = fit
         logger.info(
             "%s: an epoch takes %.0f s, so the %g-minute budget holds %d of %d epochs: the schedule anneals over %d",

@@ -233,7 +233,7 @@ def test_a_budget_that_holds_fewer_epochs_anneals_the_schedule_over_those():
     for _ in range(5):  # the first epoch's steps
         loop.optimizer.step()
         loop.scheduler.step()
-    loop.state.step = 5
+    loop.state.epoch, loop.state.step = 1, 5
     loop.fit_to_budget(first_epoch_s=20.0)  # 60 s hold 2 epochs of 20 s (with the margin), not 8
     assert loop.state.planned == 2
     for _ in range(5):  # the second and last epoch
@@ -242,6 +242,16 @@ def test_a_budget_that_holds_fewer_epochs_anneals_the_schedule_over_those():
     assert loop.scheduler.get_last_lr()[0] < 1e-9  # annealed at the end of the epochs the budget holds
     loop.fit_to_budget(first_epoch_s=1.0)
     assert loop.state.planned == 2  # fitted once
+
+
+def test_a_budget_that_holds_no_second_epoch_keeps_the_schedule():
+    from foundation.training import _Loop
+
+    loader = torch.utils.data.DataLoader(Noisy(40), batch_size=8)
+    loop = _Loop(Task(16), loader, dataclasses.replace(CFG, epochs=2, max_minutes=1.0), RunOptions(progress=False))
+    loop.state.epoch, loop.state.step = 1, 5
+    loop.fit_to_budget(first_epoch_s=45.0)  # the budget stops it in epoch 2, as it would have
+    assert loop.state.planned is None
 
 
 def test_a_budget_that_holds_every_epoch_changes_nothing(tmp_path):

@@ -274,6 +274,7 @@ class _State:
 
 SAVED = ("epoch", "batch", "step", "history", "best", "best_epoch", "since_best", "running", "epoch_rng", "planned")
 BUDGET_MARGIN = 0.97  # share of the time budget the fitted epochs are planned to fill
+FIT_AFTER = 2  # epochs timed before fitting: the first alone runs slower (caches, a busy machine)
 
 
 @dataclass(frozen=True)
@@ -438,8 +439,8 @@ class _Loop:
                 self.save()
                 break
             self.end_epoch()
-            if s.epoch == 1 and not self.resumed and not out_of_time:
-                self.fit_to_budget(time.perf_counter() - t0)
+            if s.epoch == min(FIT_AFTER, cfg.epochs - 1) and not self.resumed and not out_of_time:
+                self.fit_to_budget((time.perf_counter() - t0) / s.epoch)
             if out_of_time and stopped is None:
                 stopped = "time_budget"
             self.save()
@@ -459,21 +460,22 @@ class _Loop:
             resumed=self.resumed,
         )
 
-    def fit_to_budget(self, first_epoch_s: float) -> None:
-        """After the first epoch, plan only the epochs the time budget holds at that pace, and anneal
-        the schedule over them: a cosine schedule cut by the budget midway never reaches its low
-        learning rates, where a model's last gains are."""
+    def fit_to_budget(self, epoch_s: float) -> None:
+        """After the first epochs (``FIT_AFTER``, or the first of two), plan only the epochs the time
+        budget holds at their pace (``epoch_s`` each, validation included), and anneal the schedule
+        over them: a cosine schedule cut by the budget midway never reaches its low learning
+        rates, where a model's last gains are."""
         cfg, s = self.cfg, self.state
         if cfg.max_minutes is None or s.planned is not None:
             return
-        fit = int(BUDGET_MARGIN * 60 * cfg.max_minutes / max(first_epoch_s, 1e-9))
+        fit = int(BUDGET_MARGIN * 60 * cfg.max_minutes / max(epoch_s, 1e-9))
         if fit >= cfg.epochs or fit <= s.epoch:
             return  # every epoch fits; or none more does, and a schedule cannot anneal over epochs done
         s.planned = fit
         logger.info(
             "%s: an epoch takes %.0f s, so the %g-minute budget holds %d of %d epochs: the schedule anneals over %d",
             self.desc,
-            first_epoch_s,
+            epoch_s,
             cfg.max_minutes,
             fit,
             cfg.epochs,

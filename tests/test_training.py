@@ -234,13 +234,13 @@ def test_a_budget_that_holds_fewer_epochs_anneals_the_schedule_over_those():
         loop.optimizer.step()
         loop.scheduler.step()
     loop.state.epoch, loop.state.step = 1, 5
-    loop.fit_to_budget(first_epoch_s=20.0)  # 60 s hold 2 epochs of 20 s (with the margin), not 8
+    loop.fit_to_budget(epoch_s=20.0)  # 60 s hold 2 epochs of 20 s (with the margin), not 8
     assert loop.state.planned == 2
     for _ in range(5):  # the second and last epoch
         loop.optimizer.step()
         loop.scheduler.step()
     assert loop.scheduler.get_last_lr()[0] < 1e-9  # annealed at the end of the epochs the budget holds
-    loop.fit_to_budget(first_epoch_s=1.0)
+    loop.fit_to_budget(epoch_s=1.0)
     assert loop.state.planned == 2  # fitted once
 
 
@@ -250,7 +250,7 @@ def test_a_budget_that_holds_no_second_epoch_keeps_the_schedule():
     loader = torch.utils.data.DataLoader(Noisy(40), batch_size=8)
     loop = _Loop(Task(16), loader, dataclasses.replace(CFG, epochs=2, max_minutes=1.0), RunOptions(progress=False))
     loop.state.epoch, loop.state.step = 1, 5
-    loop.fit_to_budget(first_epoch_s=45.0)  # the budget stops it in epoch 2, as it would have
+    loop.fit_to_budget(epoch_s=45.0)  # the budget stops it in epoch 2, as it would have
     assert loop.state.planned is None
 
 

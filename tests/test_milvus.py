@@ -20,9 +20,9 @@ from search.index import InvertedIndex
 from search.narrowing import MAX_K, MAX_OFFSET, Narrowing
 from search.protocol import SearchIndex
 from search.query import Query
-from search.ranking import Probe, RankingConfig
+from search.ranking import RankingConfig
 from search.rows import PhotoRows
-from search.tiers import named_hits, search_page
+from tests.ranking_helpers import pinned, ranked
 from tests.webui_api_fixtures import TOKEN, add, search
 
 pytestmark = pytest.mark.slow
@@ -65,18 +65,6 @@ def _rows(data, numbers=None) -> PhotoRows:
     return PhotoRows(
         *[data[k] for k in ("ids", "categories", "attributes", "codes", "colours", "photos", "prices")], numbers
     )
-
-
-def ranked(index, code, colour, category, attributes=None, ranking=None, **narrowing):
-    """A category's page through ``index`` (either backend), ranked by ``ranking`` (the defaults when None)."""
-    probe = Probe.of(code, colour, attributes or {}, index.columns)
-    return search_page(index, probe, category, Narrowing.of(**narrowing), ranking or RankingConfig())
-
-
-def pinned(index, ids, code, colour, attributes=None, ranking=None, **narrowing):
-    """The named products' hits (the same photo's), narrowed as a page would be."""
-    probe = Probe.of(code, colour, attributes or {}, index.columns)
-    return named_hits(index, ids, probe, Narrowing.of(**narrowing), ranking or RankingConfig())
 
 
 def _both(uri, collection, data, numbers=None):

@@ -5,9 +5,9 @@ from hypothesis import strategies as st
 
 from search.index import InvertedIndex, hamming_topk
 from search.narrowing import MAX_K, MAX_OFFSET, Narrowing
-from search.ranking import Probe, RankingConfig
+from search.ranking import RankingConfig
 from search.rows import PhotoRows
-from search.tiers import named_hits, search_page
+from tests.ranking_helpers import pinned, ranked
 
 CODE_BYTES, BINS = 8, 6  # small codes make distance ties common, which is what the tie tests need
 
@@ -35,18 +35,6 @@ def test_hamming_topk_equals_numpy_brute_force(n, k, seed):
     want_ids, want_d = _brute(codes, ids, q, k)
     assert [ids[r] for r in rows] == want_ids
     assert dist.tolist() == want_d
-
-
-def ranked(index, code, colour, category, attributes=None, ranking=None, **narrowing):
-    """A category's page through the index, ranked by ``ranking`` (the defaults when None)."""
-    probe = Probe.of(code, colour, attributes or {}, index.columns)
-    return search_page(index, probe, category, Narrowing.of(**narrowing), ranking or RankingConfig())
-
-
-def pinned(index, ids, code, colour, attributes=None, ranking=None, **narrowing):
-    """The named products' hits (the same photo's), narrowed as a page would be."""
-    probe = Probe.of(code, colour, attributes or {}, index.columns)
-    return named_hits(index, ids, probe, Narrowing.of(**narrowing), ranking or RankingConfig())
 
 
 def _index(n=200, seed=0):

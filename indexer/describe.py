@@ -126,10 +126,7 @@ class Describer:
         if box is not None:  # the drawn rectangle is every category's ROI: its code and colour are first's
             crop = image.crop(pixel_box(box, image.size))
             preds = self.predictor.predict([crop] * len(extra), extra)
-            more = [
-                replace(first, category=c, attributes={g: (str(v), float(pr)) for g, (v, pr) in p.attributes.items()})
-                for c, p in zip(extra, preds)
-            ]
+            more = [replace(first, category=c, attributes=attributes_of(p)) for c, p in zip(extra, preds)]
         else:
             more = self._describe([image] * len(extra), extra, [None] * len(extra), [raw] * len(extra))
         return [first, *more], hedge
@@ -233,7 +230,7 @@ class Describer:
             out.append(
                 Description(
                     category=categories[i],
-                    attributes={g: (str(v), float(pr)) for g, (v, pr) in p.attributes.items()},
+                    attributes=attributes_of(p),
                     categories=distributions[i],
                     roi=tuple(int(v) for v in rois[i]),
                     fallback=fallback[i],
@@ -243,6 +240,11 @@ class Describer:
                 )
             )
         return out
+
+
+def attributes_of(prediction) -> dict[str, tuple[str, float]]:
+    """A prediction's attributes as a description holds them: group -> (value, probability)."""
+    return {g: (str(v), float(p)) for g, (v, p) in prediction.attributes.items()}
 
 
 # A garment the detector finds no box of keeps this share of the attribute model's weight: the

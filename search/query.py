@@ -43,7 +43,9 @@ __all__ = [
     "Narrowing",
     "Query",
     "check_k",
+    "GARMENT_ALONE",
     "check_option",
+    "check_rerun",
     "check_search",
 ]
 
@@ -69,6 +71,18 @@ def check_search(option, category: str | None, box, schema: Schema | None = None
         raise ValueError("the rectangle option needs a box x0,y0,x1,y1 in the photo's pixels")
     if option != "rectangle" and box is not None:
         raise ValueError(f"a box ({echo(box)}) is only for option=rectangle, not {option!r}")
+
+
+GARMENT_ALONE = "garment picks a garment of an earlier answer: send it with that answer's query_id"
+
+
+def check_rerun(given: list[str]) -> None:
+    """A re-run by query id takes none of the fields (``given``) that describe a photo anew."""
+    if given:
+        raise ValueError(
+            f"query_id re-runs a search as it was described; it takes no {', '.join(given)} "
+            "(send a photo instead to search anew)"
+        )
 
 
 def check_box_shape(box) -> Box:
@@ -112,17 +126,12 @@ class Query:
                 raise ValueError(
                     f"query_id must be the 16 characters of a search's query.id, got {echo(self.query_id)}"
                 )
-            given = [n for n in ("option", "guide", "box") if getattr(self, n) is not None]
-            if given:
-                names = ", ".join("category" if n == "guide" else n for n in given)
-                raise ValueError(
-                    f"query_id re-runs a search as it was described; it takes no {names} "
-                    "(send a photo instead to search anew)"
-                )
+            given = [(self.option, "option"), (self.guide, "category"), (self.box, "box")]
+            check_rerun([name for value, name in given if value is not None])
             return
         check_search(self.option, self.guide, self.box)
         if self.garment:
-            raise ValueError("garment picks a garment of an earlier answer: it goes with query_id")
+            raise ValueError(GARMENT_ALONE)
 
     @classmethod
     def search(

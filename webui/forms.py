@@ -28,6 +28,7 @@ from foundation.text import category_from_text
 from search.narrowing import MAX_OFFSET, Narrowing, check_offset, parse_filters
 from search.query import (
     DEFAULT_K,
+    GARMENT_ALONE,
     MAX_GARMENTS,
     MAX_K,
     OPTIONS,
@@ -35,6 +36,7 @@ from search.query import (
     Query,
     check_k,
     check_option,
+    check_rerun,
     check_search,
 )
 
@@ -211,17 +213,11 @@ def parse_search(form: Mapping, files: Mapping, categories: Sequence[str]) -> Qu
     _refused(lambda: Narrowing.of(**narrowing))  # the price range, before anything else is read
     garment = parse_garment(form.get("garment"))
     if garment and form.get("query_id") is None:
-        raise RequestError("garment picks a garment of an earlier answer: send it with that answer's query_id")
+        raise RequestError(GARMENT_ALONE)
     if form.get("query_id") is not None:
         query_id = parse_query_id(form.get("query_id"))
-        given = [f for f in ("option", "category", "box") if form.get(f) is not None]
-        if files.get("image") is not None:
-            given.insert(0, "image")
-        if given:
-            raise RequestError(
-                f"query_id re-runs a search as it was described; it takes no {', '.join(given)} "
-                "(send a photo instead to search anew)"
-            )
+        given = ["image"] if files.get("image") is not None else []
+        _refused(lambda: check_rerun(given + [f for f in ("option", "category", "box") if form.get(f) is not None]))
         return _refused(lambda: Query.rerun(query_id, garment=garment, **narrowing))
     option = parse_option(form.get("option"))
     category = parse_category(form.get("category"), categories)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -80,7 +81,7 @@ class Checkpoint:
 class LoopResult:
     history: list[dict]  # one record per complete epoch, over all runs
     epochs_done: int
-    epochs_planned: int  # the config's epochs, or fewer when the time budget holds fewer (fit_to_budget)
+    epochs_planned: float  # the config's epochs, or fewer (a fraction) when the time budget holds fewer (fit_to_budget)
     steps: int
     stopped: str  # finished | early_stopped | time_budget | max_steps
     best: float | None  # the best monitored loss (validation, else training)
@@ -159,10 +160,21 @@ class _State:
     running: dict = dataclasses.field(default_factory=lambda: {"loss": 0.0, "batches": 0, "seconds": 0.0})
     epoch_rng: dict | None = None  # the random states when the current epoch began
     rng_now: dict | None = None  # a resumed run's random states, set once the loader is positioned
-    planned: int | None = None  # epochs the schedule spans once fitted to the time budget (None: all)
+    planned_steps: int | None = None  # steps the schedule spans once fitted to the time budget (None: all)
 
 
-SAVED = ("epoch", "batch", "step", "history", "best", "best_epoch", "since_best", "running", "epoch_rng", "planned")
+SAVED = (
+    "epoch",
+    "batch",
+    "step",
+    "history",
+    "best",
+    "best_epoch",
+    "since_best",
+    "running",
+    "epoch_rng",
+    "planned_steps",
+)
 BUDGET_MARGIN = 0.97  # share of the time budget the fitted epochs are planned to fill
 FIT_AFTER = 2  # epochs timed before fitting: the first alone runs slower (caches, a busy machine)
 
@@ -292,16 +304,25 @@ class _Loop:
             run[key] = run.get(key, 0.0) + float(value)
         run["batches"] += 1
 
+    def planned_epochs(self) -> int:
+        """Epochs the schedule spans: the config's, or those the fitted steps reach into."""
+        if self.state.planned_steps is None:
+            return self.cfg.epochs
+        return math.ceil(self.state.planned_steps / len(self.loader))
+
+    def schedule_done(self) -> bool:
+        return self.state.planned_steps is not None and self.state.step >= self.state.planned_steps
+
     def run(self) -> LoopResult:
         cfg, s, n_batches = self.cfg, self.state, len(self.loader)
-        t0, run_steps, stopped = time.perf_counter(), 0, None
-        while s.epoch < (s.planned or cfg.epochs) and stopped is None:
+        t0, run_steps, stopped, trained_s = time.perf_counter(), 0, None, 0.0
+        while s.epoch < self.planned_epochs() and stopped is None:
             if cfg.patience is not None and s.since_best >= cfg.patience:
                 stopped = "early_stopped"
                 break
             self.model.train()
             t_epoch, out_of_time = time.perf_counter(), False
-            desc = f"{self.desc} epoch {s.epoch + 1}/{s.planned or cfg.epochs}"
+            desc = f"{self.desc} epoch {s.epoch + 1}/{self.planned_epochs()}"
             bar = tqdm(
                 self.batches(),
                 total=n_batches,
@@ -314,6 +335,8 @@ class _Loop:
                 self.step(batch)
                 s.batch, s.step, run_steps = s.batch + 1, s.step + 1, run_steps + 1
                 bar.set_postfix(loss=f"{s.running['loss'] / s.running['batches']:.3f}")
+                if self.schedule_done():
+                    break  # the fitted schedule has annealed: its last epoch ends here
                 spent = time.perf_counter() - t0
                 out_of_time = out_of_time or (cfg.max_minutes is not None and spent > 60 * cfg.max_minutes)
                 if cfg.max_steps is not None and run_steps >= cfg.max_steps:
@@ -324,13 +347,17 @@ class _Loop:
                     break
             bar.close()
             s.running["seconds"] += time.perf_counter() - t_epoch
-            if s.batch < n_batches:  # stopped mid-epoch
+            trained_s += time.perf_counter() - t_epoch
+            if s.batch < n_batches and not self.schedule_done():  # stopped mid-epoch
                 logger.info("%s: stopped (%s) in epoch %d after batch %d", self.desc, stopped, s.epoch + 1, s.batch)
                 self.save()
                 break
             self.end_epoch()
             if s.epoch == min(FIT_AFTER, cfg.epochs - 1) and not self.resumed and not out_of_time:
-                self.fit_to_budget((time.perf_counter() - t0) / s.epoch)
+                spent = time.perf_counter() - t0
+                self.fit_to_budget(trained_s / max(run_steps, 1), (spent - trained_s) / s.epoch, spent)
+                if self.schedule_done():
+                    stopped = "time_budget"  # the budget holds no step more
             if out_of_time and stopped is None:
                 stopped = "time_budget"
             self.save()
@@ -339,7 +366,7 @@ class _Loop:
         return LoopResult(
             history=s.history,
             epochs_done=s.epoch,
-            epochs_planned=s.planned or cfg.epochs,
+            epochs_planned=round(s.planned_steps / n_batches, 2) if s.planned_steps is not None else cfg.epochs,
             steps=s.step,
             stopped=stopped or "finished",
             best=s.best,
@@ -350,30 +377,37 @@ class _Loop:
             resumed=self.resumed,
         )
 
-    def fit_to_budget(self, epoch_s: float) -> None:
-        """After the first epochs (``FIT_AFTER``, or the first of two), plan only the epochs the time
-        budget holds at their pace (``epoch_s`` each, validation included), and anneal the schedule
-        over them: a cosine schedule cut by the budget midway never reaches its low learning
-        rates, where a model's last gains are."""
-        cfg, s = self.cfg, self.state
-        if cfg.max_minutes is None or s.planned is not None:
+    def fit_to_budget(self, step_s: float, val_s: float, spent_s: float) -> None:
+        """After the first epochs (``FIT_AFTER``, or the first of two), plan only the steps the time
+        budget holds at their pace (``step_s`` a step, ``val_s`` a validation, ``spent_s`` so far),
+        and anneal the schedule over them, its last epoch cut where they end: a cosine schedule cut
+        by the budget midway never reaches its low learning rates, where a model's last gains are."""
+        cfg, s, n = self.cfg, self.state, len(self.loader)
+        if cfg.max_minutes is None or s.planned_steps is not None:
             return
-        fit = int(BUDGET_MARGIN * 60 * cfg.max_minutes / max(epoch_s, 1e-9))
-        if fit >= cfg.epochs or fit <= s.epoch:
-            return  # every epoch fits; or none more does, and a schedule cannot anneal over epochs done
-        s.planned = fit
+        left = BUDGET_MARGIN * 60 * cfg.max_minutes - spent_s
+        cap = cfg.epochs * n - s.step
+        more = min(cap, max(0.0, (left - val_s) / max(step_s, 1e-9)))
+        more = min(cap, max(0.0, (left - math.ceil(more / n) * val_s) / max(step_s, 1e-9)))  # a validation an epoch
+        fit = s.step + int(more)
+        if fit >= cfg.epochs * n:
+            return  # every epoch fits
+        s.planned_steps = fit
         logger.info(
-            "%s: an epoch takes %.0f s, so the %g-minute budget holds %d of %d epochs: the schedule anneals over %d",
+            "%s: a step takes %.2f s and a validation %.0f s, so the %g-minute budget holds %d of %d steps "
+            "(%.2f of %d epochs): the schedule anneals over them",
             self.desc,
-            epoch_s,
+            step_s,
+            val_s,
             cfg.max_minutes,
             fit,
+            cfg.epochs * n,
+            fit / n,
             cfg.epochs,
-            fit,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"]
-        self.scheduler = build_schedule(self.optimizer, cfg, fit * len(self.loader))
+        self.scheduler = build_schedule(self.optimizer, cfg, fit)
         for _ in range(s.step):
             self.scheduler.step()
         self.parts["scheduler"] = self.scheduler
@@ -382,6 +416,8 @@ class _Loop:
         s, run = self.state, self.state.running
         n = max(run["batches"], 1)
         record = {"epoch": s.epoch + 1, "train_loss": round(run["loss"] / n, 4)}
+        if run["batches"] < len(self.loader):
+            record["batches"] = run["batches"]  # the fitted schedule's last epoch, cut short
         record.update({k: round(v / n, 4) for k, v in run.items() if k not in ("loss", "batches", "seconds")})
         val = None
         if self.options.val_fn is not None:

@@ -234,24 +234,45 @@ def test_a_budget_that_holds_fewer_epochs_anneals_the_schedule_over_those():
         loop.optimizer.step()
         loop.scheduler.step()
     loop.state.epoch, loop.state.step = 1, 5
-    loop.fit_to_budget(epoch_s=20.0)  # 60 s hold 2 epochs of 20 s (with the margin), not 8
-    assert loop.state.planned == 2
-    for _ in range(5):  # the second and last epoch
+    # 58.2 s of the budget (its margin) less the 8 s spent hold 11 steps of 4 s and the validations
+    # (2 s) of the three epochs they reach into: 16 steps, three epochs and a batch of the fourth
+    loop.fit_to_budget(step_s=4.0, val_s=2.0, spent_s=8.0)
+    assert loop.state.planned_steps == 16 and loop.planned_epochs() == 4
+    for _ in range(11):
         loop.optimizer.step()
         loop.scheduler.step()
-    assert loop.scheduler.get_last_lr()[0] < 1e-9  # annealed at the end of the epochs the budget holds
-    loop.fit_to_budget(epoch_s=1.0)
-    assert loop.state.planned == 2  # fitted once
+    assert loop.scheduler.get_last_lr()[0] < 1e-9  # annealed at the last step the budget holds
+    loop.fit_to_budget(step_s=0.1, val_s=0.0, spent_s=8.0)
+    assert loop.state.planned_steps == 16  # fitted once
 
 
-def test_a_budget_that_holds_no_second_epoch_keeps_the_schedule():
+def test_a_fitted_schedule_ends_in_its_last_epoch_with_a_validation(tmp_path, monkeypatch):
+    import foundation.training as training
+
+    def fit(self, step_s, val_s, spent_s):  # as a budget holding 7 steps would
+        self.state.planned_steps = 7
+        self.scheduler = training.build_schedule(self.optimizer, self.cfg, 7)
+        for _ in range(self.state.step):
+            self.scheduler.step()
+
+    monkeypatch.setattr(training._Loop, "fit_to_budget", fit)
+    monkeypatch.setattr(training, "FIT_AFTER", 1)
+    vals = []
+    cfg = dataclasses.replace(CFG, epochs=4, max_minutes=60.0)
+    _, result = run(tmp_path, cfg, val_fn=lambda model, device: vals.append(1) or float(len(vals)))
+    assert result.stopped == "finished" and result.steps == 7 and result.epochs_done == 2
+    assert result.epochs_planned == 1.4 and len(vals) == 2  # the cut epoch was validated
+    assert result.history[-1]["batches"] == 2 and result.history[-1]["lr"] < 1e-9
+
+
+def test_a_budget_that_holds_no_step_more_stops_at_the_epoch_end():
     from foundation.training import _Loop
 
     loader = torch.utils.data.DataLoader(Noisy(40), batch_size=8)
     loop = _Loop(Task(16), loader, dataclasses.replace(CFG, epochs=2, max_minutes=1.0), RunOptions(progress=False))
     loop.state.epoch, loop.state.step = 1, 5
-    loop.fit_to_budget(epoch_s=45.0)  # the budget stops it in epoch 2, as it would have
-    assert loop.state.planned is None
+    loop.fit_to_budget(step_s=9.0, val_s=10.0, spent_s=55.0)
+    assert loop.state.planned_steps == 5 and loop.schedule_done()
 
 
 def test_a_budget_that_holds_every_epoch_changes_nothing(tmp_path):

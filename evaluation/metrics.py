@@ -184,7 +184,7 @@ def garment_summary(run: Run, category_of: Mapping[str, str], *, k: int = 10) ->
     out: dict[str, dict] = {}
     shop = [q for q in run.queries if q.set == SHOP and q.id in auto]
     if shop:
-        offered, r1, rk, first = [], [], [], []
+        offered, r1, rk, first, largest, first_is, chance = [], [], [], [], [], [], []
         for q in shop:
             groups = auto[q.id].garments
             g = matched_group(groups, q.box)
@@ -193,11 +193,19 @@ def garment_summary(run: Run, category_of: Mapping[str, str], *, k: int = 10) ->
             r1.append(recall_at_k(ids, q.target, 1) if ids else 0.0)
             rk.append(recall_at_k(ids, q.target, k) if ids else 0.0)
             first.append(recall_at_k(groups[0].ids, q.target, k) if groups and groups[0].ids else 0.0)
+            big = max(groups, key=lambda x: (x.roi[2] - x.roi[0]) * (x.roi[3] - x.roi[1]), default=None)
+            largest.append(recall_at_k(big.ids, q.target, k) if big is not None and big.ids else 0.0)
+            if g is not None:  # does the order beat picking an offered garment at random?
+                first_is.append(g == 0)
+                chance.append(1 / len(groups))
         out[SHOP] = {
             "offered": round(float(np.mean(offered)), 4),
             "R@1": round(float(np.mean(r1)), 4),
             f"R@{k}": round(float(np.mean(rk)), 4),
             f"first R@{k}": round(float(np.mean(first)), 4),
+            f"first R@{k}, largest first": round(float(np.mean(largest)), 4),
+            "first is the target": round(float(np.mean(first_is)), 4) if first_is else 0.0,
+            "first is the target by chance": round(float(np.mean(chance)), 4) if chance else 0.0,
             "garments offered": round(float(np.mean([len(auto[q.id].garments) for q in shop])), 2),
             "queries": len(shop),
         }

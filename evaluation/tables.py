@@ -153,7 +153,14 @@ def result_tables(metrics: Mapping, *, k: int = 10) -> list:
                 note=f"A true garment is offered when a garment auto found overlaps its box at IoU >= 0.5; it is then "
                 f"judged by that garment's own results (shop: the target product among them; street: the share of "
                 f"the top {k} in its category). A garment not offered counts as a miss in R@1 and R@{k}. 'first "
-                f"R@{k}': the first garment's results alone, what a shopper who taps nothing sees.",
+                f"R@{k}': the first garment's results alone, what a shopper who taps nothing sees"
+                + (
+                    f" ({shop.get(f'first R@{k}, largest first')} had the largest garment come first; the first was "
+                    f"the target for {shop.get('first is the target')} of the targets offered, "
+                    f"{shop.get('first is the target by chance')} by chance)."
+                    if shop
+                    else "."
+                ),
             )
         )
     return tables

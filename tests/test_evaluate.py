@@ -112,7 +112,7 @@ def test_every_garment_is_scored_by_its_own_group_in_deepfashion2s_protocol():
         Query("g2", STREET_GARMENT, "img3", "t-shirt", (60, 60, 90, 90), None, frozenset({"t-shirt"})),
     ]
     run = Run(queries)
-    top = GarmentGroup((0, 0, 40, 50), "t-shirt", ["p5"])
+    top = GarmentGroup((0, 0, 40, 40), "t-shirt", ["p5"])
     # s1: the target's garment is offered second (IoU 0.9 with its box), its group finds it at rank 2
     run.put("auto", "s1", Ranking(["p5"], garments=[top, GarmentGroup((0, 55, 40, 100), "pants", ["p2", "p1"])]))
     run.put("auto", "s2", Ranking(["p4"], garments=[GarmentGroup((50, 50, 90, 90), "dress", ["p4"])]))  # missed
@@ -120,6 +120,8 @@ def test_every_garment_is_scored_by_its_own_group_in_deepfashion2s_protocol():
     looks = summarise(run, category_of, k=2, depth=2)
     shop = looks[SHOP]["systems"][AUTO_GARMENTS]
     assert shop["offered"] == 0.5 and shop["R@1"] == 0.0 and shop["R@2"] == 0.5 and shop["first R@2"] == 0.0
+    assert shop["first R@2, largest first"] == 0.5  # s1's pants box is the larger
+    assert shop["first is the target"] == 0.0 and shop["first is the target by chance"] == 0.5
     street = looks[STREET_PHOTO]["systems"][AUTO_GARMENTS]
     assert street["offered"] == 0.5  # the dress offered, the t-shirt not
     assert street["P@2"] == 0.5 and street["garments"] == 2  # p4 a dress, p3 not

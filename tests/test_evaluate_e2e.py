@@ -173,7 +173,17 @@ def test_evaluation_runs_end_to_end(layouts, tmp_path):
         "auto garments",
     }
     looks = shop["auto garments"]  # auto's every garment, in DeepFashion2's protocol
-    assert set(looks) == {"offered", "R@1", "R@10", "first R@10", "garments offered", "queries"}
+    assert set(looks) == {
+        "offered",
+        "R@1",
+        "R@10",
+        "first R@10",
+        "first R@10, largest first",
+        "first is the target",
+        "first is the target by chance",
+        "garments offered",
+        "queries",
+    }
     assert 0 <= looks["R@1"] <= looks["R@10"] <= looks["offered"] <= 1 and looks["queries"] == 12
     street = saved["metrics"]["street-photo"]["systems"]["auto garments"]
     assert 0 <= street["offered"] <= 1 and 0 <= street["P@10"] <= 1 and street["queries"] == 6

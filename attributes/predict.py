@@ -92,7 +92,12 @@ class AttributePredictor:
 
     @torch.inference_mode()
     def predict(
-        self, images: list[Image.Image], guides: list[str | None] | None = None, *, beam: int = 1
+        self,
+        images: list[Image.Image],
+        guides: list[str | None] | None = None,
+        *,
+        beam: int = 1,
+        features: torch.Tensor | None = None,
     ) -> list[AttributePrediction]:
         """Attributes per image: guided by ``guides[i]`` (a schema category) where given, else auto.
 
@@ -100,6 +105,8 @@ class AttributePredictor:
             images: RGB PIL images (whole photos or regions).
             guides: one category or None per image; None for all auto.
             beam: 1 for greedy decoding, more for beam search of that width.
+            features: the images' rows of ``features`` when the caller has them: a crop read under
+                several categories is encoded once.
         """
         if guides is not None and len(guides) != len(images):
             raise ValueError(f"got {len(guides)} guides for {len(images)} images")
@@ -111,7 +118,9 @@ class AttributePredictor:
         for g in guides:
             if g is not None:
                 self.schema.check_category(g)
-        feats = self.features(images)
+        if features is not None and len(features) != len(images):
+            raise ValueError(f"got {len(features)} rows of features for {len(images)} images")
+        feats = self.features(images) if features is None else features.to(self.device)
         names = self.schema.category_names
         # Auto mode takes the category with the highest marginal probability, then decodes guided by
         # it, so the category answered is always the first of those listed (a greedy walk through

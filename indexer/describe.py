@@ -125,7 +125,8 @@ class Describer:
             return [first], hedge
         if box is not None:  # the drawn rectangle is every category's ROI: its code and colour are first's
             crop = image.crop(pixel_box(box, image.size))
-            preds = self.predictor.predict([crop] * len(extra), extra)
+            feats = self.predictor.features([crop])
+            preds = self.predictor.predict([crop] * len(extra), extra, features=feats[[0] * len(extra)])
             more = [replace(first, category=c, attributes=attributes_of(p)) for c, p in zip(extra, preds)]
         else:
             more = self._describe([image] * len(extra), extra, [None] * len(extra), [raw] * len(extra))
@@ -168,7 +169,8 @@ class Describer:
         # 1-2. category and attributes (of the rectangle when one is drawn: it says which garment)
         t0 = time.perf_counter()
         seen = [images[i].crop(rois[i]) if rois[i] is not None else images[i] for i in range(n)]
-        preds = self.predictor.predict(seen, guides)
+        feats = self.predictor.features(seen)  # kept: a re-guided decode reads the same crops
+        preds = self.predictor.predict(seen, guides, features=feats)
         categories = [guides[i] or preds[i].category for i in range(n)]
         distributions = [[(str(c), float(p)) for c, p in pred.categories] for pred in preds]
         t["attributes"] = time.perf_counter() - t0
@@ -202,7 +204,10 @@ class Describer:
         if reguide:  # the attributes of the category the evidence chose, decoded guided by it
             t0 = time.perf_counter()
             for i, pred in zip(
-                reguide, self.predictor.predict([seen[i] for i in reguide], [categories[i] for i in reguide])
+                reguide,
+                self.predictor.predict(
+                    [seen[i] for i in reguide], [categories[i] for i in reguide], features=feats[reguide]
+                ),
             ):
                 preds[i] = pred
             t["attributes"] += time.perf_counter() - t0

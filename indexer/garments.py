@@ -54,7 +54,8 @@ def describe_garments(describer: Describer, image: Image.Image) -> list[Look]:
     crops = [image.crop(roi) for roi in rois]
 
     t0 = time.perf_counter()
-    read = describer.predictor.predict(crops, [None] * len(crops))
+    feats = describer.predictor.features(crops)  # each crop encoded once, read under every category
+    read = describer.predictor.predict(crops, [None] * len(crops), features=feats)
     hedges, distributions = [], []
     for r, pred in zip(found, read):
         evidence = {c: r.score for c in schema.category_names if great_of(c) == r.category}
@@ -62,7 +63,8 @@ def describe_garments(describer: Describer, image: Image.Image) -> list[Look]:
         distributions.append(dist)
         hedges.append(hedge_categories(dist, great_of) or [(pred.category, 1.0)])
     pairs = [(i, c) for i, hedge in enumerate(hedges) for c, _p in hedge]
-    guided = describer.predictor.predict([crops[i] for i, _c in pairs], [c for _i, c in pairs])
+    rows = [i for i, _c in pairs]
+    guided = describer.predictor.predict([crops[i] for i in rows], [c for _i, c in pairs], features=feats[rows])
     t["attributes"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from foundation.schema import default_schema
 
@@ -47,7 +48,10 @@ class FakePredictor:
         self.schema = default_schema()
         self.calls = []
 
-    def predict(self, images, guides=None, *, beam=1):
+    def features(self, images):
+        return torch.zeros(len(images), 1)
+
+    def predict(self, images, guides=None, *, beam=1, features=None):
         self.calls.append(list(guides) if guides is not None else None)
         out = []
         for i, im in enumerate(images):

@@ -108,8 +108,8 @@ class CataloguePredictor(FakePredictor):
         super().__init__()
         self.crops = crops
 
-    def predict(self, images, guides=None, *, beam=1):
-        out = super().predict(images, guides, beam=beam)
+    def predict(self, images, guides=None, *, beam=1, features=None):
+        out = super().predict(images, guides, beam=beam, features=features)
         for i, im in enumerate(images):
             true = None if guides is not None and guides[i] is not None else self.crops.get(pixel_hash(im))
             if true is not None:

@@ -232,6 +232,15 @@ def test_load_gives_the_model_and_the_preprocessing_saved_with_it(tmp_path):
         torch.testing.assert_close(loaded.encode(x[None]), model.encode(x[None]))
     predictor = AttributePredictor.load(tmp_path)
     assert predictor.prep == {"image_size": 40, "resize": "squash", "mean": [0.5] * 3, "std": [0.25] * 3}
+    # a crop read under several categories is encoded once: its features given, the same reading
+    guides = [None, "pants", "dress"]
+    given = predictor.predict([image] * 3, guides, features=predictor.features([image])[[0, 0, 0]])
+    for a, b in zip(given, predictor.predict([image] * 3, guides)):  # equal but for a batch's float sums
+        assert a.category == b.category and [c for c, _ in a.categories] == [c for c, _ in b.categories]
+        assert {g: v for g, (v, _p) in a.attributes.items()} == {g: v for g, (v, _p) in b.attributes.items()}
+        assert [p for _v, p in a.attributes.values()] == pytest.approx([p for _v, p in b.attributes.values()])
+    with pytest.raises(ValueError, match="2 rows of features for 3 images"):
+        predictor.predict([image] * 3, guides, features=predictor.features([image, image]))
 
 
 def test_presets_are_typed_and_an_unknown_one_is_named():

@@ -104,7 +104,7 @@ def test_auto_describes_its_other_likely_categories_in_the_same_call(tmp_path):
     from appearance.model import AppearanceCoder
 
     class Hesitant(FakePredictor):  # a top or trousers, the model cannot tell
-        def predict(self, images, guides=None, *, beam=1):
+        def predict(self, images, guides=None, *, beam=1, features=None):
             out = super().predict(images, guides, beam=beam)
             if guides is None or guides[0] is None:
                 out = [type(p)(p.category, p.attributes, [("t-shirt", 0.5), ("pants", 0.45)]) for p in out]

@@ -222,7 +222,10 @@ class _UnsurePredictor:
         self.inner = FakePredictor()
         self.schema = self.inner.schema
 
-    def predict(self, images, guides=None, *, beam=1):
+    def features(self, images):
+        return self.inner.features(images)
+
+    def predict(self, images, guides=None, *, beam=1, features=None):
         out = self.inner.predict(images, guides, beam=beam)
         unsure = [("t-shirt", 0.5), ("longsleeve", 0.4), ("pants", 0.1)]
         return [

@@ -47,6 +47,18 @@ def test_auto_searches_every_garment_and_answers_the_likeliest_meant_first(engin
     assert [g["garment"] for g in out["garments"]] == [0, 1]
 
 
+def test_each_garment_crop_is_encoded_once_for_every_category_read(engine, photo):
+    predictor = engine.describer.predictor
+    encoded, features = [], predictor.features
+    predictor.features = lambda images: encoded.append(len(images)) or features(images)
+    try:
+        with garments_found(engine, photo):
+            engine.search(Query.search(photo=photo))
+    finally:
+        del predictor.features
+    assert encoded == [2]  # the two crops, once: the category read and the guided decodes share it
+
+
 def test_a_rerun_answers_another_garment_with_its_own_narrowing(engine, photo):
     with garments_found(engine, photo) as (top, _bottom):
         first = engine.search(Query.search(photo, "auto", k=3))

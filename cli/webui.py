@@ -30,6 +30,7 @@ def _serve(args) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
         allowed_hosts=tuple(args.allowed_hosts.split(",")) if args.allowed_hosts is not None else None,
+        examples=Path(args.examples) if args.examples else None,
     )
     serve(Path(args.index), config=config, reload_s=args.reload_s, open_engine=open_engine)
     return 0
@@ -38,7 +39,9 @@ def _serve(args) -> int:
 def register(commands) -> None:
     from cli.scaling import add_backend_args
 
-    p = commands.top.add_parser("demo", help="build, train, index and serve the synthetic demo catalogue")
+    p = commands.top.add_parser(
+        "demo", help="build, train, index and serve the synthetic demo catalogue, with example photos to try"
+    )
     p.add_argument("--home", default=".fashion-search/demo", help="cache folder (default .fashion-search/demo)")
     p.add_argument("--n", type=int, default=2000, help="synthetic products (default 2000)")
     p.add_argument("--seed", type=int, default=0)
@@ -76,6 +79,12 @@ def register(commands) -> None:
         help="the names (name or name:port) a request's Host header may give, * for any; default: "
         "localhost, 127.0.0.1 and [::1] when listening on a loopback address, any otherwise "
         "(a page on another site cannot read the API through DNS rebinding)",
+    )
+    p.add_argument(
+        "--examples",
+        metavar="DIR",
+        help="a folder of example photos the page offers to try (listed in DIR/examples.json, as "
+        "`fashion-search demo` writes it, or else its JPEG, PNG and WebP files); default: none",
     )
     add_backend_args(p)
     p.set_defaults(func=_serve)

@@ -16,6 +16,7 @@ catalogue photo: it knows each dump photo's true boxes, so auto answers one garm
 
 Run as a server for the browser test, the fuzz test and the load tests:
     python -m tests.standin DUMP INDEX_DIR [--n N] [--labelled] [--garments] [--port 8000] [--token T]
+        [--examples DIR]
 """
 
 from __future__ import annotations
@@ -208,12 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token")
     p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--examples", type=Path, help="a folder of example photos the page offers (webui.examples)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = standin_engine(args.dump, args.index, n=args.n, garments=args.garments)
     if args.labelled:
         label_like_the_catalogue(engine, args.dump)
-    app = create_app({"ENGINE": engine, "TOKEN": args.token})
+    app = create_app({"ENGINE": engine, "TOKEN": args.token, "EXAMPLES": args.examples})
     serve_app(app, ServeConfig(host=args.host, port=args.port, threads=args.threads, token=args.token))
     return 0
 

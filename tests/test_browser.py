@@ -100,14 +100,36 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(synth_dump, tmp_path_factory):
+def rows(synth_dump) -> list[dict]:
+    return [json.loads(line) for line in synth_dump.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def examples(synth_dump, rows, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The page's example photos (their folder, and the catalogue row each is): the last two catalogue
+    photos of two or more garments of distinct categories, as the stand-ins find only a catalogue
+    photo's garments."""
+    from webui.examples import write_manifest
+
+    folder = tmp_path_factory.mktemp("examples")
+    chosen = [r for r in rows if len(r["boxes"]) >= 2 and len({b[4] for b in r["boxes"]}) == len(r["boxes"])][-2:]
+    for n, row in enumerate(chosen, 1):
+        (folder / f"look-{n}.jpg").write_bytes((synth_dump.parent / row["image"]).read_bytes())
+    write_manifest(
+        folder, [{"image": f"look-{n}.jpg", "categories": [b[4] for b in r["boxes"]]} for n, r in enumerate(chosen, 1)]
+    )
+    return folder, chosen
+
+
+@pytest.fixture(scope="module")
+def server(synth_dump, examples, tmp_path_factory):
     port = _free_port()
     folder = tmp_path_factory.mktemp("server")
     log = folder / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.standin", str(synth_dump), str(folder / "index"), "--labelled", "--garments"]
-            + ["--port", str(port), "--token", TOKEN],
+            + ["--port", str(port), "--token", TOKEN, "--examples", str(examples[0])],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -124,11 +146,6 @@ def server(synth_dump, tmp_path_factory):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-@pytest.fixture(scope="module")
-def rows(synth_dump) -> list[dict]:
-    return [json.loads(line) for line in synth_dump.read_text().splitlines()]
 
 
 def _check(api_contract, method: str, url: str, status: int, headers: dict, body: bytes) -> None:
@@ -496,6 +513,37 @@ def test_shop_the_look(page, server, rows, synth_dump):
     assert info.value.json()["query"]["option"] == "rectangle" and len(info.value.json()["garments"]) == 1
     expect(outlines).to_have_count(0)
     expect(page.locator("#look-hint")).to_be_hidden()
+
+
+def test_an_example_is_searched_with_its_garments_outlined(page, examples):
+    """A click (here Enter on the focused thumbnail) on an example searches its photo in auto mode,
+    as an upload: every garment outlined, the first one's results shown."""
+    from playwright.sync_api import expect
+
+    _, chosen = examples
+    buttons = page.locator("#examples .example")
+    expect(buttons).to_have_count(len(chosen))
+    expect(page.locator("#examples-title")).to_have_text("Try an example")
+    widths = page.evaluate(
+        "Promise.all(Array.from(document.querySelectorAll('#examples img')).map(i => i.decode().then(() => i.naturalWidth)))"
+    )
+    assert all(w > 0 for w in widths), widths  # every thumbnail shows its photo
+    page.locator("input[name=option][value=guided]").check()  # an example is searched in auto mode all the same
+    row = chosen[1]
+    buttons.nth(1).focus()
+    with page.expect_response(_is_search) as info:
+        page.keyboard.press("Enter")
+    answer = info.value.json()
+    assert answer["query"]["option"] == "auto"
+    assert sorted(g["category"] for g in answer["garments"]) == sorted(b[4] for b in row["boxes"])
+    expect(page.locator("input[name=option][value=auto]")).to_be_checked()
+    expect(page.locator("#garments .garment")).to_have_count(len(row["boxes"]))
+    expect(page.locator("#look-hint")).to_contain_text(f"{len(row['boxes'])} garments found")
+    expect(buttons.nth(1)).to_have_attribute("aria-current", "true")
+    _shows_garment(page, row, answer["garments"][0])
+    _shot(page, "14-example")
+    page.locator("#garments .garment").nth(1).click()  # another garment of the example: its results
+    _shows_garment(page, row, answer["garments"][1])
 
 
 def test_errors_are_shown_clearly(page, tmp_path):

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from foundation.echo import echo
 from search.protocol import Engine
+from webui.examples import Example, load_examples
 from webui.hosts import host_allowed, parse_allowed_hosts
 from webui.reload import DEFAULT_RELOAD_S, IndexWatcher
 
@@ -90,6 +91,7 @@ class AppState:
     token: str | None
     stats: ServerStats = field(default_factory=ServerStats)
     watcher: IndexWatcher | None = None  # live re-indexing (webui.reload)
+    examples: dict[str, Example] = field(default_factory=dict)  # photos the page offers to try (webui.examples)
 
 
 def check_index(index) -> None:
@@ -108,9 +110,17 @@ def create_app(config: Mapping | None = None) -> Flask:
     Host header may give, each ``name`` or ``name:port``; None, the default, allows any; ``serve_app``
     sets it from ``ServeConfig``); ``RELOAD_S`` (seconds between checks for a finished bulk run into
     the index directory, loaded without a restart: default 2 with ``INDEX``, none with ``ENGINE``;
-    0 turns it off); any other Flask setting.
+    0 turns it off); ``EXAMPLES`` (a folder of example photos the page offers to try, read once:
+    ``webui.examples``; none by default); any other Flask setting.
     """
     config = dict(config or {})
+    examples_dir = config.pop("EXAMPLES", None)
+    # read before any model loads: a bad folder is said at once
+    examples = (
+        load_examples(examples_dir, max_bytes=config.get("MAX_CONTENT_LENGTH", DEFAULT_MAX_UPLOAD))
+        if examples_dir  # None or "": no examples
+        else {}
+    )
     engine: Engine | None = config.pop("ENGINE", None)
     index = config.pop("INDEX", None)
     device = config.pop("DEVICE", "cpu")
@@ -140,7 +150,7 @@ def create_app(config: Mapping | None = None) -> Flask:
         )
     watcher = IndexWatcher(engine, reload_s).start() if reload_s else None
     app.extensions["fashion_search"] = AppState(
-        engine=engine, categories=tuple(engine.categories()), token=token, watcher=watcher
+        engine=engine, categories=tuple(engine.categories()), token=token, watcher=watcher, examples=examples
     )
 
     from webui.api import bp as api

@@ -34,6 +34,7 @@ class ServeConfig:
     # The Host header names answered: None, the default, is localhost, 127.0.0.1 and [::1] (any
     # port) when bound to a loopback address, and any name otherwise; ("*",) is any name.
     allowed_hosts: tuple[str, ...] | None = None
+    examples: Path | None = None  # a folder of example photos the page offers to try (webui.examples)
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -205,6 +206,8 @@ def serve(
     The port is bound first: a busy one is said (``PortError``) before any model is loaded.
     ``open_engine``: a function returning the engine to serve (another backend), called then."""
     check_index(index_dir)
+    if config.examples is not None and not Path(config.examples).is_dir():
+        raise FileNotFoundError(f"no examples folder at {config.examples}")
     sockets = bind_sockets(config.host, config.port)
     try:
         if config.device == "cpu":
@@ -222,6 +225,7 @@ def serve(
             "TOKEN": config.token,
             "MAX_CONTENT_LENGTH": config.max_upload_bytes,
             "RELOAD_S": reload_s,
+            "EXAMPLES": config.examples,
         }
         app = create_app({**settings, "ENGINE": open_engine()} if open_engine else settings)
         logger.info("opened %s in %.1fs", index_dir, time.perf_counter() - t0)

@@ -22,6 +22,7 @@
     updated: $("updated"), updatedText: $("updated-text"), updatedSearch: $("updated-search"),
     updatedClose: $("updated-close"), priceMin: $("price-min"), priceMax: $("price-max"),
   };
+  const exampleButtons = Array.from(document.querySelectorAll("#examples .example")); // none without examples
   // The schema's attribute groups below the category, in schema order, with the categories each applies to.
   const GROUPS = JSON.parse($("attribute-groups").textContent).groups;
 
@@ -135,6 +136,7 @@
       return;
     }
     if (state.url) URL.revokeObjectURL(state.url);
+    for (const b of exampleButtons) b.removeAttribute("aria-current");
     state.file = file;
     state.url = URL.createObjectURL(file);
     state.box = state.draft = state.roi = null;
@@ -677,6 +679,22 @@
       showError(`Could not load that product's photo (${err.message}).`);
     }
   }
+
+  // -- example photos: one is searched exactly as if the shopper had uploaded it --------------
+  async function tryExample(button) {
+    clearError();
+    try {
+      const res = await fetch(button.dataset.src);
+      if (!res.ok) throw new Error(`${res.status} ${res.statusText}`);
+      const blob = await res.blob();
+      setOption("auto"); // the example shows what auto finds: every garment, outlined
+      await setPhoto(new File([blob], button.dataset.example, { type: blob.type || "image/jpeg" }));
+      button.setAttribute("aria-current", "true"); // after setPhoto, which clears it
+    } catch (err) {
+      showError(`Could not load that example (${err.message}).`);
+    }
+  }
+  for (const button of exampleButtons) button.addEventListener("click", () => tryExample(button));
 
   syncControls();
   loadCategories();

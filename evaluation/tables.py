@@ -177,7 +177,7 @@ def timing_tables(run: Run, stages: Mapping[str, float]) -> list:
         "Timings per query (ms)",
         ["option", "stage", "median", "p90", "n"],
         rows,
-        note="From the engine's own timings of each search (describe's stages per image, the index search, total).",
+        note="From the engine's own timings of each search (the whole photo's stages, the index search, total).",
     )
     whole = Table(
         "Run stages (s)",

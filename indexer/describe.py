@@ -105,31 +105,43 @@ class Describer:
         return self.coder.ranking
 
     def describe_hedged(
-        self, image: Image.Image, guide: str | None = None, box: Box | None = None, raw=None
+        self,
+        image: Image.Image,
+        guide: str | None = None,
+        box: Box | None = None,
+        raw=None,
+        spent: dict[str, float] | None = None,
     ) -> tuple[list[Description], list[tuple[str, float]]]:
         """One photo's garment (guided, in a rectangle, or auto) and, where the model picked its
         category, the other likely categories (``indexer.hedge``), described in one call: the
         detector runs once (``raw``: its output, when the caller has it). Returns the descriptions
         (the garment's own first, then one per other category) and the categories searched with
-        their probability."""
+        their probability. Each description's ``timings_ms`` is the whole photo's: every pass of
+        this call, plus ``spent`` (seconds per stage the caller spent on it, e.g. its detector pass)."""
         image = image if image.mode == "RGB" else image.convert("RGB")
+        clock = dict(spent or {})
+        t0 = time.perf_counter()
         if raw is None and (box is None or guide is None):
             raw = self.detector.raw([image])[0]
-        (first,) = self._describe([image], [guide], [box], [raw])
+        clock["detector"] = clock.get("detector", 0.0) + time.perf_counter() - t0
+        (first,) = self._describe([image], [guide], [box], [raw], clock)
         if guide is None:
             hedge = hedge_categories(first.categories, self.schema.great_category)
         else:
             hedge = [(first.category, 1.0)]
         extra = [c for c, _p in hedge if c != first.category]
-        if not extra:
-            return [first], hedge
-        if box is not None:  # the drawn rectangle is every category's ROI: its code and colour are first's
+        more = []
+        if extra and box is not None:  # the drawn rectangle is every category's ROI: its code and colour are first's
+            t0 = time.perf_counter()
             crop = image.crop(pixel_box(box, image.size))
             feats = self.predictor.features([crop])
             preds = self.predictor.predict([crop] * len(extra), extra, features=feats[[0] * len(extra)])
             more = [replace(first, category=c, attributes=attributes_of(p)) for c, p in zip(extra, preds)]
-        else:
-            more = self._describe([image] * len(extra), extra, [None] * len(extra), [raw] * len(extra))
+            clock["attributes"] += time.perf_counter() - t0
+        elif extra:
+            more = self._describe([image] * len(extra), extra, [None] * len(extra), [raw] * len(extra), clock)
+        for d in (first, *more):
+            d.timings_ms = {k: round(v * 1e3, 3) for k, v in clock.items()}
         return [first, *more], hedge
 
     def describe(
@@ -156,8 +168,9 @@ class Describer:
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         return self._describe(images, guides, boxes, [None] * n)
 
-    def _describe(self, images: list, guides: list, boxes: list, raws: list) -> list[Description]:
-        """``describe`` of checked arguments; ``raws``: the detector's output per image where known."""
+    def _describe(self, images: list, guides: list, boxes: list, raws: list, clock=None) -> list[Description]:
+        """``describe`` of checked arguments; ``raws``: the detector's output per image where known;
+        ``clock``: seconds per stage, to which the whole batch's are added."""
         n = len(images)
         t: dict[str, float] = {}
 
@@ -228,6 +241,9 @@ class Describer:
         colours = [colours_of[j] for j in slot]
         t["colour"] = time.perf_counter() - t0
 
+        if clock is not None:
+            for k, v in t.items():
+                clock[k] = clock.get(k, 0.0) + v
         per_image = {k: round(v * 1e3 / n, 3) for k, v in t.items()}
         out = []
         for i in range(n):

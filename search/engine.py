@@ -136,10 +136,12 @@ class SearchEngine:
             searched = [
                 self._answerer.hits(index, g, seen.same_for(n), narrowings[n]) for n, g in enumerate(seen.garments)
             ]
-        timings["search"] = round((time.perf_counter() - t1) * 1e3, 2)
+        t2 = time.perf_counter()
+        timings["search"] = round((t2 - t1) * 1e3, 2)
         garments = tuple(
             self._answerer.garment(self.store, g, narrowings[n], searched[n]) for n, g in enumerate(seen.garments)
         )
+        timings["answer"] = round((time.perf_counter() - t2) * 1e3, 2)  # the store's display fields
         timings["total"] = round((time.perf_counter() - t0) * 1e3, 2)
         return Answer(query_id, seen.option, query.narrowing, garments, query.garment, timings)
 
@@ -155,16 +157,23 @@ class SearchEngine:
 
     def _describe(self, query: Query) -> tuple[Seen, dict]:
         """The query's photo prepared and described once (its garment, and the other likely
-        categories where the model picked it), and the products whose photo has its very bytes."""
+        categories where the model picked it), and the products whose photo has its very bytes.
+        The timings are the whole photo's: the models' stages (every garment's), the decode and
+        the same-photo lookup."""
         t0 = time.perf_counter()
         prepared = prepare_image(query.photo, thumbnail=False)
         box = parse_box(query.box, prepared.original_size) if query.box is not None else None
+        t1 = time.perf_counter()
         with self._models.shared():
             looks = describe_query(self.describer, prepared, guide=query.guide, box=box)
+        t2 = time.perf_counter()
         with self.live.reading() as index:
             same = tuple(index.same_photo(photo_key(prepared.image_hash)))
-        timings = dict(looks[0][0][0].timings_ms)
-        timings["describe"] = round((time.perf_counter() - t0) * 1e3, 2)
+        t3 = time.perf_counter()
+        timings = dict(looks[0][0][0].timings_ms)  # every description of a query carries the photo's
+        timings["prepare"] = round((t1 - t0) * 1e3, 2)
+        timings["same_photo"] = round((t3 - t2) * 1e3, 2)
+        timings["describe"] = round((t3 - t0) * 1e3, 2)
         garments = tuple(SeenGarment(tuple(descs), tuple(hedge)) for descs, hedge in looks)
         return Seen(query.option, garments, same), timings
 

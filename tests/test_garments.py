@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, nullcontext
 
 import pytest
 from PIL import Image
@@ -75,6 +76,32 @@ def test_a_rerun_answers_another_garment_with_its_own_narrowing(engine, photo):
 def test_no_garment_found_describes_the_whole_photo_as_before(engine, photo):
     answer = engine.search(Query.search(photo, "auto", k=3))
     assert len(answer.garments) == 1  # the stand-in detector found none: one garment, as auto always did
+
+
+def test_a_querys_timings_are_the_whole_photos_stage_by_stage(engine, photo, monkeypatch):
+    """The detector's pass counts wherever it ran (auto and an unguided describe run it before the
+    batched describe), and the stages add up to no more than the total."""
+    stages = ("prepare", "detector", "attributes", "appearance", "colour", "same_photo", "search", "answer")
+    detector = engine.describer.detector
+    raw = detector.raw
+
+    def slow_raw(images):
+        time.sleep(0.05)
+        return raw(images)
+
+    monkeypatch.setattr(detector, "raw", slow_raw)
+    w, h = Image.open(io.BytesIO(photo)).size
+    for option, fields, several in (
+        ("auto", {}, False),
+        ("auto", {}, True),
+        ("guided", {"category": "shoes"}, False),
+        ("rectangle", {"box": (0, 0, w // 2, h // 2)}, False),
+    ):
+        with garments_found(engine, photo) if several else nullcontext():
+            t = engine.search(Query.search(photo, option, k=3, **fields)).timings_ms
+        assert set(stages) <= set(t), (option, t)
+        assert t["detector"] >= 50, (option, several, t)
+        assert sum(t[s] for s in stages) <= t["total"] + 0.1, (option, t)
 
 
 def test_the_api_offers_every_garment_and_reruns_another(client, engine, photo):

@@ -5,8 +5,9 @@ block at stride 16 and the last at stride 32), each global-average-pooled, conca
 centred by a per-dimension median estimated on the catalogue, and thresholded at zero: one bit
 per dimension. The paper's code is GoogLeNet's ``inception4e`` (832) + ``inception5b`` (1024):
 1856 bits, 232 bytes; ImageNet MobileNetV2's ``features.13`` (96) + ``features.18`` (1280) give
-1376 bits, 172 bytes. The activations come after a ReLU, so thresholding them at zero without
-centring would set almost every bit; the median makes each bit split the catalogue in two halves.
+1376 bits, 172 bytes; EfficientNet-Lite2's (120 + 1280) 1400 bits, 175 bytes. The activations
+come after a ReLU, so thresholding them at zero without centring would set almost every bit; the
+median makes each bit split the catalogue in two halves.
 
 With ImageNet weights the features are used as they are (the paper's method) or fine-tuned;
 from scratch, ``fashion-search train appearance`` trains them on the dump's product regions.

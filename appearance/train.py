@@ -26,7 +26,7 @@ from appearance.model import IMAGENET_MEAN, IMAGENET_STD, AppearanceCoder, CodeN
 from appearance.ranking import CATEGORY_RANKING, INSTANCE_RANKING
 from appearance.regions import held_out, load_regions
 from foundation import modelfiles
-from foundation.backbones import check_backbone, check_pretrained, default_backbone, default_pretrained
+from foundation.backbones import check_backbone, check_pretrained, default_backbone, default_pretrained, input_size
 from foundation.cutout import garment_mask
 from foundation.devices import parse_device
 from foundation.schema import Schema, default_schema
@@ -56,7 +56,7 @@ class AppearanceConfig(TrainSettings):
     temperature: float = 0.1  # of the instance InfoNCE
     category_weight: float = 0.2  # of the category term beside the instance term
     frozen_stages: int = 0  # first backbone stages kept frozen when fine-tuning ImageNet weights
-    image_size: int = 112
+    image_size: int | None = 112  # None: the backbone's own (224 px; 260 for efficientnet_lite2)
     epochs: int = 6
     batch_size: int = 48
     lr: float = 5e-4  # 2e-3 stayed near chance: clothing val binary mAP 0.166 -> 0.437, synthetic 0.146 -> 0.549
@@ -93,7 +93,7 @@ class AppearanceConfig(TrainSettings):
         # (GoogLeNet from scratch where the ImageNet file is not installed)
         "default": dict(
             objective="instance",
-            image_size=224,
+            image_size=None,
             epochs=3,
             batch_size=32,
             lr=2e-4,
@@ -104,13 +104,13 @@ class AppearanceConfig(TrainSettings):
         ),
         # the paper's method on ImageNet MobileNetV2: its features as they are, the median fitted on
         # the catalogue
-        "frozen": dict(finetune=False, image_size=224),
+        "frozen": dict(finetune=False, image_size=None),
         # from scratch, the paper's GoogLeNet taps (measured: held-out clothing category mAP 0.437, 510 s)
         "scratch": dict(backbone="googlenet", pretrained="none"),
     }
 
     def __post_init__(self):
-        if self.image_size < 32:
+        if self.image_size is not None and self.image_size < 32:
             raise ValueError(f"appearance image_size must be at least 32 pixels, got {self.image_size}")
         for name in ("batch_size", "median_products"):
             if int(getattr(self, name)) < 1:
@@ -134,7 +134,7 @@ class AppearanceConfig(TrainSettings):
         super().__post_init__()
 
     def resolved(self) -> AppearanceConfig:
-        """``auto`` backbone and pretrained made concrete by what is installed here."""
+        """``auto`` backbone and pretrained, and an unset image size, made concrete by what is installed here."""
         if self.backbone == "auto":
             installed = default_pretrained(default_backbone()) == "imagenet"
             backbone = default_backbone() if installed and self.pretrained != "none" else "googlenet"
@@ -143,7 +143,10 @@ class AppearanceConfig(TrainSettings):
         pretrained = default_pretrained(backbone) if self.pretrained == "auto" else self.pretrained
         finetune = self.finetune or pretrained == "none"
         frozen = self.frozen_stages if pretrained == "imagenet" else 0
-        return replace(self, backbone=backbone, pretrained=pretrained, finetune=finetune, frozen_stages=frozen)
+        size = self.image_size or input_size(backbone)
+        return replace(
+            self, backbone=backbone, pretrained=pretrained, finetune=finetune, frozen_stages=frozen, image_size=size
+        )
 
 
 PRESETS = AppearanceConfig.presets()

@@ -7,8 +7,9 @@ beside each token's embedding, and a softmax over the whole token vocabulary pre
 (``attributes.decode``), not a flag of the model.
 
 The encoder is a typed choice of backbone (``mobilenet_v2``, ``resnet18``, ``resnet50``,
-``googlenet``), from ImageNet (``pretrained="imagenet"``, its file must be installed; never
-downloaded) or from scratch (``"none"``); its final tap, average-pooled, is the image's features.
+``googlenet``, ``efficientnet_lite2``), from ImageNet (``pretrained="imagenet"``, its file must be
+installed; never downloaded) or from scratch (``"none"``); its final tap, average-pooled, is the
+image's features.
 A pretrained trunk may keep its first ``frozen_stages`` stages (by stride: 2, 4, 8, 16, 32) frozen,
 batch-norm statistics included, so training is cheaper and the general low-level filters stay.
 """
@@ -36,7 +37,7 @@ class AttributeModelConfig:
 
     kind: str = "lstm"  # "lstm" (the sequence model) or "binary" (the binary-relevance baseline)
     backbone: str = "resnet18"  # one of foundation.backbones.BACKBONES
-    pretrained: str = "none"  # "imagenet" (torchvision's weights, installed) or "none" (from scratch)
+    pretrained: str = "none"  # "imagenet" (its installed ImageNet weights) or "none" (from scratch)
     frozen_stages: int = 0  # first trunk stages kept frozen (pretrained only: a frozen random layer never learns)
     embed_dim: int = 128
     hidden_dim: int = 256

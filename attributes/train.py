@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from attributes.data import Examples, SequenceDataset, collate, group_targets, load_examples, preprocessing
 from attributes.model import AttributeModelConfig, build_attribute_model
-from foundation.backbones import default_backbone, default_pretrained
+from foundation.backbones import default_backbone, default_pretrained, input_size
 from foundation.dump import dumps_of
 from foundation.modelfiles import ModelFile, dumps_hash, save_model
 from foundation.schema import Schema, default_schema
@@ -70,7 +70,7 @@ class AttributeTrainConfig(TrainSettings):
     backbone: str = "mobilenet_v2"  # one of foundation.backbones.BACKBONES
     pretrained: str = "imagenet"  # "imagenet" (its file must be installed) or "none" (from scratch)
     frozen_stages: int = 3  # first trunk stages kept frozen (strides 2, 4, 8); 0 when from scratch
-    image_size: int = 224
+    image_size: int | None = None  # None: the backbone's own (224 px; 260 for efficientnet_lite2)
     embed_dim: int = 128
     hidden_dim: int = 256
     dropout: float = 0.2
@@ -104,12 +104,18 @@ class AttributeTrainConfig(TrainSettings):
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.image_size < 32:
+        if self.image_size is not None and self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         self.model_config(1)  # checks kind, backbone, pretrained and frozen_stages
         super().__post_init__()
+
+    def resolved(self) -> AttributeTrainConfig:
+        """This config with an unset ``image_size`` made the backbone's own (``foundation.backbones.input_size``)."""
+        if self.image_size is not None:
+            return self
+        return dataclasses.replace(self, image_size=input_size(self.backbone))
 
     def model_config(self, vocab_size: int) -> AttributeModelConfig:
         return AttributeModelConfig(
@@ -218,6 +224,7 @@ def train_attributes(
     """
     if isinstance(config, str):
         config = AttributeTrainConfig.preset(config)
+    config = config.resolved()  # checkpoints and the saved config record the size trained at
     schema = default_schema()  # the one the models are saved with and checked against
     name = MODEL_NAMES[config.kind]
     out_dir = Path(out_dir)

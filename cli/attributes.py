@@ -72,7 +72,7 @@ def _convert(which: str):
 
 
 # foundation.backbones' BACKBONES and PRETRAINED, spelled out so `--help` needs no torch (a test keeps them equal)
-BACKBONE_CHOICES = ("mobilenet_v2", "resnet18", "resnet50", "googlenet")
+BACKBONE_CHOICES = ("mobilenet_v2", "resnet18", "resnet50", "googlenet", "efficientnet_lite2")
 PRETRAINED_CHOICES = ("imagenet", "none")
 
 
@@ -99,12 +99,12 @@ def register(commands) -> None:
         "--backbone",
         choices=BACKBONE_CHOICES,
         help="the encoder's trunk (default: the preset's; the default preset's is mobilenet_v2, or the first "
-        "backbone whose ImageNet file is installed)",
+        "torchvision backbone whose ImageNet file is installed); efficientnet_lite2 needs the `efficientnet` extra",
     )
     p.add_argument(
         "--pretrained",
         choices=PRETRAINED_CHOICES,
-        help="imagenet: start from torchvision's ImageNet weights (installed, never downloaded); none: from "
+        help="imagenet: start from the backbone's ImageNet weights (installed, never downloaded); none: from "
         "scratch (default: imagenet where the backbone's file is installed)",
     )
     p.add_argument(
@@ -113,7 +113,12 @@ def register(commands) -> None:
         dest="frozen_stages",
         help="first trunk stages (strides 2..32) kept frozen, 0-5; pretrained only (default: the preset's)",
     )
-    p.add_argument("--image-size", type=int, dest="image_size")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        dest="image_size",
+        help="input size in pixels (default: the preset's, else the backbone's)",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--lr", type=float)

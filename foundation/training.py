@@ -353,8 +353,8 @@ class _Loop:
                 self.save()
                 break
             self.end_epoch()
-            if s.epoch == min(FIT_AFTER, cfg.epochs - 1) and not self.resumed and not out_of_time:
-                spent = time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            if self.fit_now(spent) and not self.resumed and not out_of_time:
                 self.fit_to_budget(trained_s / max(run_steps, 1), (spent - trained_s) / s.epoch, spent)
                 if self.schedule_done():
                     stopped = "time_budget"  # the budget holds no step more
@@ -376,6 +376,15 @@ class _Loop:
             device=str(self.device),
             resumed=self.resumed,
         )
+
+    def fit_now(self, spent_s: float) -> bool:
+        """Whether to fit the schedule to the budget at this epoch's end: after ``FIT_AFTER`` epochs
+        (or the first of two), or sooner when the next epoch would not end within the budget."""
+        cfg, done = self.cfg, self.state.epoch
+        if cfg.max_minutes is None or done >= cfg.epochs:
+            return False
+        slow = spent_s / done * (done + 1) > BUDGET_MARGIN * 60 * cfg.max_minutes
+        return done == min(FIT_AFTER, cfg.epochs - 1) or (done < FIT_AFTER and slow)
 
     def fit_to_budget(self, step_s: float, val_s: float, spent_s: float) -> None:
         """After the first epochs (``FIT_AFTER``, or the first of two), plan only the steps the time

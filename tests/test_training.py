@@ -265,6 +265,18 @@ def test_a_fitted_schedule_ends_in_its_last_epoch_with_a_validation(tmp_path, mo
     assert result.history[-1]["batches"] == 2 and result.history[-1]["lr"] < 1e-9
 
 
+def test_the_budget_is_fitted_after_the_first_epoch_when_a_second_would_not_end_within_it():
+    from foundation.training import _Loop
+
+    loader = torch.utils.data.DataLoader(Noisy(40), batch_size=8)
+    loop = _Loop(Task(16), loader, dataclasses.replace(CFG, epochs=8, max_minutes=1.0), RunOptions(progress=False))
+    loop.state.epoch = 1
+    assert not loop.fit_now(spent_s=20.0)  # a second epoch ends within the 60 s: fitted after it
+    assert loop.fit_now(spent_s=35.0)  # it would not: fitted now, while the schedule can still anneal
+    loop.state.epoch = 2
+    assert loop.fit_now(spent_s=20.0)  # FIT_AFTER epochs done
+
+
 def test_a_budget_that_holds_no_step_more_stops_at_the_epoch_end():
     from foundation.training import _Loop
 

@@ -11,6 +11,9 @@ median makes each bit split the catalogue in two halves.
 
 With ImageNet weights the features are used as they are (the paper's method) or fine-tuned;
 from scratch, ``fashion-search train appearance`` trains them on the dump's product regions.
+
+At inference the network (images to pooled activations) may run on ONNX Runtime (``ONNX_GRAPH``,
+``load(runtime="onnx")``); the median and the binarisation stay here, in numpy.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from foundation import modelfiles
 from foundation.backbones import TAPS, build_trunk, check_backbone
 from foundation.devices import parse_device
 from foundation.modelfiles import Preprocess
+from foundation.runtime import Graph, check_runtime, export_graph, open_graph
 from foundation.schema import Schema
 
 logger = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ DIMS = sum(FEATURE_DIMS)  # of the GoogLeNet code; a coder's own is ``coder.dims
 CODE_BYTES = (DIMS + 7) // 8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ONNX_GRAPH = Graph(NAME, "features", outputs=("features",))  # CodeNetwork: images -> pooled activations
 
 
 class CodeNetwork(nn.Module):
@@ -127,6 +132,7 @@ class AppearanceCoder:
     ):
         self.device = parse_device(device)
         self.net = net.to(self.device).eval()
+        self.runner: nn.Module = self.net  # what computes the features: the net, or its ONNX graph
         self.image_size = int(image_size)
         self.dims = net.dims
         self.code_bytes = (self.dims + 7) // 8
@@ -137,8 +143,10 @@ class AppearanceCoder:
         self.ranking: dict[str, float] | None = None
 
     @classmethod
-    def load(cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None) -> AppearanceCoder:
-        return load(models_dir, device=device, schema=schema)[0]
+    def load(
+        cls, models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None, runtime: str = "torch"
+    ) -> AppearanceCoder:
+        return load(models_dir, device=device, schema=schema, runtime=runtime)[0]
 
     @classmethod
     def imagenet(cls, backbone: str = "mobilenet_v2", *, image_size: int = 224, device: str = "cpu") -> AppearanceCoder:
@@ -184,7 +192,7 @@ class AppearanceCoder:
         out = []
         for i in range(0, len(images), batch_size):
             x = self.tensor(images[i : i + batch_size]).to(self.device)
-            out.append(self.net(x).float().cpu().numpy())
+            out.append(self.runner(x).float().cpu().numpy())
         return np.concatenate(out)
 
     def binarize(self, features: np.ndarray) -> np.ndarray:
@@ -203,14 +211,16 @@ class AppearanceCoder:
 
 
 def load(
-    models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None
+    models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None, runtime: str = "torch"
 ) -> tuple[AppearanceCoder, Preprocess]:
     """(the saved coder on ``device``, its preprocessing: PIL image -> (3, S, S) tensor).
 
     ``coder.net(torch.stack([preprocess(im) for im in images]))`` gives the (N, 1856) features and
     ``coder.binarize`` their codes against the saved median; ``coder.encode(images)`` does both.
-    A model trained on another schema is refused.
+    A model trained on another schema is refused. ``runtime="onnx"``: the features come from the
+    graph ``export_onnx`` cached (``foundation.runtime.GraphMissing`` when there is none).
     """
+    check_runtime(runtime, device)
     ckpt = modelfiles.load_model(models_dir, NAME, schema=schema)
     pre = ckpt["preprocessing"]
     extra = ckpt.get("extra", {})
@@ -227,7 +237,16 @@ def load(
         net, image_size=preprocess.image_size, median=median, mean=preprocess.mean, std=preprocess.std, device=device
     )
     coder.ranking = extra.get("ranking")
+    if runtime == "onnx":
+        coder.runner = open_graph(ONNX_GRAPH, models_dir)
     return coder, coder.preprocess
+
+
+def export_onnx(models_dir: str | Path, *, schema: Schema | None = None) -> Path:
+    """Export the saved coder's network as its ONNX graph, cached in ``models_dir`` (see ``foundation.runtime``)."""
+    coder = load(models_dir, schema=schema)[0]
+    example = torch.zeros(2, 3, coder.image_size, coder.image_size)
+    return export_graph(coder.net, example, ONNX_GRAPH, models_dir)
 
 
 def untrained_coder(*, image_size: int = 64, seed: int = 0, calibration: Sequence[Image.Image] = ()) -> AppearanceCoder:

@@ -1,4 +1,8 @@
-"""The attribute predictor the indexer and the query engine call: load once, predict in batches."""
+"""The attribute predictor the indexer and the query engine call: load once, predict in batches.
+
+The image encoder may run on ONNX Runtime (``load(runtime="onnx")``, its graph exported by
+``export_onnx``); the LSTM's decoding stays in torch.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from attributes.decode import Constraints, beam_decode, category_distribution, g
 from attributes.model import build_attribute_model, from_saved
 from foundation.devices import parse_device
 from foundation.modelfiles import Preprocess, load_model
+from foundation.runtime import Graph, check_runtime, export_graph, open_graph
 from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
@@ -32,16 +37,38 @@ class AttributePrediction:
     categories: list[tuple[str, float]]  # auto: most likely categories present, best first; guided: [(guide, 1.0)]
 
 
+def encoder_graph(name: str = MODEL_NAME) -> Graph:
+    """The ONNX graph of a saved attribute model's image encoder: images -> (N, feat_dim) features."""
+    return Graph(name, "encoder", outputs=("features",))
+
+
 def load(
-    models_dir: str | Path, *, device: str = "cpu", schema: Schema | None = None, name: str = MODEL_NAME
+    models_dir: str | Path,
+    *,
+    device: str = "cpu",
+    schema: Schema | None = None,
+    name: str = MODEL_NAME,
+    runtime: str = "torch",
 ) -> tuple[nn.Module, Preprocess]:
     """(model in eval mode on ``device``, its preprocessing: PIL image -> (3, S, S) tensor), as saved.
 
     ``model.encode(torch.stack([preprocess(im) for im in images]))`` gives the image features; a
-    model trained on another schema is refused.
+    model trained on another schema is refused. ``runtime="onnx"``: the encoder is the graph
+    ``export_onnx`` cached (``foundation.runtime.GraphMissing`` when there is none); such a
+    model infers only.
     """
+    check_runtime(runtime, device)
     model, ck = load_sequence_model(models_dir, name, schema=schema)
+    if runtime == "onnx":
+        model.encoder = open_graph(encoder_graph(name), models_dir)
     return model.to(parse_device(device)), Preprocess.from_saved(ck["preprocessing"])
+
+
+def export_onnx(models_dir: str | Path, *, schema: Schema | None = None, name: str = MODEL_NAME) -> Path:
+    """Export the saved model's image encoder as its ONNX graph, cached in ``models_dir``."""
+    model, ck = load_sequence_model(models_dir, name, schema=schema)
+    size = Preprocess.from_saved(ck["preprocessing"]).image_size
+    return export_graph(model.encoder, torch.zeros(2, 3, size, size), encoder_graph(name), models_dir)
 
 
 def load_sequence_model(models_dir: str | Path, name: str = MODEL_NAME, *, schema: Schema | None = None):
@@ -70,10 +97,12 @@ class AttributePredictor:
         self._great_of = [schema.great_category(c) for c in schema.category_names]
 
     @classmethod
-    def load(cls, models_dir, *, device: str = "cpu", schema: Schema | None = None) -> AttributePredictor:
+    def load(
+        cls, models_dir, *, device: str = "cpu", schema: Schema | None = None, runtime: str = "torch"
+    ) -> AttributePredictor:
         """The predictor of ``models_dir/attributes.pt``; a clear error when missing or for another schema."""
         schema = schema or default_schema()
-        model, preprocess = load(models_dir, device=device, schema=schema)
+        model, preprocess = load(models_dir, device=device, schema=schema, runtime=runtime)
         return cls(model, preprocess, schema, device=device)
 
     @property

@@ -11,10 +11,13 @@ engine's own ``Answer.timings_ms``; ``other`` is the total less every stage (wha
 ``describe`` and ``total`` the engine's envelopes, ``wall`` this script's clock around
 ``Query.search`` and ``SearchEngine.search``. The share is of the summed totals. A stage a
 baseline times only in part (before this benchmark, guided's detector pass went untimed) shows a
-large ratio beside a baseline ``other`` as large: compare the totals.
+large ratio beside a baseline ``other`` as large: compare the totals. ``--runtime onnx`` runs this
+code's models on ONNX Runtime (the baseline's stay on torch): with ``--baseline-src`` this very
+checkout, the two runtimes side by side (the graphs exported first: ``fashion-search export onnx
+--models INDEX/models``).
 
     python benchmarks/query_cost.py --index INDEX --dump DUMP [--queries 60] [--threads 1] [--rounds 3]
-        [--baseline-src DIR] [--json OUT]
+        [--baseline-src DIR] [--runtime torch|onnx] [--json OUT]
 """
 
 from __future__ import annotations
@@ -93,7 +96,9 @@ def measure(spec: dict) -> dict:
         return {"id": q["id"], "garments": len(answer.garments), "ms": ms}
 
     runs: dict[str, list[dict]] = {o: [] for o in OPTIONS}
-    with SearchEngine.open(spec["index"], writable=False) as engine:
+    # a baseline from before the runtime choice takes no runtime argument
+    runtime = {"runtime": spec["runtime"]} if spec.get("runtime", "torch") != "torch" else {}
+    with SearchEngine.open(spec["index"], writable=False, **runtime) as engine:
         for i in range(min(spec["warmup"], len(queries))):
             for option in OPTIONS:
                 one(i, option)
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=3, help="the codes take turns on this many shares of the photos (noise hits both)"
     )
     p.add_argument("--baseline-src", type=Path, help="a checkout of the code to compare with")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="this code's runtime (default torch)")
     p.add_argument("--json", type=Path, help="write the per-query timings here")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -219,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             share = {**spec, "queries": queries[r :: args.rounds]}
             if args.baseline_src is not None:
                 base = merged(base, run_code(f"baseline-{r}", args.baseline_src, share, tmp))
-            this = merged(this, run_code(f"this-{r}", ROOT, share, tmp))
-    print(f"{len(queries)} composed shop scenes of {args.dump}, index {args.index}, torch threads {this['threads']}")
+            this = merged(this, run_code(f"this-{r}", ROOT, {**share, "runtime": args.runtime}, tmp))
+    print(
+        f"{len(queries)} composed shop scenes of {args.dump}, index {args.index}, torch threads {this['threads']}, "
+        f"this code's runtime {args.runtime} (the baseline's torch)"
+    )
     for name, m in (("baseline", base), ("this code", this)):
         if m is not None:
             print(f"{name}: {m['engine']}")

@@ -26,6 +26,7 @@ def _index(args) -> int:
         workers=args.workers,
         batch_size=args.batch_size,
         device=args.device,
+        runtime=args.runtime,
         delete_missing=args.delete_missing,
         progress=not args.quiet,
     )
@@ -73,6 +74,8 @@ def _train_appearance(args) -> int:
 
 
 def register(commands) -> None:
+    from cli.scaling import add_runtime_arg
+
     p = commands.top.add_parser("synth", help="write a synthetic product catalogue (images + products.jsonl)")
     p.add_argument("out", help="output folder")
     p.add_argument("--n", type=int, default=1000, help="number of products (default 1000)")
@@ -88,6 +91,7 @@ def register(commands) -> None:
     p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2; 0: none)")
     p.add_argument("--batch-size", type=int, default=32, help="images per model batch and per commit (default 32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_runtime_arg(p)
     p.add_argument("--delete-missing", action="store_true", help="remove indexed products that are not in the dump")
     p.add_argument(
         "--engine",

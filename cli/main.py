@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:  # faiss logs each CPU-feature build it tries and skips
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        for name in ("onnx_ir", "onnxscript"):  # ONNX export logs each of its graph passes
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

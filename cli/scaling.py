@@ -1,10 +1,23 @@
-"""Scaling out: ``export milvus``, and the ``--backend`` flags that ``query`` and ``serve`` share."""
+"""Scaling out and speeding up: ``export milvus`` and ``export onnx``, the ``--backend`` flags that
+``query`` and ``serve`` share, and the ``--runtime`` flag they share with ``index``."""
 
 from __future__ import annotations
 
 import json
 
 BACKENDS = ("embedded", "milvus")
+RUNTIMES = ("torch", "onnx")  # foundation.runtime.RUNTIMES, here without importing torch for --help
+
+
+def add_runtime_arg(p) -> None:
+    """The flag that chooses what runs the models' CNNs."""
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="torch: PyTorch (default); onnx: ONNX Runtime on the CPU, from the graphs `fashion-search export "
+        "onnx --models DIR` cached beside the models (pip install 'fashion-search[onnx]')",
+    )
 
 
 def add_backend_args(p) -> None:
@@ -35,6 +48,8 @@ def engine_opener(args, *, writable: bool):
     check_backend(args)
     if args.backend != "milvus":
         return None
+    if getattr(args, "runtime", "torch") != "torch":
+        raise ValueError("--backend milvus loads its models on the torch runtime only: leave out --runtime")
 
     def open_engine():
         from search.milvus import open_milvus_engine
@@ -62,10 +77,38 @@ def _export_milvus(args) -> int:
     return 0
 
 
+def _export_onnx(args) -> int:
+    from pathlib import Path
+
+    from indexer.graphs import MODELS, export_graphs
+
+    if not Path(args.models).is_dir():
+        raise FileNotFoundError(f"no models directory at {args.models}")
+    print(json.dumps(export_graphs(args.models, models=args.model or MODELS, force=args.force), indent=1))
+    return 0
+
+
 def register(commands) -> None:
-    export = commands.top.add_parser("export", help="copy an index into a serving engine").add_subparsers(
-        dest="target", metavar="TARGET", required=True
+    export = commands.top.add_parser(
+        "export", help="copy an index into a serving engine, or the models into ONNX graphs"
+    ).add_subparsers(dest="target", metavar="TARGET", required=True)
+    p = export.add_parser(
+        "onnx",
+        help="export the models' CNNs as ONNX graphs, for `--runtime onnx` (pip install 'fashion-search[onnx]')",
+        description="Export the appearance network, the attribute model's image encoder and the detector's "
+        "backbone of DIR as ONNX graphs, cached in DIR/onnx under the hash of each model file (a retrained "
+        "model needs exporting again; an unchanged one is kept). `index` copies them into the index it writes.",
     )
+    p.add_argument("--models", required=True, metavar="DIR", help="models directory, or an index's models folder")
+    p.add_argument(
+        "--model",
+        action="append",
+        choices=("appearance", "attributes", "detector"),
+        help="only this model (repeat for more; default: all three)",
+    )
+    p.add_argument("--force", action="store_true", help="export again even where the cached graph is current")
+    p.set_defaults(func=_export_onnx)
+
     p = export.add_parser(
         "milvus",
         help="load an index's store into a Milvus collection, for `serve --backend milvus`",

@@ -84,7 +84,9 @@ def _query(args) -> int:
         price_max=args.price_max,
     )
     open_engine = engine_opener(args, writable=True)
-    with open_engine() if open_engine else SearchEngine.open(args.index, device=args.device) as engine:
+    with (
+        open_engine() if open_engine else SearchEngine.open(args.index, device=args.device, runtime=args.runtime)
+    ) as engine:
         response = engine.search(query).to_json()
     if args.jsonl:
         rows = _jsonl(response)
@@ -96,7 +98,7 @@ def _query(args) -> int:
 
 
 def register(commands) -> None:
-    from cli.scaling import add_backend_args
+    from cli.scaling import add_backend_args, add_runtime_arg
 
     p = commands.top.add_parser("query", help="search an index with a photo")
     p.add_argument("index", help="index directory written by `fashion-search index`")
@@ -120,6 +122,7 @@ def register(commands) -> None:
     out.add_argument("--json", action="store_true", help="print the whole answer as JSON instead of a table")
     out.add_argument("--jsonl", action="store_true", help="print one JSON object per result (JSON Lines)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_runtime_arg(p)
     add_backend_args(p)
     p.set_defaults(func=_query)
 

@@ -29,6 +29,7 @@ def _serve(args) -> int:
         threads=args.threads,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         device=args.device,
+        runtime=args.runtime,
         allowed_hosts=tuple(args.allowed_hosts.split(",")) if args.allowed_hosts is not None else None,
         examples=Path(args.examples) if args.examples else None,
     )
@@ -37,7 +38,7 @@ def _serve(args) -> int:
 
 
 def register(commands) -> None:
-    from cli.scaling import add_backend_args
+    from cli.scaling import add_backend_args, add_runtime_arg
 
     p = commands.top.add_parser(
         "demo", help="build, train, index and serve the synthetic demo catalogue, with example photos to try"
@@ -66,6 +67,7 @@ def register(commands) -> None:
     p.add_argument("--threads", type=int, default=4, help="request threads (default 4)")
     p.add_argument("--max-upload-mb", type=float, default=16, help="largest upload accepted, in MiB (default 16)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_runtime_arg(p)
     p.add_argument(
         "--reload-s",
         type=float,

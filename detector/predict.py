@@ -14,12 +14,16 @@ finds after the guide (``guidance``):
 
 The best remaining ROI is the ROI; when none clears the threshold the detection says so
 (``fallback``) and its ``box`` is the whole image.
+
+The backbone and its FPN may run on ONNX Runtime (``GarmentDetector.load(runtime="onnx")``, the
+graph exported by ``export_onnx``); torchvision's resizing, RPN and box head stay in torch.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +42,7 @@ from detector.model import (
 from foundation.boxes import MAX_GARMENTS
 from foundation.devices import parse_device
 from foundation.modelfiles import ModelError, Preprocess, load_model
+from foundation.runtime import Graph, check_runtime, export_graph, open_graph
 from foundation.schema import Schema, default_schema
 
 logger = logging.getLogger(__name__)
@@ -94,6 +99,49 @@ def load(models_dir: str | Path, *, device: str = "cpu", schema: Schema | None =
     except RuntimeError as exc:
         raise ModelError(f"the detector in {models_dir} does not match its config: {exc}") from exc
     return model.eval().to(parse_device(device)), Preprocess.from_saved(ckpt["preprocessing"])
+
+
+# the FPN backbone: a padded batch (N, 3, H, W) -> one output per level, "level_<torchvision's key>"
+BACKBONE_GRAPH = Graph("detector", "backbone", outputs=(), spatial=True)
+LEVEL = "level_"
+
+
+class _Levels(nn.Module):
+    """The backbone's levels as a tuple, for the exporter (an ONNX graph's outputs are a list)."""
+
+    def __init__(self, backbone: nn.Module, keys: list[str]):
+        super().__init__()
+        self.backbone, self.keys = backbone, keys
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.backbone(images)
+        return tuple(features[k] for k in self.keys)
+
+
+class OnnxBackbone(nn.Module):
+    """The backbone's graph in the Faster R-CNN's place: the RPN and the box head read its levels by name."""
+
+    def __init__(self, graph: nn.Module, out_channels: int):
+        super().__init__()
+        self.graph, self.out_channels = graph, out_channels
+        self.keys = [name.removeprefix(LEVEL) for name in graph.outputs]
+
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        out = self.graph(images)
+        return OrderedDict(zip(self.keys, out if isinstance(out, tuple) else (out,)))
+
+
+def export_onnx(models_dir: str | Path, *, schema: Schema | None = None) -> Path:
+    """Export the saved detector's backbone (batch norm folded, as it runs) as its ONNX graph, cached
+    in ``models_dir``; the batch, the height and the width of its input vary."""
+    model, _ = load(models_dir, schema=schema)
+    fold_batch_norm(model)
+    height = -(-model.transform.min_size[0] // 32) * 32  # a padded size the transform gives
+    example = torch.zeros(2, 3, height, height + 32)  # unequal sides: the exporter must not tie them
+    with torch.inference_mode():
+        keys = list(model.backbone(example[:1]))
+    graph = replace(BACKBONE_GRAPH, outputs=tuple(LEVEL + k for k in keys))
+    return export_graph(_Levels(model.backbone, keys), example, graph, models_dir)
 
 
 def select(rois: list[ROI], guide: str | None, size: tuple[int, int], score_threshold: float) -> Detection:
@@ -153,10 +201,15 @@ class GarmentDetector:
         schema: Schema | None = None,
         score_threshold: float = 0.3,
         guidance: str = "ranked",
+        runtime: str = "torch",
     ) -> GarmentDetector:
-        """The detector saved as ``models_dir/detector.pt``, its batch norm folded for speed."""
+        """The detector saved as ``models_dir/detector.pt``, its batch norm folded for speed;
+        ``runtime="onnx"``: its backbone is the graph ``export_onnx`` cached."""
+        check_runtime(runtime, device)
         model, preprocess = load(models_dir, device=device, schema=schema)
         fold_batch_norm(model)
+        if runtime == "onnx":
+            model.backbone = OnnxBackbone(open_graph(BACKBONE_GRAPH, models_dir), model.backbone.out_channels)
         return cls(
             model,
             score_threshold=score_threshold,

@@ -28,8 +28,10 @@ from tqdm import tqdm
 from foundation import modelfiles
 from foundation.atomic import atomic_copy, atomic_write_text
 from foundation.dump import DumpReport
+from foundation.runtime import check_runtime
 from foundation.schema import default_schema
 from indexer.describe import MODEL_NAMES, Describer, models_signature
+from indexer.graphs import copy_graphs
 from indexer.prepare import ImageLimits
 from indexer.stages import (
     Decoded,
@@ -57,6 +59,7 @@ class BulkConfig:
     batch_size: int = 32  # photos per model batch and per commit
     limits: ImageLimits = ImageLimits()  # noqa: B008 - frozen
     device: str = "cpu"
+    runtime: str = "torch"  # or "onnx": the models' CNNs on ONNX Runtime (foundation.runtime)
     delete_missing: bool = False  # remove stored products that are not in the dump
     progress: bool = True  # a progress bar
 
@@ -67,6 +70,7 @@ class BulkConfig:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        check_runtime(self.runtime, self.device)
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,8 @@ class _ProgressFile:
 
 
 def _copy_models(models_dir: Path, dest: Path) -> None:
-    """Copy the model files into the index (atomically per file), so the index is self-sufficient."""
+    """Copy the model files into the index (atomically per file), so the index is self-sufficient;
+    their ONNX graphs too, where exported, so that it serves with ``--runtime onnx`` as well."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in (*[f"{m}.pt" for m in MODEL_NAMES], modelfiles.MANIFEST):
         src = models_dir / name
@@ -210,6 +215,7 @@ def _copy_models(models_dir: Path, dest: Path) -> None:
         ):
             continue
         atomic_copy(src, target)
+    copy_graphs(models_dir, dest)
 
 
 def _count_rows(dump: Path) -> int:
@@ -218,13 +224,13 @@ def _count_rows(dump: Path) -> int:
     return n - 1 if dump.suffix.lower() == ".csv" else n
 
 
-def _ready_describer(describer: Describer | None, models_dir: Path, device: str) -> Describer:
+def _ready_describer(describer: Describer | None, models_dir: Path, cfg: BulkConfig) -> Describer:
     """The describer given (signed with the models it stands for, when built in memory), else the models'."""
     if describer is None:
         import torch
 
         torch.set_num_threads(min(2, torch.get_num_threads()))
-        describer = Describer.load(models_dir, device=device, schema=default_schema())
+        describer = Describer.load(models_dir, device=cfg.device, schema=default_schema(), runtime=cfg.runtime)
     if not describer.signature:
         describer.signature = models_signature(models_dir)
     return describer
@@ -294,7 +300,7 @@ def build_index(
             f"no models directory at {models_dir}: train the models first (`fashion-search train ...`)"
         )
     t_start = time.perf_counter()
-    describer = _ready_describer(describer, models_dir, cfg.device)
+    describer = _ready_describer(describer, models_dir, cfg)
     store = _open_index(out_dir, models_dir, dump, describer, cfg.limits)
     settings = DecodeSettings(describer.signature, cfg.limits, store.hashes())
     report = Report(settings.stored)

@@ -31,6 +31,7 @@ from PIL import Image
 from appearance.model import AppearanceCoder
 from foundation import modelfiles
 from foundation.boxes import Box, pixel_box
+from foundation.runtime import check_runtime
 from foundation.schema import Schema, default_schema
 from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
@@ -57,7 +58,8 @@ class Describer:
     """The attribute predictor, the detector, the appearance coder and colour settings, built once.
 
     ``signature`` is the model files' (part of every content hash: new models re-describe every
-    product); ``device`` is where the models run, so models loaded anew go to the same one.
+    product); ``device`` and ``runtime`` are where and on what the models run, so models loaded
+    anew run the same way.
     """
 
     predictor: object  # attributes.predict.AttributePredictor
@@ -67,6 +69,7 @@ class Describer:
     schema: Schema = field(default_factory=default_schema)
     signature: str = ""
     device: str = "cpu"
+    runtime: str = "torch"
 
     @classmethod
     def load(
@@ -76,19 +79,26 @@ class Describer:
         device: str = "cpu",
         colour: ColourConfig | None = None,
         schema: Schema | None = None,
+        runtime: str = "torch",
     ) -> Describer:
-        """The three models of ``models_dir`` (attributes.pt, detector.pt, appearance.pt)."""
+        """The three models of ``models_dir`` (attributes.pt, detector.pt, appearance.pt).
+
+        ``runtime="onnx"`` runs their CNNs on ONNX Runtime, from the graphs ``fashion-search export
+        onnx`` cached beside them (``foundation.runtime``; a clear error when one is missing).
+        """
         models_dir = Path(models_dir)
         if not models_dir.is_dir():
             raise FileNotFoundError(f"no models directory at {models_dir}")
+        check_runtime(runtime, device)
         schema = schema or default_schema()
-        coder = AppearanceCoder.load(models_dir, device=device, schema=schema)  # the cheapest to check first
+        # the cheapest to check first
+        coder = AppearanceCoder.load(models_dir, device=device, schema=schema, runtime=runtime)
         from attributes.predict import AttributePredictor
 
-        predictor = AttributePredictor.load(models_dir, device=device, schema=schema)
+        predictor = AttributePredictor.load(models_dir, device=device, schema=schema, runtime=runtime)
         from detector.predict import GarmentDetector
 
-        detector = GarmentDetector.load(models_dir, device=device, schema=schema)
+        detector = GarmentDetector.load(models_dir, device=device, schema=schema, runtime=runtime)
         return cls(
             predictor=predictor,
             detector=detector,
@@ -97,6 +107,7 @@ class Describer:
             schema=schema,
             signature=models_signature(models_dir),
             device=device,
+            runtime=runtime,
         )
 
     @property

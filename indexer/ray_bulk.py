@@ -73,9 +73,9 @@ def start_ray(address: str | None = None, *, num_cpus: int = 2, pythonpath: str 
     return ray.init(address=address, include_dashboard=False, log_to_driver=False, **local, **env)
 
 
-def load_describer(models_dir, *, device: str = "cpu") -> Describer:
+def load_describer(models_dir, *, device: str = "cpu", runtime: str = "torch") -> Describer:
     """The describer an actor loads once (the default of ``describer_factory``)."""
-    return Describer.load(models_dir, device=device)
+    return Describer.load(models_dir, device=device, runtime=runtime)
 
 
 def _driver_describer(models_dir: Path) -> Describer:
@@ -248,7 +248,7 @@ def build_index_ray(
         start_ray(ray_cfg.address, num_cpus=ray_cfg.actors)
     stages = RayStages(
         models_dir,
-        factory=describer_factory or functools.partial(load_describer, device=cfg.device),
+        factory=describer_factory or functools.partial(load_describer, device=cfg.device, runtime=cfg.runtime),
         actors=ray_cfg.actors,
         batch_size=cfg.batch_size,
         threads=ray_cfg.threads or min(2, torch.get_num_threads()),  # build_index's own

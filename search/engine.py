@@ -75,10 +75,17 @@ class SearchEngine:
 
     @classmethod
     def open(
-        cls, index_dir: str | Path, *, device: str = "cpu", ranking: RankingConfig | None = None, writable: bool = True
+        cls,
+        index_dir: str | Path,
+        *,
+        device: str = "cpu",
+        ranking: RankingConfig | None = None,
+        writable: bool = True,
+        runtime: str = "torch",
     ) -> SearchEngine:
         """The engine over an index directory; ``writable=False`` opens the store read-only (a
-        server without an admin token never writes, so it can serve an index it may not change)."""
+        server without an admin token never writes, so it can serve an index it may not change);
+        ``runtime="onnx"``: the models' CNNs on ONNX Runtime (``indexer.describe.Describer.load``)."""
         from indexer.store import Store
 
         index_dir = Path(index_dir)
@@ -88,7 +95,7 @@ class SearchEngine:
         index = load_ram_index(index_dir)
         store = Store(index_dir, readonly=not writable)
         try:
-            describer = Describer.load(store.models_dir(), device=device)
+            describer = Describer.load(store.models_dir(), device=device, runtime=runtime)
         except BaseException:
             store.close()
             raise
@@ -234,7 +241,9 @@ class SearchEngine:
             signature = self.store.info().get("models_signature")
             if signature and describer.signature and signature != describer.signature:
                 with self._models.exclusive():  # searches wait while it loads (search.gate)
-                    describer = Describer.load(self.store.models_dir(), device=describer.device)
+                    describer = Describer.load(
+                        self.store.models_dir(), device=describer.device, runtime=describer.runtime
+                    )
             t1 = time.perf_counter()
             changed = describer is not self.describer
             old, swap_ms = self.live.swap(ram, built, (lambda: self._new_models(describer)) if changed else None)

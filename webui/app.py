@@ -104,7 +104,8 @@ def create_app(config: Mapping | None = None) -> Flask:
 
     Config keys: ``ENGINE`` (a ``search.protocol.Engine``: a ``SearchEngine``, or an object with its
     methods) or ``INDEX`` (an index directory, opened with ``SearchEngine.open`` on ``DEVICE``,
-    default cpu); ``TOKEN`` (needed by the product update endpoints; without it they are disabled);
+    default cpu, and ``RUNTIME``, torch or onnx, default torch); ``TOKEN`` (needed by the product
+    update endpoints; without it they are disabled);
     ``MAX_CONTENT_LENGTH`` (bytes an upload may have, default 16 MiB); ``MAX_FORM_MEMORY_SIZE`` (bytes a
     text field of a form may have, Flask's default 500,000); ``ALLOWED_HOSTS`` (the names a request's
     Host header may give, each ``name`` or ``name:port``; None, the default, allows any; ``serve_app``
@@ -124,6 +125,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     engine: Engine | None = config.pop("ENGINE", None)
     index = config.pop("INDEX", None)
     device = config.pop("DEVICE", "cpu")
+    runtime = config.pop("RUNTIME", "torch")
     reload_s = config.pop("RELOAD_S", DEFAULT_RELOAD_S if engine is None else None)
     if engine is None:
         if index is None:
@@ -132,7 +134,7 @@ def create_app(config: Mapping | None = None) -> Flask:
         from search.engine import SearchEngine
 
         # without an admin token nothing is written: the store is opened read-only
-        engine = SearchEngine.open(index, device=device, writable=bool(config.get("TOKEN")))
+        engine = SearchEngine.open(index, device=device, writable=bool(config.get("TOKEN")), runtime=runtime)
     if not isinstance(engine, Engine):
         raise TypeError(f"ENGINE {type(engine).__name__} is not a search engine (search.protocol.Engine)")
     token = config.pop("TOKEN", None) or None

@@ -31,6 +31,7 @@ class ServeConfig:
     token: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     device: str = "cpu"
+    runtime: str = "torch"  # or "onnx": the models' CNNs on ONNX Runtime (foundation.runtime)
     # The Host header names answered: None, the default, is localhost, 127.0.0.1 and [::1] (any
     # port) when bound to a loopback address, and any name otherwise; ("*",) is any name.
     allowed_hosts: tuple[str, ...] | None = None
@@ -222,6 +223,7 @@ def serve(
         settings = {
             "INDEX": index_dir,
             "DEVICE": config.device,
+            "RUNTIME": config.runtime,
             "TOKEN": config.token,
             "MAX_CONTENT_LENGTH": config.max_upload_bytes,
             "RELOAD_S": reload_s,

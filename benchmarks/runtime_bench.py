@@ -12,8 +12,8 @@ backbone's levels and the detector's first garment.
 
 Graphs missing from ``--models`` are exported there first (a minute or two per model).
 
-    python benchmarks/runtime_bench.py [--models /work/run/models]
-        [--dump /work/run/data/val/products.jsonl] [--photos 8] [--repeats 30] [--threads 1,2]
+    python benchmarks/runtime_bench.py --models MODELS --dump data/val/products.jsonl [--photos 8]
+        [--repeats 30] [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -176,8 +176,8 @@ def print_report(rows: list[dict], same: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", type=Path, default=Path("/work/run/models"))
-    p.add_argument("--dump", type=Path, default=Path("/work/run/data/val/products.jsonl"))
+    p.add_argument("--models", type=Path, required=True, help="trained models (graphs exported there when missing)")
+    p.add_argument("--dump", type=Path, required=True, help="a product dump whose photos are measured")
     p.add_argument("--photos", type=int, default=8)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")

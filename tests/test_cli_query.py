@@ -19,7 +19,7 @@ def index_dir(standin_index, tmp_path, monkeypatch):
     index_dir, describer = standin_index
     shutil.copytree(index_dir, tmp_path / "index")
 
-    def fake_open(path, *, device="cpu", ranking=None, writable=True):
+    def fake_open(path, *, device="cpu", ranking=None, writable=True, runtime="torch"):
         return open_standin_engine(path, describer)  # the command closes it (with ... as engine)
 
     monkeypatch.setattr(SearchEngine, "open", staticmethod(fake_open))

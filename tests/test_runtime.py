@@ -15,6 +15,9 @@ from PIL import Image
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+# Each graph export takes seconds (about 45 s for the file): the full suite runs it, the fast lane not.
+pytestmark = pytest.mark.slow
+
 from appearance.model import ONNX_GRAPH, AppearanceCoder, CodeNetwork  # noqa: E402
 from attributes.model import AttributeModelConfig, build_attribute_model  # noqa: E402
 from attributes.predict import AttributePredictor, encoder_graph  # noqa: E402

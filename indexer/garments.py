@@ -32,8 +32,9 @@ Look = tuple[list[Description], list[tuple[str, float]]]  # a garment's descript
 
 def likelihood_meant(score: float, box, size: tuple[int, int]) -> float:
     """How likely the shopper means this garment: the detector's confidence times the square root
-    of the share of the photo it covers. A first guess, not yet chosen by measurement: on the shared
-    val shop scenes the first garment so ordered was the target's for R@10 0.34 of queries."""
+    of the share of the photo it covers. Measured on the val shop scenes (``evaluate retrieval``):
+    the first so ordered was the target for 0.401 of the targets offered, chance 0.412, largest
+    first no better; those scenes place the target at random, so the order is still unchosen."""
     w, h = size
     area = max(0.0, (box[2] - box[0]) * (box[3] - box[1])) / max(w * h, 1)
     return score * math.sqrt(area)

@@ -9,10 +9,11 @@ module is ever pickled. A model trained on one schema refuses to load with anoth
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 MANIFEST = "manifest.json"
+MANIFEST_LOCK = ".manifest.lock"
 
 
 class ModelError(ValueError):
@@ -168,7 +170,6 @@ def save_model(
 ) -> Path:
     """Write ``<models_dir>/<name>.pt`` atomically and record it in the manifest."""
     import torch
-    import torchvision
 
     schema = schema or default_schema()
     models_dir = Path(models_dir)
@@ -184,20 +185,45 @@ def save_model(
         "extra": contents.extra or {},
     }
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+    with _manifest_lock(models_dir):
+        _record(models_dir, name, path, contents.config, schema, {"data_hash": data_hash, "metrics": metrics or {}})
+    return path
+
+
+@contextlib.contextmanager
+def _manifest_lock(models_dir: Path) -> Iterator[None]:
+    """Held while the manifest is read, changed and written: two trainings saving into one models
+    directory at once (the demo trains two models side by side) each keep the other's entry."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks (Windows): one training a directory at a time
+        yield
+        return
+    with open(models_dir / MANIFEST_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _record(models_dir: Path, name: str, path: Path, config: dict, schema: Schema, run: dict) -> None:
+    """``name``'s manifest entry (``run``: its data hash and metrics), written atomically."""
+    import torch
+    import torchvision
+
     manifest = read_manifest(models_dir)
     manifest["models"][name] = {
         "file": path.name,
         "schema_fingerprint": schema.fingerprint,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "data_hash": data_hash,
-        "metrics": metrics or {},
-        "config": contents.config,
+        **run,
+        "config": config,
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
     atomic_write(models_dir / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return path
 
 
 def load_model(models_dir: str | Path, name: str, *, schema: Schema | None = None) -> dict:

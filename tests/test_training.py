@@ -290,3 +290,45 @@ def test_a_budget_that_holds_no_step_more_stops_at_the_epoch_end():
 def test_a_budget_that_holds_every_epoch_changes_nothing(tmp_path):
     _, result = run(tmp_path, dataclasses.replace(CFG, max_minutes=5.0))
     assert result.epochs_planned == CFG.epochs == result.epochs_done
+
+
+# -- two trainings into one models directory (the demo trains two side by side) ---------------------
+
+
+def _save_many(models_dir: str, prefix: str, n: int) -> None:
+    from foundation.modelfiles import ModelFile, save_model
+
+    for i in range(n):
+        save_model(models_dir, f"{prefix}{i}", ModelFile({}, {"i": i}, {}))
+
+
+def test_two_processes_saving_into_one_models_directory_keep_every_entry(tmp_path):
+    import multiprocessing
+
+    from foundation.modelfiles import read_manifest
+
+    ctx = multiprocessing.get_context("fork")  # torch is already imported, and no thread runs yet
+    procs = [ctx.Process(target=_save_many, args=(str(tmp_path), p, 15)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert set(read_manifest(tmp_path)["models"]) == {f"{p}{i}" for p in "ab" for i in range(15)}
+
+
+def test_the_demo_trains_a_model_in_a_second_process_while_its_block_runs(tmp_path, capsys):
+    from pathlib import Path
+
+    from cli.demo import _beside
+
+    out = tmp_path / "written.txt"
+    with _beside("attribute model", False, Path.write_text, (out, "trained"), {}):
+        here = "detector trained"  # the block's own step, run meanwhile
+    assert out.read_text() == "trained" and here
+    assert "[demo] attribute model: building in a second process" in capsys.readouterr().out
+    with _beside("attribute model", True, Path.write_text, (tmp_path / "never.txt", "x"), {}):
+        pass
+    assert not (tmp_path / "never.txt").exists() and "attribute model: cached" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError), _beside("attribute model", False, Path.read_text, (tmp_path / "no",), {}):
+        pass  # the child's error comes back once the block is through

@@ -1,0 +1,109 @@
+"""Bulk indexing end to end, runtime beside runtime: photos/s, each stage's share, each core's idle time.
+
+    .venv/bin/python benchmarks/bulk_throughput.py --models MODELS --dump DUMP [--n 600]
+        [--runtimes torch onnx] [--workers 2] [--batch-size 32] [--json F]
+
+Indexes the dump's first ``--n`` products into a fresh index once per runtime (``fashion-search
+index``'s own ``build_index``: decode workers, the three models in batches, LMDB writes) and prints,
+side by side: photos/s and products/s end to end, seconds per stage and its share (decode is CPU
+time summed over the workers), and how long each core sat idle during the run (``/proc/stat``).
+``--runtime onnx`` needs the graphs ``fashion-search export onnx --models MODELS`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from indexer.bulk import STAGES, BulkConfig, build_index  # noqa: E402
+
+
+def core_times() -> dict[str, tuple[float, float]]:
+    """Per core: (idle, total) jiffies since boot (``/proc/stat``; empty where there is none)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            v = [float(x) for x in values]
+            out[name] = (v[3] + v[4], sum(v[:8]))  # idle + iowait, of user..steal
+    return out
+
+
+def idle_shares(before: dict, after: dict) -> dict[str, float]:
+    return {
+        c: round((after[c][0] - before[c][0]) / max(after[c][1] - before[c][1], 1e-9), 3) for c in after if c in before
+    }
+
+
+def subset(dump: Path, n: int, out: Path) -> Path:
+    """The dump's first ``n`` rows, relative image paths made absolute."""
+    rows = [json.loads(line) for line in dump.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
+    for row in rows:
+        for key in ("image", "images"):
+            if key in row:
+                paths = row[key] if isinstance(row[key], list) else [row[key]]
+                fixed = [str((dump.parent / p).resolve()) for p in paths]
+                row[key] = fixed if isinstance(row[key], list) else fixed[0]
+    path = out / "products.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run(dump: Path, models: Path, out: Path, config: BulkConfig) -> dict:
+    before, t0 = core_times(), time.perf_counter()
+    s = build_index(dump, models, out, config)
+    wall, after = time.perf_counter() - t0, core_times()
+    return {**s, "wall": round(wall, 2), "idle": idle_shares(before, after)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", required=True, type=Path)
+    p.add_argument("--dump", required=True, type=Path)
+    p.add_argument("--n", type=int, default=600, help="products indexed per runtime")
+    p.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=("torch", "onnx"))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", type=Path, help="write the figures here")
+    args = p.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = subset(args.dump, args.n, Path(tmp))
+        for rt in args.runtimes:
+            cfg = BulkConfig(workers=args.workers, batch_size=args.batch_size, runtime=rt, progress=False)
+            results[rt] = run(dump, args.models, Path(tmp) / f"index-{rt}", cfg)
+    names = list(results)
+    print(f"Bulk indexing of {args.n} products of {args.dump} ({args.workers} decode workers, batch {args.batch_size})")
+    print(f"{'':<22}" + "".join(f"{rt:>16}" for rt in names))
+    for label, key in (
+        ("photos", "photos"),
+        ("seconds", "wall"),
+        ("photos/s", "images_per_s"),
+        ("products/s", "products_per_s"),
+    ):
+        print(f"{label:<22}" + "".join(f"{results[rt][key]:>16}" for rt in names))
+    for stage in STAGES:
+        cells = "".join(
+            f"{results[rt]['stage_seconds'][stage]:>9.1f}s {results[rt]['stage_share'][stage]:>5.0%}" for rt in names
+        )
+        print(f"  {stage:<20}{cells}")
+    for core in sorted(results[names[0]]["idle"]):
+        print(f"{core + ' idle':<22}" + "".join(f"{results[rt]['idle'].get(core, 0):>16.0%}" for rt in names))
+    if args.json:
+        keep = ("photos", "wall", "images_per_s", "products_per_s", "stage_seconds", "stage_share", "idle")
+        args.json.write_text(json.dumps({rt: {k: r[k] for k in keep} for rt, r in results.items()}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,9 +50,9 @@ def _default_preset() -> dict:
 def _demo_preset() -> dict:
     """The demo's: the ImageNet trunk at 96 px where its file is installed (a drawn rectangle's crop
     is read by ImageNet features, not by a net that saw 2,000 drawings), else the ResNet-18 from scratch.
-    ``make demo`` trains it on one thread beside the detector (``cli.demo``): 2.2 minutes hold about
+    ``make demo`` trains it on one thread beside the detector (``cli.demo``): 2 minutes hold about
     3 of its 6 epochs there, and the schedule is fitted to them."""
-    run = dict(threads=2, patience=3, max_minutes=2.2, resume_checkpoint=False)
+    run = dict(threads=2, patience=3, max_minutes=2.0, resume_checkpoint=False)
     backbone = default_backbone()
     if default_pretrained(backbone) == "imagenet":
         return dict(

@@ -12,12 +12,12 @@ engine's own ``Answer.timings_ms``; ``other`` is the total less every stage (wha
 ``Query.search`` and ``SearchEngine.search``. The share is of the summed totals. A stage a
 baseline times only in part (before this benchmark, guided's detector pass went untimed) shows a
 large ratio beside a baseline ``other`` as large: compare the totals. ``--runtime onnx`` runs this
-code's models on ONNX Runtime (the baseline's stay on torch): with ``--baseline-src`` this very
-checkout, the two runtimes side by side (the graphs exported first: ``fashion-search export onnx
+code's models on ONNX Runtime (the baseline's on torch, unless ``--baseline-runtime onnx``): with
+``--baseline-src`` this very checkout, the two runtimes side by side (the graphs exported first: ``fashion-search export onnx
 --models INDEX/models``).
 
     python benchmarks/query_cost.py --index INDEX --dump DUMP [--queries 60] [--threads 1] [--rounds 3]
-        [--baseline-src DIR] [--runtime torch|onnx] [--json OUT]
+        [--baseline-src DIR] [--runtime torch|onnx] [--baseline-runtime torch|onnx] [--json OUT]
 """
 
 from __future__ import annotations
@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--baseline-src", type=Path, help="a checkout of the code to compare with")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="this code's runtime (default torch)")
+    p.add_argument(
+        "--baseline-runtime", choices=("torch", "onnx"), default="torch", help="the baseline's (one with --runtime)"
+    )
     p.add_argument("--json", type=Path, help="write the per-query timings here")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -224,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(min(args.rounds, len(queries))):  # the codes take turns: a busy spell slows both
             share = {**spec, "queries": queries[r :: args.rounds]}
             if args.baseline_src is not None:
-                base = merged(base, run_code(f"baseline-{r}", args.baseline_src, share, tmp))
+                base_share = {**share, "runtime": args.baseline_runtime}
+                base = merged(base, run_code(f"baseline-{r}", args.baseline_src, base_share, tmp))
             this = merged(this, run_code(f"this-{r}", ROOT, {**share, "runtime": args.runtime}, tmp))
     print(
         f"{len(queries)} composed shop scenes of {args.dump}, index {args.index}, torch threads {this['threads']}, "
-        f"this code's runtime {args.runtime} (the baseline's torch)"
+        f"this code's runtime {args.runtime} (the baseline's {args.baseline_runtime})"
     )
     for name, m in (("baseline", base), ("this code", this)):
         if m is not None:

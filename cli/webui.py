@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cli.demo import DEMO_PRODUCTS
+
 TOKEN_ENV = "FASHION_SEARCH_TOKEN"
 
 
@@ -44,7 +46,7 @@ def register(commands) -> None:
         "demo", help="build, train, index and serve the synthetic demo catalogue, with example photos to try"
     )
     p.add_argument("--home", default=".fashion-search/demo", help="cache folder (default .fashion-search/demo)")
-    p.add_argument("--n", type=int, default=2000, help="synthetic products (default 2000)")
+    p.add_argument("--n", type=int, default=DEMO_PRODUCTS, help=f"synthetic products (default {DEMO_PRODUCTS})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

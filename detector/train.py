@@ -62,7 +62,7 @@ class DetectorTrainConfig(TrainSettings):
     TRAINS = "detector"
     RUN_SETTINGS = (*TrainSettings.RUN_SETTINGS, "eval_limit")
     PRESET_FIELDS = {
-        # The demo's synthetic catalogue (2,000 images, 1-3 drawn garments each): one epoch at 128 px
+        # The demo's synthetic catalogue (1,700 images, 1-3 drawn garments each): one epoch at 128 px
         # from the ImageNet backbone, ~2 minutes on one thread beside the attribute model (cli.demo).
         # RoI pooling sampled once a bin and 32 RoIs an image make a step 0.31 s against 0.85 s
         # (torchvision's 2 samples, 64 RoIs; batch 8, 2 threads); 30 proposals at inference (a

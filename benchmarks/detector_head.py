@@ -24,14 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from detector.evaluate import evaluate_model  # noqa: E402
-from detector.predict import GarmentDetector  # noqa: E402
+from detector.predict import GarmentDetector, set_roi_sampling  # noqa: E402
 from foundation.images import load_image  # noqa: E402
 
 FIGURES = (("garments", "map@0.5"), ("guided", "map@0.5"), ("guided", "map@0.8"), ("non_guided", "map@0.5"))
 
 
 def _detector(models: Path, ratio: int, proposals: int) -> GarmentDetector:
-    det = GarmentDetector.load(models, roi_sampling_ratio=ratio)
+    det = GarmentDetector.load(models)
+    set_roi_sampling(det.model, ratio)
     det.model.rpn._post_nms_top_n["testing"] = proposals  # torchvision keeps it per mode in a dict
     return det
 

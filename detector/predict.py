@@ -171,6 +171,15 @@ def guided_rois(raw: Raw, guide: str, guidance: str, schema: Schema) -> list[ROI
     return [ROI(r.box, guide, r.score) for r in raw.great if r.category == great]
 
 
+def set_roi_sampling(model, ratio: int) -> None:
+    """RoI pooling of ``model`` samples ``ratio`` times a bin side (where it has such a pooler)."""
+    if ratio < 1:
+        raise ValueError(f"roi_sampling_ratio must be at least 1, got {ratio!r}")
+    pooler = getattr(model.roi_heads, "box_roi_pool", None)
+    if pooler is not None and hasattr(pooler, "sampling_ratio"):
+        pooler.sampling_ratio = ratio
+
+
 class GarmentDetector:
     """A trained detector plus its preprocessing; ``detect`` batches images."""
 
@@ -208,19 +217,14 @@ class GarmentDetector:
         score_threshold: float = 0.3,
         guidance: str = "ranked",
         runtime: str = "torch",
-        roi_sampling_ratio: int = ROI_SAMPLING_RATIO,
     ) -> GarmentDetector:
         """The detector saved as ``models_dir/detector.pt``, its batch norm folded and its RoI
-        pooling sampled ``roi_sampling_ratio`` times a bin side, for speed; ``runtime="onnx"``: its
+        pooling sampled ``ROI_SAMPLING_RATIO`` times a bin side, for speed; ``runtime="onnx"``: its
         backbone is the graph ``export_onnx`` cached."""
         check_runtime(runtime, device)
-        if roi_sampling_ratio < 1:
-            raise ValueError(f"roi_sampling_ratio must be at least 1, got {roi_sampling_ratio!r}")
         model, preprocess = load(models_dir, device=device, schema=schema)
         fold_batch_norm(model)
-        pooler = getattr(model.roi_heads, "box_roi_pool", None)
-        if pooler is not None and hasattr(pooler, "sampling_ratio"):
-            pooler.sampling_ratio = roi_sampling_ratio
+        set_roi_sampling(model, ROI_SAMPLING_RATIO)
         if runtime == "onnx":
             model.backbone = OnnxBackbone(open_graph(BACKBONE_GRAPH, models_dir), model.backbone.out_channels)
         return cls(

@@ -1,11 +1,13 @@
 """Bulk indexing end to end, runtime beside runtime: photos/s, each stage's share, each core's idle time.
 
     .venv/bin/python benchmarks/bulk_throughput.py --models MODELS --dump DUMP [--n 600]
-        [--runtimes torch onnx] [--workers 2] [--batch-size 32] [--json F]
+        [--runtimes torch onnx] [--workers 2] [--describe-workers 0 2] [--batch-size 32] [--json F]
 
 Indexes the dump's first ``--n`` products into a fresh index once per runtime (``fashion-search
 index``'s own ``build_index``: decode workers, the three models in batches, LMDB writes) and prints,
-side by side: photos/s and products/s end to end, seconds per stage and its share (decode is CPU
+side by side (and once per ``--describe-workers`` count: 0 describes batches in this process, N
+has N processes each decode and describe with their own models on one thread): photos/s and
+products/s end to end, seconds per stage and its share (decode is CPU
 time summed over the workers), and how long each core sat idle during the run (``/proc/stat``).
 ``--runtime onnx`` needs the graphs ``fashion-search export onnx --models MODELS`` writes.
 """
@@ -73,6 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=600, help="products indexed per runtime")
     p.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=("torch", "onnx"))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--describe-workers", type=int, nargs="+", default=[0], help="each tried per runtime (0: batched here)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
@@ -80,8 +85,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         dump = subset(args.dump, args.n, Path(tmp))
         for rt in args.runtimes:
-            cfg = BulkConfig(workers=args.workers, batch_size=args.batch_size, runtime=rt, progress=False)
-            results[rt] = run(dump, args.models, Path(tmp) / f"index-{rt}", cfg)
+            for dw in args.describe_workers:
+                cfg = BulkConfig(
+                    workers=args.workers, describe_workers=dw, batch_size=args.batch_size, runtime=rt, progress=False
+                )
+                name = rt if dw == 0 else f"{rt}, {dw} procs"
+                results[name] = run(dump, args.models, Path(tmp) / f"index-{rt}-{dw}", cfg)
     names = list(results)
     print(f"Bulk indexing of {args.n} products of {args.dump} ({args.workers} decode workers, batch {args.batch_size})")
     print(f"{'':<22}" + "".join(f"{rt:>16}" for rt in names))

@@ -24,6 +24,7 @@ def _index(args) -> int:
         raise ValueError("--address, --actors and --actor-threads are only used with --engine ray")
     config = BulkConfig(
         workers=args.workers,
+        describe_workers=args.describe_workers,
         batch_size=args.batch_size,
         device=args.device,
         runtime=args.runtime,
@@ -89,6 +90,13 @@ def register(commands) -> None:
     p.add_argument("--models", required=True, help="models directory (attributes.pt, detector.pt, appearance.pt)")
     p.add_argument("--out", required=True, help="index directory (created, or updated in place)")
     p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2; 0: none)")
+    p.add_argument(
+        "--describe-workers",
+        type=int,
+        default=0,
+        help="processes that each load the models and decode and describe a product at a time, on one "
+        "thread (default 0: --workers decode, the models describe batches here); 2 on a 2-core CPU",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per model batch and per commit (default 32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_runtime_arg(p)

@@ -32,6 +32,7 @@ from foundation.runtime import check_runtime
 from foundation.schema import default_schema
 from indexer.describe import MODEL_NAMES, Describer, models_signature
 from indexer.graphs import copy_graphs
+from indexer.parallel import WorkerStages
 from indexer.prepare import ImageLimits
 from indexer.stages import (
     Decoded,
@@ -56,6 +57,9 @@ STAGES = ("decode", "attributes", "detector", "appearance", "colour", "write")
 @dataclass(frozen=True)
 class BulkConfig:
     workers: int = 2  # decode processes (0: decode in this process)
+    describe_workers: int = (
+        0  # >0: that many processes decode and describe, each with the models (``indexer.parallel``)
+    )
     batch_size: int = 32  # photos per model batch and per commit
     limits: ImageLimits = ImageLimits()  # noqa: B008 - frozen
     device: str = "cpu"
@@ -68,6 +72,8 @@ class BulkConfig:
             raise ValueError(f"--workers must be 0 or more, got {self.workers}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.describe_workers < 0:
+            raise ValueError(f"--describe-workers must be 0 or more, got {self.describe_workers}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         check_runtime(self.runtime, self.device)
@@ -291,8 +297,12 @@ def build_index(
             models.
         pipeline: where the decode and describe stages run, and an ``on_batch`` hook.
     """
-    cfg, pipeline = config or BulkConfig(), pipeline or Pipeline()
+    cfg = config or BulkConfig()
     dump, models_dir, out_dir = Path(dump), Path(models_dir), Path(out_dir)
+    if pipeline is None and cfg.describe_workers:
+        stages = WorkerStages(models_dir, cfg.runtime, cfg.device, cfg.describe_workers)
+        pipeline = Pipeline(decode=stages.decode, describe=stages.describe)
+    pipeline = pipeline or Pipeline()
     if not dump.is_file():
         raise FileNotFoundError(f"no product dump at {dump}")
     if not models_dir.is_dir():

@@ -73,6 +73,8 @@ class Decoded:
     unchanged: bool = False
     decode_s: float = 0.0
     photo_problems: list[dict] = dataclasses.field(default_factory=list)  # photos left out of a product kept
+    described: list[DescribedPhoto] | None = None  # described where it was decoded (``indexer.parallel``)
+    describe_error: str | None = None  # why that failed
 
 
 DescribedProduct = tuple[Decoded, list[DescribedPhoto]]

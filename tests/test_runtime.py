@@ -188,3 +188,29 @@ def test_the_onnx_runtime_without_graphs_is_an_error_that_names_the_export_comma
     with pytest.raises(ValueError, match="unknown runtime"):
         check_runtime("tensorrt")
     assert encoder_graph().name == "attributes" and BACKBONE_GRAPH.spatial
+
+
+@pytest.mark.slow
+def test_describe_workers_index_what_one_process_describing_batches_indexes(models, synth_dump, tmp_path):
+    import json
+
+    from indexer.bulk import BulkConfig, build_index
+    from indexer.store import Store
+
+    rows = [json.loads(line) for line in synth_dump.read_text().splitlines()[:10]]
+    for r in rows:
+        r["image"] = str(synth_dump.parent / r["image"])
+    dump = tmp_path / "products.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    here = build_index(dump, models, tmp_path / "here", BulkConfig(workers=0, progress=False))
+    there = build_index(dump, models, tmp_path / "there", BulkConfig(describe_workers=2, progress=False))
+    assert here["indexed"] == there["indexed"] == 10 and there["skipped"] == 0
+    assert all(there["stage_seconds"][s] > 0 for s in ("decode", "attributes", "detector", "appearance"))
+
+    def categories(index):
+        with Store(index) as store:
+            return {r.id: [p.description.category for p in r.photos] for r in store.iter_records()}
+
+    assert categories(tmp_path / "here") == categories(tmp_path / "there")
+    with pytest.raises(ValueError, match="--describe-workers must be 0 or more, got -1"):
+        BulkConfig(describe_workers=-1)

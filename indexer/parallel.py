@@ -1,8 +1,8 @@
 """Bulk indexing's decode and describe stages in the same worker processes, each with the models.
 
 ``fashion-search index --describe-workers N``: each of ``N`` processes loads the models once, on
-one thread, and decodes and describes a product at a time; the runner (``indexer.bulk``) admits,
-reports and writes as before. On a CPU this beats one process describing batches on every
+one thread, and decodes and describes a few products at a time (``CHUNK``); the runner
+(``indexer.bulk``) admits, reports and writes as before. On a CPU this beats one process describing batches on every
 thread: the detector's RPN, RoI pooling and box head gain little from a second thread or from a
 batch (torchvision pads a batch's photos to one size), while two single-thread processes keep
 both cores on the models (``benchmarks/bulk_throughput.py``).
@@ -16,11 +16,25 @@ import multiprocessing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from indexer.describe import Describer, describe_items
-from indexer.products import product_item
-from indexer.stages import Decoded, DecodeJob, DescribedProduct, Skip, decode
+from indexer.describe import Describer
+from indexer.stages import Decoded, DecodeJob, DescribedProduct, Skip, decode, describe
 
 _DESCRIBER: Describer | None = None  # the worker process's own models
+# products a worker decodes and describes together. The detector's time a photo on one thread was
+# 63 ms alone, 58 ms in fours, 66 ms in sixteens (torchvision pads a batch to its largest photo);
+# whole runs (676 val photos, ONNX Runtime, 2 workers) gave 19.2 photos/s one at a time, 19.4 in fours.
+CHUNK = 4
+
+
+def _chunks(jobs: Iterable[DecodeJob], n: int) -> Iterator[list[DecodeJob]]:
+    chunk: list[DecodeJob] = []
+    for job in jobs:
+        chunk.append(job)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _load_models(models_dir: str, runtime: str, device: str) -> None:
@@ -32,16 +46,18 @@ def _load_models(models_dir: str, runtime: str, device: str) -> None:
     _DESCRIBER = Describer.load(models_dir, runtime=runtime, device=device)
 
 
-def decode_and_describe(job: DecodeJob) -> Decoded:
-    """:func:`indexer.stages.decode`, then (for a product to describe) every photo described."""
-    d = decode(job)
-    if d.error or d.unchanged or not d.photos:
-        return d
-    try:
-        d.described = describe_items(_DESCRIBER, [product_item(d.product, p.prepared) for p in d.photos])
-    except Exception as exc:  # noqa: BLE001 - any failure: this product is reported, the rest go on
-        d.describe_error = f"cannot describe: {exc.__class__.__name__}: {str(exc)[:200]}"
-    return d
+def _note_error(d: Decoded, reason: str, _field: str = "image") -> None:
+    d.describe_error = reason  # reported by the runner's report, in the parent
+
+
+def decode_and_describe(jobs: list[DecodeJob]) -> list[Decoded]:
+    """:func:`indexer.stages.decode` each job, then every photo of the products to describe, in one
+    batch (on failure one product at a time: :func:`indexer.stages.describe`)."""
+    decoded = [decode(job) for job in jobs]
+    todo = [d for d in decoded if not (d.error or d.unchanged or not d.photos)]
+    for d, photos in describe(_DESCRIBER, todo, _note_error) if todo else []:
+        d.described = photos
+    return decoded
 
 
 class WorkerStages:
@@ -58,7 +74,8 @@ class WorkerStages:
         # spawn: the workers import torch and load models (fork after torch's threads started can hang)
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(self.workers, initializer=_load_models, initargs=self.init_args) as pool:
-            yield from pool.imap(decode_and_describe, jobs, chunksize=1)
+            for decoded in pool.imap(decode_and_describe, _chunks(jobs, CHUNK)):
+                yield from decoded
 
     @staticmethod
     def describe(_describer: Describer, batch: list[Decoded], skip: Skip) -> list[DescribedProduct]:
@@ -71,4 +88,4 @@ class WorkerStages:
         return out
 
 
-__all__ = ["WorkerStages", "decode_and_describe"]
+__all__ = ["CHUNK", "WorkerStages", "decode_and_describe"]

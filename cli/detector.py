@@ -23,6 +23,7 @@ def _train(args) -> int:
             "pretrained": args.pretrained,
             "trainable_layers": args.trainable_layers,
             "stride16": args.stride16,
+            "roi_sampling_ratio": args.roi_sampling_ratio,
         }.items()
         if v is not None
     }
@@ -97,6 +98,12 @@ def register(commands) -> None:
         "--stride16",
         action=argparse.BooleanOptionalAction,
         help="mobilenet_v2: a stride-16 FPN level (features.13) instead of a second stride-32 one",
+    )
+    p.add_argument(
+        "--roi-sampling-ratio",
+        type=int,
+        dest="roi_sampling_ratio",
+        help="RoI pooling's samples a bin side in training (default 2, torchvision's; serving takes 1)",
     )
     p.add_argument("--min-size", type=int, dest="min_size")
     p.add_argument("--max-size", type=int, dest="max_size")

@@ -3,7 +3,8 @@ write (LMDB store), the stages of ``indexer.stages``, with a :class:`Report` of 
 
 :func:`build_index` takes its settings as one :class:`BulkConfig`, and a :class:`Pipeline` of
 replaceable parts: tests pass small fakes of the describer, ``indexer.ray_bulk`` runs the decode
-and describe stages on Ray Data.
+and describe stages on Ray Data, and ``describe_workers`` runs both in worker processes that each
+hold the models (``indexer.parallel``).
 
 Restart-safety: every batch is written in one LMDB transaction, and a product whose id and
 content hash (``indexer.prepare.content_hash``: every photo's bytes, the product's fields and the

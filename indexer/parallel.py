@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from indexer.describe import Describer
-from indexer.stages import Decoded, DecodeJob, DescribedProduct, Skip, decode, describe
+from indexer.stages import Decoded, DecodeJob, DescribedProduct, Skip, decode, describe, die_with_parent
 
 _DESCRIBER: Describer | None = None  # the worker process's own models
 # products a worker decodes and describes together. The detector's time a photo on one thread was
@@ -38,10 +38,12 @@ def _chunks(jobs: Iterable[DecodeJob], n: int) -> Iterator[list[DecodeJob]]:
 
 
 def _load_models(models_dir: str, runtime: str, device: str) -> None:
-    """A worker's start: its models, on one thread (torch's, and ONNX Runtime's, which follows it)."""
+    """A worker's start: it dies with the indexer (a SIGKILLed run leaves no worker behind); its
+    models, on one thread (torch's, and ONNX Runtime's, which follows it)."""
     import torch
 
     global _DESCRIBER
+    die_with_parent()
     torch.set_num_threads(1)
     _DESCRIBER = Describer.load(models_dir, runtime=runtime, device=device)
 

@@ -140,7 +140,7 @@ def decode(job: DecodeJob) -> Decoded:
     return out
 
 
-def _worker_init() -> None:
+def die_with_parent() -> None:
     """Die with the parent: a SIGKILLed indexer must not leave decode workers behind (Linux)."""
     try:
         import ctypes
@@ -158,7 +158,7 @@ def decode_all(jobs: Iterable[DecodeJob], workers: int) -> Iterator[Decoded]:
         return
     # fork: the workers use only PIL and hashlib, never torch; spawn would re-run the caller's script
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_worker_init) as pool:
+    with ctx.Pool(workers, initializer=die_with_parent) as pool:
         yield from pool.imap(decode, jobs, chunksize=4)
 
 
@@ -204,6 +204,7 @@ __all__ = [
     "DescribedProduct",
     "decode",
     "decode_all",
+    "die_with_parent",
     "describe",
     "read",
     "write",

@@ -20,6 +20,7 @@ from indexer.describe import Describer
 from indexer.stages import Decoded, DecodeJob, DescribedProduct, Skip, decode, describe, die_with_parent
 
 _DESCRIBER: Describer | None = None  # the worker process's own models
+_LOAD_ERROR: str | None = None  # why they did not load: said by the first job, not by a pool that respawns forever
 # products a worker decodes and describes together. The detector's time a photo on one thread was
 # 63 ms alone, 58 ms in fours, 66 ms in sixteens (torchvision pads a batch to its largest photo);
 # whole runs (676 val photos, ONNX Runtime, 2 workers) gave 19.2 photos/s one at a time, 19.4 in fours.
@@ -42,10 +43,13 @@ def _load_models(models_dir: str, runtime: str, device: str) -> None:
     models, on one thread (torch's, and ONNX Runtime's, which follows it)."""
     import torch
 
-    global _DESCRIBER
+    global _DESCRIBER, _LOAD_ERROR
     die_with_parent()
     torch.set_num_threads(1)
-    _DESCRIBER = Describer.load(models_dir, runtime=runtime, device=device)
+    try:
+        _DESCRIBER = Describer.load(models_dir, runtime=runtime, device=device)
+    except Exception as exc:  # noqa: BLE001 - an initializer that raises makes the pool start workers forever
+        _LOAD_ERROR = f"{exc.__class__.__name__}: {exc}"
 
 
 def _note_error(d: Decoded, reason: str, _field: str = "image") -> None:
@@ -55,6 +59,8 @@ def _note_error(d: Decoded, reason: str, _field: str = "image") -> None:
 def decode_and_describe(jobs: list[DecodeJob]) -> list[Decoded]:
     """:func:`indexer.stages.decode` each job, then every photo of the products to describe, in one
     batch (on failure one product at a time: :func:`indexer.stages.describe`)."""
+    if _LOAD_ERROR is not None:
+        raise RuntimeError(f"a describe worker could not load the models: {_LOAD_ERROR}")
     decoded = [decode(job) for job in jobs]
     todo = [d for d in decoded if not (d.error or d.unchanged or not d.photos)]
     for d, photos in describe(_DESCRIBER, todo, _note_error) if todo else []:

@@ -214,3 +214,17 @@ def test_describe_workers_index_what_one_process_describing_batches_indexes(mode
     assert categories(tmp_path / "here") == categories(tmp_path / "there")
     with pytest.raises(ValueError, match="--describe-workers must be 0 or more, got -1"):
         BulkConfig(describe_workers=-1)
+
+
+def test_a_describe_worker_without_its_models_fails_the_run_with_the_reason(tmp_path, monkeypatch):
+    import indexer.parallel as parallel
+
+    monkeypatch.setattr(parallel, "die_with_parent", lambda: None)  # this test runs it in-process
+    monkeypatch.setattr(parallel, "_LOAD_ERROR", None)
+    threads = torch.get_num_threads()
+    try:
+        parallel._load_models(str(tmp_path / "none"), "torch", "cpu")
+    finally:
+        torch.set_num_threads(threads)  # the worker's one thread, not this test process's
+    with pytest.raises(RuntimeError, match="could not load the models: FileNotFoundError: no models directory"):
+        parallel.decode_and_describe([])

@@ -324,8 +324,8 @@ def test_the_demo_trains_a_model_in_a_second_process_while_its_block_runs(tmp_pa
 
     out = tmp_path / "written.txt"
     with _beside("attribute model", False, Path.write_text, (out, "trained"), {}):
-        here = "detector trained"  # the block's own step, run meanwhile
-    assert out.read_text() == "trained" and here
+        pass  # the demo's own steps run here meanwhile
+    assert out.read_text() == "trained"  # the child's work is done when the block is left
     assert "[demo] attribute model: building in a second process" in capsys.readouterr().out
     with _beside("attribute model", True, Path.write_text, (tmp_path / "never.txt", "x"), {}):
         pass

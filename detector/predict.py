@@ -15,18 +15,22 @@ finds after the guide (``guidance``):
 The best remaining ROI is the ROI; when none clears the threshold the detection says so
 (``fallback``) and its ``box`` is the whole image.
 
-The backbone and its FPN may run on ONNX Runtime (``GarmentDetector.load(runtime="onnx")``, the
-graph exported by ``export_onnx``); torchvision's resizing, RPN and box head stay in torch.
+The backbone and its FPN, and the box head with its predictor, may run on ONNX Runtime
+(``GarmentDetector.load(runtime="onnx")``, the graphs exported by ``export_onnx``), the box head's
+fully connected layers in int8, the backbone in int8 too where the export was given calibration
+photos (its FPN stays in float); torchvision's resizing, RPN, RoI pooling and NMS stay in torch.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 from torchvision.ops import box_iou, nms
 
@@ -42,7 +46,7 @@ from detector.model import (
 from foundation.boxes import MAX_GARMENTS
 from foundation.devices import parse_device
 from foundation.modelfiles import ModelError, Preprocess, load_model
-from foundation.runtime import Graph, check_runtime, export_graph, open_graph
+from foundation.runtime import Graph, check_runtime, export_graph, open_graph, quantize_calibrated
 from foundation.schema import Schema, default_schema
 
 # RoI pooling's samples per bin side at inference (torchvision's default, which training keeps: 2).
@@ -110,6 +114,19 @@ def load(models_dir: str | Path, *, device: str = "cpu", schema: Schema | None =
 # the FPN backbone: a padded batch (N, 3, H, W) -> one output per level, "level_<torchvision's key>"
 BACKBONE_GRAPH = Graph("detector", "backbone", outputs=(), spatial=True)
 LEVEL = "level_"
+# the box head and its predictor: pooled proposals (N, C, 7, 7) -> class logits, box regression.
+# Its first fully connected layer (C*49 -> 512 for each of 100 proposals) was the detector's
+# costliest op after the backbone; in int8 it went from 12.5 to 3.5 ms a photo on one thread, and
+# Table 3 on ccp val (benchmarks/detector_head.py) moved by at most 0.008 (class-agnostic mAP@.5
+# 0.652 -> 0.651, guided 0.799 -> 0.801).
+BOX_GRAPH = Graph("detector", "boxes-int8", outputs=("class_logits", "box_regression"), input="rois", int8=True)
+# the backbone in int8, calibrated on photos given to the export; its FPN's convolutions stay in
+# float. On ccp val its Table 3 held (class-agnostic mAP@.5 0.651 -> 0.662, guided 0.801 -> 0.809)
+# and its pass went from 22.2 to 14.7 ms on one thread; with the FPN in int8 too, 11.3 ms but
+# class-agnostic mAP@.5 fell by 0.011 and guided mAP@.8 by 0.017 (benchmarks/detector_head.py).
+BACKBONE_INT8_GRAPH = Graph("detector", "backbone-int8", outputs=(), spatial=True, calibrated=True)
+KEEP_FLOAT = ".fpn."  # the weights' names of the int8 backbone's nodes that stay float
+GRAPHS = (BACKBONE_GRAPH, BOX_GRAPH, BACKBONE_INT8_GRAPH)
 
 
 class _Levels(nn.Module):
@@ -137,17 +154,41 @@ class OnnxBackbone(nn.Module):
         return OrderedDict(zip(self.keys, out if isinstance(out, tuple) else (out,)))
 
 
-def export_onnx(models_dir: str | Path, *, schema: Schema | None = None) -> Path:
-    """Export the saved detector's backbone (batch norm folded, as it runs) as its ONNX graph, cached
-    in ``models_dir``; the batch, the height and the width of its input vary."""
-    model, _ = load(models_dir, schema=schema)
+class _Boxes(nn.Module):
+    """The box head and its predictor as one module, for the exporter."""
+
+    def __init__(self, head: nn.Module, predictor: nn.Module):
+        super().__init__()
+        self.head, self.predictor = head, predictor
+
+    def forward(self, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.predictor(self.head(rois))
+
+
+def export_onnx(
+    models_dir: str | Path, *, schema: Schema | None = None, calibration: Sequence[Image.Image] = ()
+) -> list[Path]:
+    """Export the saved detector's backbone (batch norm folded, as it runs) and its box head as their
+    ONNX graphs, cached in ``models_dir``; the backbone's batch, height and width vary, the box
+    head's number of proposals. With ``calibration`` photos (the shop's own, as the detector sees
+    them), the backbone's int8 graph too, its activations' ranges taken on them."""
+    model, preprocess = load(models_dir, schema=schema)
     fold_batch_norm(model)
     height = -(-model.transform.min_size[0] // 32) * 32  # a padded size the transform gives
     example = torch.zeros(2, 3, height, height + 32)  # unequal sides: the exporter must not tie them
     with torch.inference_mode():
-        keys = list(model.backbone(example[:1]))
-    graph = replace(BACKBONE_GRAPH, outputs=tuple(LEVEL + k for k in keys))
-    return export_graph(_Levels(model.backbone, keys), example, graph, models_dir)
+        levels = model.backbone(example[:1])
+    graph = replace(BACKBONE_GRAPH, outputs=tuple(LEVEL + k for k in levels))
+    paths = [export_graph(_Levels(model.backbone, list(levels)), example, graph, models_dir)]
+    side = model.roi_heads.box_roi_pool.output_size  # (7, 7)
+    rois = torch.randn(2, model.backbone.out_channels, *side, generator=torch.Generator().manual_seed(0))
+    heads = model.roi_heads
+    paths.append(export_graph(_Boxes(heads.box_head, heads.box_predictor), rois, BOX_GRAPH, models_dir))
+    if calibration:
+        with torch.inference_mode():  # each photo as the backbone gets it: resized, normalized, padded
+            inputs = [model.transform([preprocess(im)])[0].tensors for im in calibration]
+        paths.append(quantize_calibrated(paths[0], BACKBONE_INT8_GRAPH, models_dir, inputs, keep_float=KEEP_FLOAT))
+    return paths
 
 
 def select(rois: list[ROI], guide: str | None, size: tuple[int, int], score_threshold: float) -> Detection:
@@ -220,13 +261,19 @@ class GarmentDetector:
     ) -> GarmentDetector:
         """The detector saved as ``models_dir/detector.pt``, its batch norm folded and its RoI
         pooling sampled ``ROI_SAMPLING_RATIO`` times a bin side, for speed; ``runtime="onnx"``: its
-        backbone is the graph ``export_onnx`` cached."""
+        backbone and its box head are the graphs ``export_onnx`` cached (the backbone's int8 graph
+        where it was calibrated)."""
         check_runtime(runtime, device)
         model, preprocess = load(models_dir, device=device, schema=schema)
         fold_batch_norm(model)
         set_roi_sampling(model, ROI_SAMPLING_RATIO)
         if runtime == "onnx":
-            model.backbone = OnnxBackbone(open_graph(BACKBONE_GRAPH, models_dir), model.backbone.out_channels)
+            int8 = BACKBONE_INT8_GRAPH.path(models_dir).is_file()
+            backbone = open_graph(BACKBONE_INT8_GRAPH if int8 else BACKBONE_GRAPH, models_dir)
+            model.backbone = OnnxBackbone(backbone, model.backbone.out_channels)
+            # the graph gives the predictor's pair: RoIHeads calls box_predictor(box_head(x))
+            model.roi_heads.box_head = nn.Identity()
+            model.roi_heads.box_predictor = open_graph(BOX_GRAPH, models_dir)
         return cls(
             model,
             score_threshold=score_threshold,

@@ -21,28 +21,58 @@ logger = logging.getLogger(__name__)
 MODELS = ("appearance", "attributes", "detector")  # the cheapest first
 
 
-def graph_of(name: str) -> Graph:
-    """The part of model ``name`` that runs on ONNX Runtime."""
+def graphs_of(name: str) -> tuple[Graph, ...]:
+    """The parts of model ``name`` that run on ONNX Runtime."""
     if name == "appearance":
         from appearance.model import ONNX_GRAPH
 
-        return ONNX_GRAPH
+        return (ONNX_GRAPH,)
     if name == "attributes":
         from attributes.predict import encoder_graph
 
-        return encoder_graph()
+        return (encoder_graph(),)
     if name == "detector":
-        from detector.predict import BACKBONE_GRAPH
+        from detector.predict import GRAPHS
 
-        return BACKBONE_GRAPH
+        return GRAPHS
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 
+def calibration_photos(dump: str | Path, n: int) -> list:
+    """The first ``n`` readable photos of ``dump`` (a product's first), prepared as indexing prepares them."""
+    from foundation.dump import read_dump
+    from foundation.images import ImageError
+    from indexer.prepare import prepare_image
+
+    if n < 1:
+        raise ValueError(f"the calibration needs at least one photo, got {n}")
+    photos = []
+    for product in read_dump(dump, check_images=False):
+        if not product.photos:
+            continue
+        try:
+            photos.append(prepare_image(product.photos[0].path, thumbnail=False).image)
+        except ImageError as exc:
+            logger.warning("calibration: %s left out: %s", product.photos[0].path, exc)
+        if len(photos) == n:
+            break
+    if not photos:
+        raise ValueError(f"no readable photo in {dump} to calibrate the int8 graphs on")
+    return photos
+
+
 def export_graphs(
-    models_dir: str | Path, *, models: Sequence[str] = MODELS, schema: Schema | None = None, force: bool = False
+    models_dir: str | Path,
+    *,
+    models: Sequence[str] = MODELS,
+    schema: Schema | None = None,
+    force: bool = False,
+    calibration: Sequence = (),
 ) -> dict[str, dict]:
-    """Export each model's graph into ``models_dir/onnx`` (kept when the model file is unchanged,
-    unless ``force``). Returns, per model, its graph's path, whether it was exported now, and the seconds taken."""
+    """Export each model's graphs into ``models_dir/onnx`` (kept when the model file is unchanged,
+    unless ``force``). With ``calibration`` photos, the int8 graphs calibrated on them too (the
+    detector's backbone), exported again each time. Returns, per model, its graphs' paths, whether
+    they were exported now, and the seconds taken."""
     from appearance.model import export_onnx as export_appearance
     from attributes.predict import export_onnx as export_attributes
     from detector.predict import export_onnx as export_detector
@@ -50,13 +80,18 @@ def export_graphs(
     exporters = {"appearance": export_appearance, "attributes": export_attributes, "detector": export_detector}
     out = {}
     for name in models:
-        graph = graph_of(name)
-        path = graph.path(models_dir)
+        graphs = graphs_of(name)
         t0 = time.perf_counter()
-        exported = force or not path.is_file()
+        calibrated = bool(calibration) and any(g.calibrated for g in graphs)
+        exported = force or calibrated or not all(g.path(models_dir).is_file() for g in graphs if not g.calibrated)
         if exported:
-            path = exporters[name](models_dir, schema=schema)
-        out[name] = {"graph": str(path), "exported": exported, "seconds": round(time.perf_counter() - t0, 1)}
+            extra = {"calibration": calibration} if calibrated else {}
+            exporters[name](models_dir, schema=schema, **extra)
+        out[name] = {
+            "graphs": [str(g.path(models_dir)) for g in graphs if g.path(models_dir).is_file()],
+            "exported": exported,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     return out
 
 
@@ -65,9 +100,7 @@ def current_graphs(models_dir: str | Path) -> list[Path]:
     paths = []
     for name in MODELS:
         if (Path(models_dir) / f"{name}.pt").is_file():
-            path = graph_of(name).path(models_dir)
-            if path.is_file():
-                paths.append(path)
+            paths += [p for p in (graph.path(models_dir) for graph in graphs_of(name)) if p.is_file()]
     return paths
 
 
@@ -83,6 +116,6 @@ def copy_graphs(models_dir: str | Path, dest: str | Path) -> list[Path]:
         copied.append(target)
     for name in MODELS:
         if (Path(dest) / f"{name}.pt").is_file():
-            for old in graph_of(name).stale(dest):
+            for old in (p for graph in graphs_of(name) for p in graph.stale(dest)):
                 old.unlink(missing_ok=True)
     return copied

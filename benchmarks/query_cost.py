@@ -9,7 +9,9 @@ HEAD~1 | tar -x -C /tmp/base``), the same torch threads and a warm-up first; the
 photos, so a busy spell of the machine slows both. Stages are the
 engine's own ``Answer.timings_ms``; ``other`` is the total less every stage (what none times),
 ``describe`` and ``total`` the engine's envelopes, ``wall`` this script's clock around
-``Query.search`` and ``SearchEngine.search``. The share is of the summed totals. A stage a
+``Query.search`` and ``SearchEngine.search``. The share is of the summed totals. The quality row,
+per option, is the shop recall@k: the share of scenes whose source product is among the ``--k``
+results of the garment the answer gives first. A stage a
 baseline times only in part (before this benchmark, guided's detector pass went untimed) shows a
 large ratio beside a baseline ``other`` as large: compare the totals. ``--runtime onnx`` runs this
 code's models on ONNX Runtime (the baseline's on torch, unless ``--baseline-runtime onnx``): with
@@ -58,7 +60,7 @@ def compose_queries(dump: Path, n: int, seed: int, out_dir: Path) -> list[dict]:
     for q in queries:
         path = out_dir / f"{q.id}.jpg"
         images.get(q.image).save(path, "JPEG", quality=90)
-        out.append({"id": q.id, "photo": str(path), "category": q.category, "box": list(q.box)})
+        out.append({"id": q.id, "photo": str(path), "category": q.category, "box": list(q.box), "target": q.target})
     return out
 
 
@@ -93,7 +95,8 @@ def measure(spec: dict) -> dict:
         answer = engine.search(query)
         ms = {k: float(v) for k, v in answer.timings_ms.items()}
         ms["wall"] = (time.perf_counter() - t0) * 1e3
-        return {"id": q["id"], "garments": len(answer.garments), "ms": ms}
+        hit = q.get("target") in {r.id for r in answer.results}
+        return {"id": q["id"], "garments": len(answer.garments), "ms": ms, "hit": hit}
 
     runs: dict[str, list[dict]] = {o: [] for o in OPTIONS}
     # a baseline from before the runtime choice takes no runtime argument
@@ -159,6 +162,17 @@ def _ms(value: float | None) -> str:
     return f"{value:9.1f}" if value is not None else f"{'-':>9}"
 
 
+def recall(measured: dict, option: str) -> float:
+    """Shop recall@k of one option: the share of its scenes whose target the first garment's results hold."""
+    runs = measured["runs"][option]
+    return float(np.mean([bool(r.get("hit")) for r in runs])) if runs else float("nan")
+
+
+def _recall(this: dict, base: dict | None, option: str) -> str:
+    cell = f"{option} {recall(this, option):.3f}"
+    return cell + (f" (base {recall(base, option):.3f})" if base else "")
+
+
 def print_table(this: dict, base: dict | None) -> None:
     mine = summary(this)
     theirs = summary(base) if base else None
@@ -182,6 +196,7 @@ def print_table(this: dict, base: dict | None) -> None:
                 ratio = m["p50"] / b["p50"] if m and b and b["p50"] > 0 else None
                 line += f" {ratio:9.2f}" if ratio is not None else f" {'-':>9}"
             print(line)
+    print(f"{'R@k':<10} " + "  ".join(_recall(this, base, o) for o in OPTIONS))
     garments = [r["garments"] for r in this["runs"]["auto"]]
     print(f"auto found {np.mean(garments):.2f} garments a photo (max {max(garments)})")
 

@@ -28,7 +28,7 @@ from foundation.modelfiles import ModelFile, save_model  # noqa: E402
 from foundation.runtime import GraphMissing, OnnxModule, check_runtime  # noqa: E402
 from foundation.schema import default_schema  # noqa: E402
 from indexer.describe import Describer  # noqa: E402
-from indexer.graphs import copy_graphs, current_graphs, export_graphs  # noqa: E402
+from indexer.graphs import calibration_photos, copy_graphs, current_graphs, export_graphs  # noqa: E402
 
 SCHEMA = default_schema()
 PREP = {"image_size": 48, "resize": "squash", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -132,6 +132,57 @@ def test_detector_backbone_agrees_between_the_runtimes_at_any_size(models):
     photo = _photos(1, seed=9)[0]
     (detection,) = ours.detect([photo], ["pants"])  # the heads run on the graph's levels
     assert detection.size == photo.size and len(detection.box) == 4
+
+
+def test_the_detector_box_heads_int8_graph_gives_torchs_scores_within_its_rounding(models):
+    ours = GarmentDetector.load(models, runtime="onnx")
+    reference = GarmentDetector.load(models).model.roi_heads
+    assert isinstance(ours.model.roi_heads.box_predictor, OnnxModule)
+    assert ours.model.roi_heads.box_predictor.path.name.startswith("detector-boxes-int8-")
+    rois = torch.randn(37, 256, 7, 7, generator=torch.Generator().manual_seed(3)).relu()  # pooled proposals
+    with torch.inference_mode():
+        logits, deltas = ours.model.roi_heads.box_predictor(rois)
+        want_logits, want_deltas = reference.box_predictor(reference.box_head(rois))
+    assert logits.shape == want_logits.shape and deltas.shape == want_deltas.shape
+    # int8 rounds each weight and input to 1/255 of its range: the outputs move by a few percent of
+    # theirs (measured ~2 % on the trained detector); the classes ranked first stay the same
+    for got, want in ((logits, want_logits), (deltas, want_deltas)):
+        assert (got - want).abs().max() <= 0.05 * want.abs().max()
+    assert (logits.argmax(1) == want_logits.argmax(1)).float().mean() >= 0.9
+
+
+def test_a_calibrated_int8_backbone_is_served_where_exported_and_copied_with_the_models(models, tmp_path):
+    import shutil
+
+    from detector.predict import BACKBONE_INT8_GRAPH
+
+    other = tmp_path / "models"
+    shutil.copytree(models, other)
+    assert export_graphs(other, models=["detector"])["detector"]["exported"] is False
+    assert not BACKBONE_INT8_GRAPH.path(other).exists()  # no calibration photos, no int8 graph
+    (tmp_path / "bad.jpg").write_bytes(b"not a photo")
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "image": "bad.jpg", "title": "pants"}\n')
+    with pytest.raises(ValueError, match="no readable photo in"):
+        calibration_photos(tmp_path / "bad.jsonl", 10)
+    done = export_graphs(other, models=["detector"], calibration=_photos(8, seed=11))["detector"]
+    int8 = BACKBONE_INT8_GRAPH.path(other)
+    assert done["exported"] and str(int8) in done["graphs"] and int8.is_file()
+    assert BACKBONE_GRAPH.path(other).is_file()  # the float graph's stale sweep leaves the int8 one
+    ours, reference = GarmentDetector.load(other, runtime="onnx"), GarmentDetector.load(other)
+    assert ours.model.backbone.graph.path == int8
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        got, want = ours.model.backbone(x), reference.model.backbone(x)
+    assert list(got) == list(want)
+    for key in want:  # int8 activations: a small share of each level's spread
+        assert (got[key] - want[key]).abs().mean() <= 0.1 * want[key].abs().mean()
+    (detection,) = ours.detect([_photos(1, seed=12)[0]], ["pants"])
+    assert len(detection.box) == 4
+    index_models = tmp_path / "index_models"
+    index_models.mkdir()
+    for name in ("appearance.pt", "attributes.pt", "detector.pt", "manifest.json"):
+        shutil.copyfile(other / name, index_models / name)
+    assert int8.name in {p.name for p in copy_graphs(other, index_models)}
 
 
 def test_the_graph_cache_is_kept_for_the_same_model_file_and_rebuilt_for_a_new_one(models, tmp_path):

@@ -125,7 +125,7 @@ BOX_GRAPH = Graph("detector", "boxes-int8", outputs=("class_logits", "box_regres
 # and its pass went from 22.2 to 14.7 ms on one thread; with the FPN in int8 too, 11.3 ms but
 # class-agnostic mAP@.5 fell by 0.011 and guided mAP@.8 by 0.017 (benchmarks/detector_head.py).
 BACKBONE_INT8_GRAPH = Graph("detector", "backbone-int8", outputs=(), spatial=True, calibrated=True)
-KEEP_FLOAT = ".fpn."  # the weights' names of the int8 backbone's nodes that stay float
+KEEP_FLOAT = (".fpn.",)  # the weights' names of the int8 backbone's nodes that stay float
 GRAPHS = (BACKBONE_GRAPH, BOX_GRAPH, BACKBONE_INT8_GRAPH)
 
 

@@ -168,12 +168,16 @@ def _save_int8(program, path) -> None:
 
 
 def quantize_calibrated(
-    source: str | Path, graph: Graph, models_dir: str | Path, inputs: Sequence[torch.Tensor], keep_float: str = ""
+    source: str | Path,
+    graph: Graph,
+    models_dir: str | Path,
+    inputs: Sequence[torch.Tensor],
+    keep_float: Sequence[str] = (),
 ) -> Path:
     """The float graph at ``source`` quantized to int8 and saved as ``graph``'s file: ONNX Runtime's
     static quantization (QDQ; weights per output channel; each activation's range the min and max
     it took on ``inputs``, batches the graph's input takes). Nodes that read a weight whose name
-    holds ``keep_float`` stay in float (a part whose int8 cost a figure more than 0.01)."""
+    holds one of ``keep_float`` stay in float (parts whose int8 cost a figure more than 0.01)."""
     if not graph.calibrated:
         raise ValueError(f"{graph.name}'s {graph.part} is not a calibrated graph")
     if not inputs:
@@ -199,7 +203,7 @@ def quantize_calibrated(
         # shape inference and ONNX Runtime's fusions first, as its quantizer advises
         quant_pre_process(str(source), str(ready), skip_symbolic_shape=True)
         nodes = onnx.load(str(ready)).graph.node
-        keep = [n.name for n in nodes if keep_float and any(keep_float in i for i in n.input)]
+        keep = [n.name for n in nodes if any(part in i for part in keep_float for i in n.input)]
 
         def write(target: Path) -> None:
             quantize_static(

@@ -103,7 +103,11 @@ class CodeNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (N, 3, H, W) normalised images -> (N, dims) pooled activations (>= 0)."""
-        taps = self.net(x)
+        return self.pool(self.net(x))
+
+    @staticmethod
+    def pool(taps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The network's taps to the (N, dims) features: each average-pooled, side by side."""
         return torch.cat([F.adaptive_avg_pool2d(taps[t], 1).flatten(1) for t in TAPS], 1)
 
 

@@ -83,7 +83,12 @@ class Encoder(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.trunk(images)["final"].mean(dim=(2, 3))
+        return self.reduce(self.trunk(images))
+
+    @staticmethod
+    def reduce(taps: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The trunk's taps to the features: the final tap, average-pooled."""
+        return taps["final"].mean(dim=(2, 3))
 
 
 class LSTMAttributeModel(nn.Module):

@@ -11,13 +11,14 @@ feature maps, ``"mid"`` (stride 16) and ``"final"`` (stride 32): torchvision's m
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torchvision.models as tvm
-from torch import nn
+from torch import fx, nn
 from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import misc as misc_nn_ops
@@ -99,6 +100,45 @@ def frozen_modules(name: str, stages: int) -> list[str]:
     if not 0 <= stages <= N_STAGES:
         raise ValueError(f"frozen stages must be between 0 and {N_STAGES}, got {stages}")
     return [module for stage in STAGES[check_backbone(name)][:stages] for module in stage]
+
+
+def split_body(body: nn.Module, name: str, stages: int) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """A trunk's body (``build_trunk(name).body``, a torchvision feature-extraction graph) cut after
+    its first ``stages`` stages: ``(prefix, suffix)``, ``suffix(prefix(x)) == body(x)``. Both share
+    the body's modules (no weights are copied). A body whose later layers read an activation from
+    before the cut other than the cut's own is refused (``ValueError``)."""
+    if not isinstance(body, fx.GraphModule):
+        raise ValueError(f"a {name} trunk that is not a traced graph cannot be cut")
+    if not 1 <= stages < N_STAGES:
+        raise ValueError(f"a trunk is cut after 1 to {N_STAGES - 1} stages, got {stages}")
+    first = STAGES[check_backbone(name)][stages][0]  # the first module after the cut
+    starts = [
+        n for n in body.graph.nodes if n.op == "call_module" and (n.target == first or n.target.startswith(first + "."))
+    ]
+    if not starts:
+        raise ValueError(f"the {name} trunk has no {first}")
+    cut = starts[0].args[0].name
+
+    prefix = fx.GraphModule(body, copy.deepcopy(body.graph))
+    nodes = {n.name: n for n in prefix.graph.nodes}
+    prefix.graph.erase_node(next(n for n in prefix.graph.nodes if n.op == "output"))
+    prefix.graph.output(nodes[cut])
+
+    suffix = fx.GraphModule(body, copy.deepcopy(body.graph))
+    nodes = {n.name: n for n in suffix.graph.nodes}
+    (images,) = [n for n in suffix.graph.nodes if n.op == "placeholder"]
+    with suffix.graph.inserting_before(images):
+        stem = suffix.graph.placeholder("stem")
+    nodes[cut].replace_all_uses_with(stem)
+    for part in (prefix, suffix):
+        part.graph.eliminate_dead_code()
+    if images.users:
+        raise ValueError(f"the {name} trunk reads its input again after {first}: it cannot be cut there")
+    suffix.graph.erase_node(images)
+    for part in (prefix, suffix):
+        part.delete_all_unused_submodules()
+        part.recompile()
+    return prefix, suffix
 
 
 def check_backbone(name: str) -> str:

@@ -17,6 +17,7 @@ maps the ROI back to the photo's own pixels. ``Describer.describe`` is the batch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from indexer.colour import ColourConfig, colour_histogram
 from indexer.description import Description
 from indexer.hedge import hedge_categories
 from indexer.prepare import ImageLimits, Prepared, content_hash, guide_category, prepare_image
+from indexer.stem import SharedStem
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +111,12 @@ class Describer:
             device=device,
             runtime=runtime,
         )
+
+    @functools.cached_property
+    def stem(self) -> SharedStem | None:
+        """The trunk stages the attribute model and the appearance network share, when they do
+        (``indexer.stem``): a crop both read runs them once."""
+        return SharedStem.of(self.predictor, self.coder)
 
     @property
     def code_bytes(self) -> int:
@@ -199,11 +207,14 @@ class Describer:
         # 1-2. category and attributes (of the rectangle when one is drawn: it says which garment)
         t0 = time.perf_counter()
         seen = [images[i].crop(rois[i]) if rois[i] is not None else images[i] for i in range(n)]
-        feats = self.predictor.features(seen)  # kept: a re-guided decode reads the same crops
+        # drawn rectangles: the appearance code reads the crops the attribute model reads
+        shared = self.stem.read(self.predictor, self.coder, seen) if self.stem and None not in rois else None
+        # kept: a re-guided decode reads the same crops
+        feats = shared[0] if shared else self.predictor.features(seen)
         preds = self.predictor.predict(seen, guides, features=feats)
         categories = [guides[i] or preds[i].category for i in range(n)]
         distributions = [[(str(c), float(p)) for c, p in pred.categories] for pred in preds]
-        t["attributes"] = time.perf_counter() - t0
+        t["attributes"] = time.perf_counter() - t0 - (shared[2] if shared else 0.0)
 
         # 3. ROI: the rectangle, else the guided detector, else the whole image. Without a guide the
         # detector's evidence of the garments in the photo (in the rectangle, when one is drawn)
@@ -249,10 +260,13 @@ class Describer:
         for i in range(n):
             first.setdefault((id(images[i]), tuple(rois[i])), i)
         unique = sorted(set(first.values()))
-        codes_of = dict(zip(unique, self.coder.encode([crops[i] for i in unique])))
+        if shared:  # every crop is its rectangle's, coded with the attributes' pass
+            codes_of = {j: shared[1][j] for j in unique}
+        else:
+            codes_of = dict(zip(unique, self.coder.encode([crops[i] for i in unique])))
         slot = [first[(id(images[i]), tuple(rois[i]))] for i in range(n)]
         codes = [codes_of[j] for j in slot]
-        t["appearance"] = time.perf_counter() - t0
+        t["appearance"] = time.perf_counter() - t0 + (shared[2] if shared else 0.0)
         t0 = time.perf_counter()
         colours_of = {j: colour_histogram(crops[j], self.colour) for j in unique}
         colours = [colours_of[j] for j in slot]

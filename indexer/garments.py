@@ -55,7 +55,9 @@ def describe_garments(describer: Describer, image: Image.Image) -> list[Look]:
     crops = [image.crop(roi) for roi in rois]
 
     t0 = time.perf_counter()
-    feats = describer.predictor.features(crops)  # each crop encoded once, read under every category
+    shared = describer.stem.read(describer.predictor, describer.coder, crops) if describer.stem else None
+    # each crop encoded once, read under every category
+    feats = shared[0] if shared else describer.predictor.features(crops)
     read = describer.predictor.predict(crops, [None] * len(crops), features=feats)
     hedges, distributions = [], []
     for r, pred in zip(found, read):
@@ -66,11 +68,11 @@ def describe_garments(describer: Describer, image: Image.Image) -> list[Look]:
     pairs = [(i, c) for i, hedge in enumerate(hedges) for c, _p in hedge]
     rows = [i for i, _c in pairs]
     guided = describer.predictor.predict([crops[i] for i in rows], [c for _i, c in pairs], features=feats[rows])
-    t["attributes"] = time.perf_counter() - t0
+    t["attributes"] = time.perf_counter() - t0 - (shared[2] if shared else 0.0)
 
     t0 = time.perf_counter()
-    codes = describer.coder.encode(crops)
-    t["appearance"] = time.perf_counter() - t0
+    codes = shared[1] if shared else describer.coder.encode(crops)
+    t["appearance"] = time.perf_counter() - t0 + (shared[2] if shared else 0.0)
     t0 = time.perf_counter()
     colours = [colour_histogram(c, describer.colour) for c in crops]
     t["colour"] = time.perf_counter() - t0

@@ -22,6 +22,7 @@ from torch import nn
 
 from appearance.model import AppearanceCoder
 from attributes.model import Encoder
+from attributes.predict import AttributePredictor
 from foundation.backbones import N_STAGES, frozen_modules, split_body
 
 logger = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ class SharedStem:
     stages: int
 
     @classmethod
-    def of(cls, predictor, coder: AppearanceCoder) -> SharedStem | None:
-        """The stem ``predictor`` (an ``AttributePredictor``) and ``coder`` share, or None when they
+    def of(cls, predictor: AttributePredictor, coder: AppearanceCoder) -> SharedStem | None:
+        """The stem ``predictor`` and ``coder`` share, or None when they
         share none: other backbones, preprocessing or devices, differing weights, ONNX Runtime."""
-        encoder = getattr(getattr(predictor, "model", None), "encoder", None)
-        if not isinstance(encoder, Encoder) or not isinstance(coder, AppearanceCoder):
+        if not isinstance(predictor, AttributePredictor) or not isinstance(coder, AppearanceCoder):
+            return None
+        encoder = predictor.model.encoder  # both kinds of attribute model encode with a trunk
+        if not isinstance(encoder, Encoder):
             return None
         if coder.runner is not coder.net or coder.net.transform_input:  # ONNX Runtime; GoogLeNet's own input
             return None
@@ -73,7 +76,9 @@ class SharedStem:
         return None
 
     @torch.inference_mode()
-    def read(self, predictor, coder: AppearanceCoder, crops: list) -> tuple[torch.Tensor, np.ndarray, float]:
+    def read(
+        self, predictor: AttributePredictor, coder: AppearanceCoder, crops: list
+    ) -> tuple[torch.Tensor, np.ndarray, float]:
         """(the attribute encoder's features, the appearance codes) of ``crops``, as
         ``predictor.features(crops)`` and ``coder.encode(crops)`` give them, the shared stages run
         once; and the seconds the appearance network's own stages took (the rest is the attributes')."""

@@ -72,7 +72,9 @@ class Graph:
     for fully connected layers whose float product dominates (the detector's box head: 12.5 ->
     3.5 ms for 100 proposals on one thread); ``calibrated``: an int8 graph made by
     ``quantize_calibrated`` from photos the export was given, and so only when it was given some
-    (the float graph serves where there is none).
+    (the float graph serves where there is none); ``optional``: a graph made only where its models
+    allow it (the crop readers' shared stages), run where it exists. Neither kind is required for
+    ``--runtime onnx``.
     """
 
     name: str
@@ -82,6 +84,7 @@ class Graph:
     input: str = "images"
     int8: bool = False
     calibrated: bool = False
+    optional: bool = False
 
     def path(self, models_dir: str | Path) -> Path:
         """Where the graph of ``models_dir``'s current ``<name>.pt`` is (or would be) cached."""

@@ -17,7 +17,6 @@ maps the ROI back to the photo's own pixels. ``Describer.describe`` is the batch
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -72,6 +71,9 @@ class Describer:
     signature: str = ""
     device: str = "cpu"
     runtime: str = "torch"
+    # the trunk stages the attribute model and the appearance network share, when they do
+    # (``indexer.stem``): a crop both read runs them once. Found on torch's models unless given.
+    stem: SharedStem | None = None
 
     @classmethod
     def load(
@@ -101,6 +103,7 @@ class Describer:
         from detector.predict import GarmentDetector
 
         detector = GarmentDetector.load(models_dir, device=device, schema=schema, runtime=runtime)
+        stem = SharedStem.open(models_dir, predictor, coder) if runtime == "onnx" else None
         return cls(
             predictor=predictor,
             detector=detector,
@@ -110,13 +113,12 @@ class Describer:
             signature=models_signature(models_dir),
             device=device,
             runtime=runtime,
+            stem=stem,
         )
 
-    @functools.cached_property
-    def stem(self) -> SharedStem | None:
-        """The trunk stages the attribute model and the appearance network share, when they do
-        (``indexer.stem``): a crop both read runs them once."""
-        return SharedStem.of(self.predictor, self.coder)
+    def __post_init__(self) -> None:
+        if self.stem is None and self.runtime == "torch":
+            self.stem = SharedStem.of(self.predictor, self.coder)
 
     @property
     def code_bytes(self) -> int:

@@ -1,8 +1,9 @@
 """The ONNX Runtime graphs of a models directory: all three exported by one call, copied with the models.
 
 Each model package says which part of its network runs on ONNX Runtime and exports it
-(``appearance.model``, ``attributes.predict``, ``detector.predict``); ``foundation.runtime`` caches
-the graphs in ``<models>/onnx/`` under the hash of the ``.pt`` they come from.
+(``appearance.model``, ``attributes.predict``, ``detector.predict``); ``indexer.stem`` adds the
+stages the two crop readers share, where they share some. ``foundation.runtime`` caches the graphs
+in ``<models>/onnx/`` under the hash of the ``.pt`` they come from.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ MODELS = ("appearance", "attributes", "detector")  # the cheapest first
 
 def graphs_of(name: str) -> tuple[Graph, ...]:
     """The parts of model ``name`` that run on ONNX Runtime."""
+    from indexer import stem
+
     if name == "appearance":
         from appearance.model import ONNX_GRAPH
 
-        return (ONNX_GRAPH,)
+        return (ONNX_GRAPH, stem.APPEARANCE_GRAPH)
     if name == "attributes":
         from attributes.predict import encoder_graph
 
-        return (encoder_graph(),)
+        return (encoder_graph(), stem.PREFIX_GRAPH, stem.ATTRIBUTES_GRAPH)
     if name == "detector":
         from detector.predict import GRAPHS
 
@@ -83,7 +86,8 @@ def export_graphs(
         graphs = graphs_of(name)
         t0 = time.perf_counter()
         calibrated = bool(calibration) and any(g.calibrated for g in graphs)
-        exported = force or calibrated or not all(g.path(models_dir).is_file() for g in graphs if not g.calibrated)
+        required = [g for g in graphs if not (g.calibrated or g.optional)]
+        exported = force or calibrated or not all(g.path(models_dir).is_file() for g in required)
         if exported:
             extra = {"calibration": calibration} if calibrated else {}
             exporters[name](models_dir, schema=schema, **extra)
@@ -92,7 +96,25 @@ def export_graphs(
             "exported": exported,
             "seconds": round(time.perf_counter() - t0, 1),
         }
+    if {"attributes", "appearance"} <= set(models):
+        out["stem"] = _export_stem(models_dir, schema, force)
     return out
+
+
+def _export_stem(models_dir: str | Path, schema: Schema | None, force: bool) -> dict:
+    """The crop readers' shared stages and each one's rest as graphs (``indexer.stem``), where the
+    torch models share stages."""
+    from appearance.model import AppearanceCoder
+    from attributes.predict import AttributePredictor
+    from indexer import stem
+
+    t0 = time.perf_counter()
+    paths = [g.path(models_dir) for g in stem.GRAPHS]
+    exported = force or not all(p.is_file() for p in paths)
+    if exported:
+        predictor = AttributePredictor.load(models_dir, schema=schema)
+        paths = stem.export_stem(models_dir, predictor, AppearanceCoder.load(models_dir, schema=schema))
+    return {"graphs": [str(p) for p in paths], "exported": exported, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def current_graphs(models_dir: str | Path) -> list[Path]:

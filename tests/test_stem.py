@@ -121,3 +121,46 @@ def test_a_rectangle_and_autos_garments_are_described_alike_with_and_without_the
         for a, b in zip(mine, theirs):
             assert (a.category, a.roi, a.attributes) == (b.category, b.roi, b.attributes)
             assert np.unpackbits(a.code ^ b.code).sum() <= 0.01 * coder.dims
+
+
+def _save(models_dir, predictor: AttributePredictor, coder: AppearanceCoder, cfg) -> None:
+    from foundation.modelfiles import ModelFile, save_model
+
+    contents = ModelFile(
+        state_dicts={"model": predictor.model.state_dict()}, config={"model": cfg.to_dict()}, preprocessing=PREP
+    )
+    save_model(models_dir, "attributes", contents, schema=SCHEMA)
+    coder.save(models_dir, schema=SCHEMA)
+
+
+@pytest.mark.slow  # exports five graphs (about a minute)
+def test_on_onnx_runtime_the_shared_stages_are_graphs_of_their_own_where_the_models_share_them(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from indexer.graphs import export_graphs
+    from indexer.stem import GRAPHS
+
+    predictor, coder = _readers(3)
+    cfg = AttributeModelConfig(backbone="mobilenet_v2", vocab_size=len(SCHEMA.tokens), embed_dim=16, hidden_dim=32)
+    shared, apart = tmp_path / "shared", tmp_path / "apart"
+    _save(shared, predictor, coder, cfg)
+    done = export_graphs(shared, models=["attributes", "appearance"], schema=SCHEMA)
+    assert done["stem"]["exported"] and done["stem"]["graphs"] == [str(g.path(shared)) for g in GRAPHS]
+    ours = SharedStem.open(
+        shared,
+        AttributePredictor.load(shared, schema=SCHEMA, runtime="onnx"),
+        AppearanceCoder.load(shared, schema=SCHEMA, runtime="onnx"),
+    )
+    assert ours is not None
+    crops = _photos(4, seed=13)
+    features, codes, _ = ours.read(predictor, coder, crops)
+    want_features, want_codes, _ = SharedStem.of(predictor, coder).read(predictor, coder, crops)
+    torch.testing.assert_close(features, want_features, atol=1e-4, rtol=1e-4)
+    assert np.unpackbits(codes ^ want_codes, axis=1).sum(1).max() <= 0.01 * coder.dims
+    # models that share no stages: no stem graphs, and the crop readers read apart
+    torch.manual_seed(7)
+    coder_apart = AppearanceCoder(CodeNetwork("mobilenet_v2"), image_size=48)
+    coder_apart.fit_median(_photos(4))
+    _save(apart, predictor, coder_apart, cfg)
+    assert export_graphs(apart, models=["attributes", "appearance"], schema=SCHEMA)["stem"]["graphs"] == []
+    assert SharedStem.open(apart, predictor, coder_apart) is None

@@ -100,7 +100,9 @@ def register(commands) -> None:
         description="Export the appearance network, the attribute model's image encoder, and the detector's "
         "backbone and box head (its fully connected layers in int8) of DIR as ONNX graphs, cached in DIR/onnx "
         "under the hash of each model file (a retrained model needs exporting again; an unchanged one is kept). "
-        "`index` copies them into the index it writes. With --calibration DUMP, the detector's backbone in int8 too.",
+        "`index` copies them into the index it writes. Where the attribute model and the appearance network share "
+        "their first trunk stages, those stages and each one's rest too. With --calibration DUMP, the detector's "
+        "backbone in int8 too.",
     )
     p.add_argument("--models", required=True, metavar="DIR", help="models directory, or an index's models folder")
     p.add_argument(

@@ -1,14 +1,18 @@
 """PyTorch eager against ONNX Runtime, model by model, on real photos, with the parity between them.
 
 Each model's part that ``--runtime onnx`` moves (``foundation.runtime``): the appearance network,
-the attribute model's image encoder, the detector's backbone + FPN; plus the whole detector pass
-(``GarmentDetector.raw``: resize, backbone, RPN, box head), whose heads stay in torch. One photo
-at a time (batch 1, as a query), at each thread count (torch's and ONNX Runtime's alike), after a
-warm-up; median and p90 in ms over ``--repeats`` calls cycling through the photos. The photos are
-the dump's rows, prepared as a query's are (``indexer.prepare``: oriented, shrunk to the working
-size). The parity rows compare the two runtimes on every photo: appearance codes (Hamming
-distance, bits), attribute features (max abs difference) and the auto category they lead to, the
-backbone's levels and the detector's first garment.
+the attribute model's image encoder, the detector's backbone + FPN (its int8 graph where ``export
+onnx --calibration`` made one) and box head (int8, on 100 pooled proposals); plus the whole
+detector pass (``GarmentDetector.raw``: resize, backbone, RPN, RoI pooling, box head), and a crop
+(the photo itself) read by both crop readers, by two passes and by their shared stages (``indexer.stem``; where the
+models share some). One photo at a time (batch 1, as a query), at each thread count (torch's and
+ONNX Runtime's alike), after a warm-up; median and p90 in ms over ``--repeats`` calls cycling
+through the photos. The photos are the dump's rows, prepared as a query's are
+(``indexer.prepare``: oriented, shrunk to the working size). The parity rows compare the two
+runtimes on every photo: appearance codes (Hamming distance, bits), attribute features (max abs
+difference) and the auto category they lead to, the backbone's levels and the detector's first
+garment (the same category and box at IoU >= 0.95; its category; the mean IoU of the two boxes);
+and the shared pass against two passes on each runtime (features, codes).
 
 Graphs missing from ``--models`` are exported there first (a minute or two per model).
 
@@ -70,12 +74,16 @@ def load_pair(models: Path) -> dict:
     from appearance.model import AppearanceCoder
     from attributes.predict import AttributePredictor
     from detector.predict import GarmentDetector
+    from indexer.stem import SharedStem
 
-    return {
+    pair = {
         "appearance": tuple(AppearanceCoder.load(models, runtime=r) for r in ("torch", "onnx")),
         "attributes": tuple(AttributePredictor.load(models, runtime=r) for r in ("torch", "onnx")),
         "detector": tuple(GarmentDetector.load(models, runtime=r) for r in ("torch", "onnx")),
     }
+    (pred_t, pred_o), (coder_t, coder_o) = pair["attributes"], pair["appearance"]
+    pair["stem"] = (SharedStem.of(pred_t, coder_t), SharedStem.open(models, pred_o, coder_o))
+    return pair
 
 
 def cases(models: dict, photos: list) -> list[tuple[str, object, object, list]]:
@@ -89,12 +97,28 @@ def cases(models: dict, photos: list) -> list[tuple[str, object, object, list]]:
     attr_x = [pred_t.preprocess.batch([p]) for p in photos]
     with torch.inference_mode():
         det_x = [det_t.model.transform([det_t.preprocess(p)])[0].tensors for p in photos]
-    return [
+    heads_t, heads_o = det_t.model.roi_heads, det_o.model.roi_heads
+    rois = [
+        torch.randn(100, det_t.model.backbone.out_channels, 7, 7, generator=torch.Generator().manual_seed(0)).relu()
+    ]
+    out = [
         ("appearance network", coder_t.runner, coder_o.runner, app_x),
         ("attribute encoder", pred_t.model.encoder, pred_o.model.encoder, attr_x),
         ("detector backbone+FPN", det_t.model.backbone, det_o.model.backbone, det_x),
+        ("detector box head", lambda x: heads_t.box_predictor(heads_t.box_head(x)), heads_o.box_predictor, rois),
         ("detector, whole pass", lambda p: det_t.raw([p]), lambda p: det_o.raw([p]), photos),
+        ("crop, two passes", lambda p: _apart(pred_t, coder_t, [p]), lambda p: _apart(pred_o, coder_o, [p]), photos),
     ]
+    stem_t, stem_o = models["stem"]
+    if stem_t is not None and stem_o is not None:
+        shared = (lambda p: stem_t.read(pred_t, coder_t, [p]), lambda p: stem_o.read(pred_o, coder_o, [p]))
+        out.append(("crop, shared stages", *shared, photos))
+    return out
+
+
+def _apart(predictor, coder, crops: list) -> tuple:
+    """Crops read as the two crop readers read them without a shared pass: (features, codes)."""
+    return predictor.features(crops), coder.encode(crops)
 
 
 def timings(models: dict, photos: list, threads: list[int], repeats: int) -> list[dict]:
@@ -121,17 +145,29 @@ def parity(models: dict, photos: list) -> dict:
     feats_t, feats_o = pred_t.features(photos), pred_o.features(photos)
     auto_t, auto_o = pred_t.predict(photos), pred_o.predict(photos)
     det_t, det_o = models["detector"]
-    level_diff, garments_same = 0.0, 0
+    level_diff, garments_same, category_same, ious = 0.0, 0, 0, []
     with torch.inference_mode():
         for p in photos:
             x = det_t.model.transform([det_t.preprocess(p)])[0].tensors
             a, b = det_t.model.backbone(x), det_o.model.backbone(x)
             level_diff = max(level_diff, max(float((a[k] - b[k]).abs().max()) for k in a))
             g_t, g_o = det_t.garments(det_t.raw([p])[0]), det_o.garments(det_o.raw([p])[0])
-            same = (not g_t and not g_o) or (
-                g_t and g_o and g_t[0].category == g_o[0].category and _iou(g_t[0].box, g_o[0].box) >= 0.95
-            )
-            garments_same += bool(same)
+            if not g_t or not g_o:
+                garments_same += not g_t and not g_o
+                category_same += not g_t and not g_o
+                continue
+            ious.append(_iou(g_t[0].box, g_o[0].box))
+            category_same += g_t[0].category == g_o[0].category
+            garments_same += g_t[0].category == g_o[0].category and ious[-1] >= 0.95
+    shared = {}
+    for runtime, stem, predictor, coder in zip(("torch", "onnx"), models["stem"], (pred_t, pred_o), (coder_t, coder_o)):
+        if stem is not None:
+            feats, codes, _ = stem.read(predictor, coder, photos)
+            apart_feats, apart_codes = _apart(predictor, coder, photos)
+            shared[runtime] = {
+                "features_max_abs_diff": float((feats - apart_feats).abs().max()),
+                "hamming_max": int(np.unpackbits(codes ^ apart_codes, axis=1).sum(1).max()),
+            }
     return {
         "photos": len(photos),
         "code_bits": int(coder_t.dims),
@@ -145,6 +181,9 @@ def parity(models: dict, photos: list) -> dict:
         ),
         "backbone_levels_max_abs_diff": level_diff,
         "first_garment_agree": garments_same,
+        "first_garment_category_agree": category_same,
+        "first_garment_mean_iou": float(np.mean(ious)) if ious else float("nan"),
+        "shared_stages_vs_two_passes": shared,
     }
 
 
@@ -170,8 +209,14 @@ def print_report(rows: list[dict], same: dict) -> None:
         f"(mean {same['hamming_mean']:.2f}); attribute features max |diff| {same['attribute_features_max_abs_diff']:.2e}, "
         f"auto category agrees {same['auto_category_agree']}/{n}, all attributes {same['attributes_agree']}/{n}; "
         f"backbone levels max |diff| {same['backbone_levels_max_abs_diff']:.2e}, first garment agrees "
-        f"{same['first_garment_agree']}/{n}"
+        f"{same['first_garment_agree']}/{n} (its category {same['first_garment_category_agree']}/{n}, "
+        f"mean IoU {same['first_garment_mean_iou']:.3f})"
     )
+    for runtime, d in same["shared_stages_vs_two_passes"].items():
+        print(
+            f"shared stages against two passes on {runtime}: features max |diff| {d['features_max_abs_diff']:.2e}, "
+            f"codes max Hamming {d['hamming_max']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

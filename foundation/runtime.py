@@ -162,12 +162,17 @@ def _save_int8(program, path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         float_graph = Path(tmp) / "float.onnx"
         program.save(str(float_graph), external_data=False)
-        quiet = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process: shape inference it does anyway
+        root = logging.getLogger()
+        root.addFilter(_no_preprocessing_advice)  # it logs on the root logger; nothing else is silenced
         try:
             quantize_dynamic(float_graph, path, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
         finally:
-            logging.getLogger().setLevel(quiet)
+            root.removeFilter(_no_preprocessing_advice)
+
+
+def _no_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """False for the quantizer's advice to pre-process the graph (shape inference, which it does anyway)."""
+    return not record.getMessage().startswith("Please consider to run pre-processing")
 
 
 def quantize_calibrated(

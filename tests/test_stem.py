@@ -95,12 +95,15 @@ def test_the_shared_pass_gives_the_features_and_codes_of_two_passes():
     assert seconds > 0
 
 
-def test_a_rectangle_and_autos_garments_are_described_alike_with_and_without_the_shared_pass():
+def test_a_rectangle_and_autos_garments_are_described_alike_with_and_without_the_shared_pass(monkeypatch):
     predictor, coder = _readers(3)
     shared = Describer(predictor=predictor, detector=FakeDetector(), coder=coder)
     apart = Describer(predictor=predictor, detector=FakeDetector(), coder=coder)
-    apart.__dict__["stem"] = None  # the cached property, set: two passes
+    apart.stem = None  # two passes
     assert shared.stem is not None
+    reads = []
+    read = SharedStem.read
+    monkeypatch.setattr(SharedStem, "read", lambda self, *a: reads.append(len(a[2])) or read(self, *a))
     photos = _photos(3, seed=9)
     boxes = [(4, 6, 60, 50), (0, 0, 80, 60), (10, 10, 40, 40)]
     for a, b in zip(
@@ -110,6 +113,7 @@ def test_a_rectangle_and_autos_garments_are_described_alike_with_and_without_the
         assert (a.category, a.roi, a.attributes) == (b.category, b.roi, b.attributes)
         assert np.unpackbits(a.code ^ b.code).sum() <= 0.01 * coder.dims
         assert set(a.timings_ms) == set(b.timings_ms)
+    assert reads == [3]  # the three rectangles, in one shared pass
     for d in (shared, apart):
         d.detector.found = [
             FakeROI((5.0, 5.0, 40.0, 50.0), "tops", 0.9),
@@ -117,6 +121,7 @@ def test_a_rectangle_and_autos_garments_are_described_alike_with_and_without_the
         ]
     looks_shared, looks_apart = describe_garments(shared, photos[0]), describe_garments(apart, photos[0])
     assert len(looks_shared) == len(looks_apart) == 2
+    assert reads == [3, 2]  # auto's two garments, in one shared pass
     for (mine, _), (theirs, _) in zip(looks_shared, looks_apart):
         for a, b in zip(mine, theirs):
             assert (a.category, a.roi, a.attributes) == (b.category, b.roi, b.attributes)

@@ -57,16 +57,19 @@ def read_photos(dump: Path, n: int) -> list:
     return photos
 
 
-def timed(call, inputs: list, repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """(median, p90) ms of ``call(x)``, cycling through ``inputs``."""
+def timed(calls: list, inputs: list, repeats: int, warmup: int = 3) -> list[tuple[float, float]]:
+    """Per call, (median, p90) ms of ``call(x)``, cycling through ``inputs``; the calls take turns
+    input by input, so a busy spell of the machine slows every one alike."""
     for i in range(warmup):
-        call(inputs[i % len(inputs)])
-    ms = []
+        for call in calls:
+            call(inputs[i % len(inputs)])
+    ms: list[list[float]] = [[] for _ in calls]
     for i in range(repeats):
-        t0 = time.perf_counter()
-        call(inputs[i % len(inputs)])
-        ms.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ms)), float(np.percentile(ms, 90))
+        for j, call in enumerate(calls):
+            t0 = time.perf_counter()
+            call(inputs[i % len(inputs)])
+            ms[j].append((time.perf_counter() - t0) * 1e3)
+    return [(float(np.median(m)), float(np.percentile(m, 90))) for m in ms]
 
 
 def load_pair(models: Path) -> dict:
@@ -87,7 +90,8 @@ def load_pair(models: Path) -> dict:
 
 
 def cases(models: dict, photos: list) -> list[tuple[str, object, object, list]]:
-    """(row name, torch call, onnx call, inputs) of each timed part, batch 1."""
+    """(row name, torch call, onnx call, inputs) of each timed part, batch 1. Rows on the same
+    inputs (the photos) are timed taking turns (``timings``)."""
     import torch
 
     coder_t, coder_o = models["appearance"]
@@ -127,11 +131,20 @@ def timings(models: dict, photos: list, threads: list[int], repeats: int) -> lis
     rows = []
     for n in threads:
         torch.set_num_threads(n)  # ONNX Runtime's sessions follow it (foundation.runtime)
-        for name, ours_t, ours_o, inputs in cases(models, photos):
+        parts = cases(models, photos)
+        groups: dict[int, list] = {}  # the parts on the same inputs, timed together
+        for part in parts:
+            groups.setdefault(id(part[3]), []).append(part)
+        measured = {}
+        for group in groups.values():
+            calls = [call for _name, ours_t, ours_o, _inputs in group for call in (ours_t, ours_o)]
             with torch.inference_mode():
-                t = timed(ours_t, inputs, repeats)
-                o = timed(ours_o, inputs, repeats)
-            rows.append({"part": name, "threads": n, "torch": t, "onnx": o})
+                figures = timed(calls, group[0][3], repeats)
+            for k, (name, *_rest) in enumerate(group):
+                measured[name] = (figures[2 * k], figures[2 * k + 1])
+        rows += [
+            {"part": name, "threads": n, "torch": measured[name][0], "onnx": measured[name][1]} for name, *_ in parts
+        ]
     return rows
 
 

@@ -116,15 +116,16 @@ BACKBONE_GRAPH = Graph("detector", "backbone", outputs=(), spatial=True)
 LEVEL = "level_"
 # the box head and its predictor: pooled proposals (N, C, 7, 7) -> class logits, box regression.
 # Its first fully connected layer (C*49 -> 512 for each of 100 proposals) was the detector's
-# costliest op after the backbone; in int8 it went from 12.5 to 3.5 ms a photo on one thread, and
-# Table 3 on ccp val (benchmarks/detector_head.py) moved by at most 0.008 (class-agnostic mAP@.5
-# 0.652 -> 0.651, guided 0.799 -> 0.801).
+# costliest op after the backbone; in int8 it went from 11.7 (torch) to 3.9 ms a photo on one thread
+# (benchmarks/runtime_bench.py), and Table 3 on ccp val (benchmarks/detector_head.py) moved by at
+# most 0.008 (class-agnostic mAP@.5 0.652 -> 0.651, guided 0.799 -> 0.801).
 BOX_GRAPH = Graph("detector", "boxes-int8", outputs=("class_logits", "box_regression"), input="rois", int8=True)
 # the backbone in int8, calibrated on photos given to the export; its FPN's convolutions stay in
 # float. Calibrated on 100 train photos, Table 3 on ccp val stayed within 0.01 of torch's
 # (class-agnostic mAP@.5 0.652 -> 0.651, guided 0.799 -> 0.808, guided mAP@.8 0.279 -> 0.271;
-# benchmarks/detector_head.py --onnx) and its pass went from 22.2 to 14.7 ms on one thread; with
-# the FPN in int8 too, 11.3 ms, but class-agnostic mAP@.5 fell by 0.011 and guided mAP@.8 by 0.017.
+# benchmarks/detector_head.py --onnx) and the detector's pass went from 51.3 to 43.2 ms on one
+# thread. A trial with the FPN in int8 too (calibrated otherwise alike) was faster again but lost
+# 0.011 of class-agnostic mAP@.5 and 0.017 of guided mAP@.8.
 BACKBONE_INT8_GRAPH = Graph("detector", "backbone-int8", outputs=(), spatial=True, calibrated=True)
 KEEP_FLOAT = (".fpn.",)  # the weights' names of the int8 backbone's nodes that stay float
 GRAPHS = (BACKBONE_GRAPH, BOX_GRAPH, BACKBONE_INT8_GRAPH)

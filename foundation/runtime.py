@@ -69,8 +69,8 @@ class Graph:
     ``spatial``: the input's height and width vary too (the detector's padded photos), not only
     the batch; ``input``: the graph's input name; ``int8``: its MatMul/Gemm weights are quantized
     to int8 and their inputs quantized at run time (``onnxruntime.quantization.quantize_dynamic``),
-    for fully connected layers whose float product dominates (the detector's box head: 12.5 ->
-    3.5 ms for 100 proposals on one thread); ``calibrated``: an int8 graph made by
+    for fully connected layers whose float product dominates (the detector's box head on 100
+    proposals, one thread: torch 11.7 ms, int8 3.9 ms, ``benchmarks/runtime_bench.py``); ``calibrated``: an int8 graph made by
     ``quantize_calibrated`` from photos the export was given, and so only when it was given some
     (the float graph serves where there is none); ``optional``: a graph made only where its models
     allow it (the crop readers' shared stages), run where it exists. Neither kind is required for
